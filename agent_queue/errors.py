@@ -1,0 +1,101 @@
+"""The one exception hierarchy of agent-queue and coordinator-stub.
+
+Every error a user can cause or see is one of these. Each carries a stable
+snake_case ``code`` (used in the coordinator's JSON errors), the CLI exit code
+it maps to, and the HTTP status the coordinator answers with. The CLIs turn
+them into exit codes and one-line messages in exactly one place
+(``agent_queue.cli.main`` / ``coordinator_stub.cli.main``).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class AQError(Exception):
+    """Base of every expected failure. Unexpected ones are bugs."""
+
+    code = "error"
+    exit_code = EXIT_FAILURE
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_body(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadInput(AQError):
+    """The user gave us something we refuse: a bad job spec, flag or file."""
+
+    code = "bad_input"
+    exit_code = EXIT_USAGE
+    http_status = 400
+
+
+class InvalidJob(BadInput):
+    """A job spec that fails validation."""
+
+    code = "invalid_job"
+    http_status = 422
+
+
+class ConfigError(BadInput):
+    """agent-queue.toml, an env variable or a flag combination is unusable."""
+
+    code = "config_error"
+
+
+class NotFound(AQError):
+    code = "not_found"
+    exit_code = EXIT_USAGE
+    http_status = 404
+
+
+class Conflict(AQError):
+    """Same id, different content; or an operation the current state forbids."""
+
+    code = "conflict"
+    exit_code = EXIT_USAGE
+    http_status = 409
+
+
+class Fenced(AQError):
+    """The caller's lease is not (or no longer) the current one: act on nothing."""
+
+    code = "fenced"
+    http_status = 409
+
+
+class NotLeased(Fenced):
+    """The job has no lease at all (queued or terminal)."""
+
+    code = "not_leased"
+
+
+class TransportError(AQError):
+    """The coordinator could not be reached or answered garbage; retryable."""
+
+    code = "transport_error"
+    http_status = 502
+
+
+class CoordinatorError(AQError):
+    """The coordinator answered with an error we do not act on specifically."""
+
+    code = "coordinator_error"
+
+    def __init__(self, message: str, status: int = 500, code: str = "coordinator_error") -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.code = code
+
+
+class StateError(AQError):
+    """A state file on disk is unreadable or inconsistent."""
+
+    code = "state_error"

@@ -1,0 +1,79 @@
+"""Crash-safe file primitives shared by the local queue and the coordinator store.
+
+A state file is either the old version or the new one, never half of each:
+write a temp file in the same directory, fsync it, rename it over the target,
+then fsync the directory so the rename itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
+    """Create ``path`` (and parents) with private permissions if missing."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist a rename/creation in ``path``; a no-op where dirs cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and macOS for dirs) refuse; the rename still happened
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` atomically and durably."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def dumps(obj: Any) -> str:
+    """The one JSON encoding of state: stable key order, readable, UTF-8."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def write_json_atomic(path: Path, obj: Any, mode: int = FILE_MODE) -> None:
+    write_bytes_atomic(path, (dumps(obj) + "\n").encode("utf-8"), mode)
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def append_line(path: Path, line: str, mode: int = FILE_MODE) -> None:
+    """Append one line durably (O_APPEND keeps concurrent writers' lines whole)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

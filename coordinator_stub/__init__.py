@@ -1,0 +1,1 @@
+"""coordinator-stub: a complete file-backed fleet coordinator (leases, fencing, reaper)."""
