@@ -23,6 +23,9 @@ KINDS = ("leaf", "composite")
 MAX_PROMPT_BYTES = 8 * 1024 * 1024
 MAX_STRING = 64 * 1024
 MAX_LIST = 1024
+# Used wherever neither the job nor its profile says otherwise (runner and coordinator alike).
+DEFAULT_TIMEOUT_S = 3600.0
+DEFAULT_MAX_ATTEMPTS = 3
 
 KNOWN_FIELDS = frozenset(
     {
