@@ -65,8 +65,8 @@ class RetryPolicy:
     rand: Callable[[], float] = random.random
 
     def delay(self, attempt: int) -> float:
-        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
-        return cap * (0.5 + float(self.rand()) / 2)
+        cap = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(attempt - 1, 30))
+        return cap * (0.5 + self.rand() / 2)
 
     def shorter(self, deadline_s: float) -> RetryPolicy:
         """This policy with an overall deadline of at most ``deadline_s`` (for the heartbeat)."""
