@@ -1,0 +1,1 @@
+"""Fleet mode: the coordinator client, lease heartbeat, flags and shadow mode (import-free)."""
