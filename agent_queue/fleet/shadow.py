@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent_queue import fsutil
-from agent_queue.errors import AQError, BadInput
+from agent_queue.errors import AQError, BadInput, StateError
 from agent_queue.jobs import Job, Lease
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 
@@ -325,6 +325,7 @@ def summarize(log_path: Path, since: float | None = None, recent: int = DEFAULT_
     A missing log is an empty summary. A line that is not a shadow record
     (truncated by a crash, edited by hand) is counted in ``corrupt`` and
     skipped; it is counted whatever ``since`` is, having no time to trust.
+    A log that cannot be read at all raises ``StateError``.
     """
     counts = dict.fromkeys(VERDICTS, 0)
     errors: dict[str, int] = {}
@@ -352,10 +353,13 @@ def summarize(log_path: Path, since: float | None = None, recent: int = DEFAULT_
 
 
 def _lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if raw.strip():
-                yield raw
+    try:
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if raw.strip():
+                    yield raw
+    except OSError as exc:
+        raise StateError(f"shadow log {path}: cannot read it ({exc.strerror or exc})") from exc
 
 
 def _parse_line(raw: bytes) -> tuple[float, str | None, str | None, ShadowRecord | None] | None:

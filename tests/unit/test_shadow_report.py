@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent_queue.errors import BadInput
+from agent_queue.errors import BadInput, StateError
 from agent_queue.fleet.shadow import (
     ShadowProbe,
     format_summary,
@@ -93,6 +93,12 @@ def test_missing_log_is_an_empty_summary(tmp_path: Path) -> None:
     assert not s.exists and s.total == 0 and s.agreement_rate is None
     assert "no shadow log" in format_summary(s)
     assert json.loads(summary_to_json(s))["agreementRate"] is None
+
+
+def test_unreadable_log_is_one_clear_state_error(tmp_path: Path) -> None:
+    (tmp_path / "dir.log").mkdir()
+    with pytest.raises(StateError, match=r"^shadow log .*dir\.log: cannot read it"):
+        summarize(tmp_path / "dir.log")
 
 
 def test_format_summary_shows_counts_rate_and_divergence_ids(log: Path) -> None:
