@@ -500,7 +500,3 @@ def clean_orphans(root: Path, running_ids: set[str]) -> list[str]:
         removed.append(job_id)
     return removed
 
-
-def git_version() -> str:
-    """``git --version`` output (for doctor); raises GitError when git is missing."""
-    return _out(["--version"], what="git")
