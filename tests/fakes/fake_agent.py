@@ -122,7 +122,7 @@ def emit(flavor: str, text: str, cost: float, info: dict[str, object], error: st
             out["error"] = {"type": "ApiError", "message": error, "code": 1}
         print(json.dumps(out))
     else:
-        print(text if not error else error)
+        print(error or text)
         print(f"Tokens: 1.5k sent, 250 received. Cost: ${cost / 2:.2f} message, ${cost:.2f} session.")
         print(json.dumps(info))
 
