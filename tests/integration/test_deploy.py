@@ -56,7 +56,7 @@ def test_plist_structure(plist: Path) -> None:
     data = plistlib.loads(plist.read_bytes())
     assert data["Label"] == plist.stem
     args = data["ProgramArguments"]
-    assert args[:2] == ["/bin/sh", "-c"] and args[3].endswith(".env") and args[-1] in ("run", "serve")
+    assert args[:2] == ["/bin/sh", "-c"] and args[3].endswith(".env") and args[5] in ("run", "serve")
     assert data["UserName"] != "root" and data["Umask"] == 0o077
     assert data["KeepAlive"] == {"SuccessfulExit": False} and data["RunAtLoad"] is True
 
