@@ -44,7 +44,7 @@ pass_ctx = click.make_pass_decorator(_Ctx)
 @click.option("-v", "--verbose", is_flag=True, default=None, help="Add debug lines to the daemon log.")
 @click.version_option(package_name="agent-queue")
 @click.pass_context
-def cli(ctx: click.Context, **flags: Any) -> None:
+def cli(ctx: click.Context, /, **flags: Any) -> None:
     """Run AI coding agents and commands on a queue of jobs."""
     ctx.obj = _Ctx(flags)
 
@@ -72,7 +72,7 @@ class _EnqueueCommand(click.Command):
 @click.option("--timeout", type=float, help="Timeout per attempt, seconds.")
 @click.option("--max-attempts", type=int, help="Attempts before quarantine.")
 @click.pass_context
-def enqueue(ctx: click.Context, file: str | None, **opts: Any) -> None:
+def enqueue(ctx: click.Context, /, file: str | None, **opts: Any) -> None:
     """Add a job: a JSON spec from FILE (or - for stdin), or built from flags and -- CMD ARGS..."""
     command = ctx.meta.get("aq_command")
     settings = ctx.obj.settings()
@@ -125,7 +125,7 @@ def _spec_from_flags(opts: dict[str, Any], command: list[str] | None) -> dict[st
 @click.option("--fleet-route/--no-fleet-route", default=None, help="Coordinator sources work [env AQ_FLEET_ROUTE].")
 @click.option("--fleet-shadow/--no-fleet-shadow", default=None, help="Shadow-compare [env AQ_FLEET_SHADOW].")
 @pass_ctx
-def run(ctx: _Ctx, once: bool, drain: bool, max_jobs: int | None, **flags: Any) -> None:
+def run(ctx: _Ctx, /, once: bool, drain: bool, max_jobs: int | None, **flags: Any) -> None:
     """The daemon: take jobs, run them, verify, ship or quarantine. SIGTERM/SIGINT stop it."""
     if once and drain:
         raise BadInput("run: --once and --drain exclude each other")
