@@ -126,3 +126,16 @@ def test_crashed_attempt_counts_towards_max(tmp_path: Path) -> None:
 
 def test_idle_drain_returns_zero(tmp_path: Path) -> None:
     assert drain(make_settings(tmp_path / "r")) == 0
+
+
+def test_once_and_max_jobs_bound_the_loop(tmp_path: Path) -> None:
+    from agent_queue.runner import Runner, RunOptions
+    from agent_queue.source import LocalSource
+
+    s = make_settings(tmp_path / "r")
+    q = LocalQueue(s.root).init()
+    for i in range(3):
+        q.enqueue(shell_job(f"m{i}", "true"))
+    assert Runner(s, LocalSource(q)).work(RunOptions(once=True)) == 1
+    assert Runner(s, LocalSource(q)).work(RunOptions(max_jobs=1, drain=True)) == 1
+    assert q.counts()["inbox"] == 1
