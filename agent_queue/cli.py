@@ -1,7 +1,190 @@
-"""Command line of agent-queue (placeholder until the core lands)."""
+"""The ``agent-queue`` command line: parse options, call ``service``, print. No logic lives here.
+
+``main`` is the one place where errors become exit codes: 0 ok, 1 runtime
+failure, 2 usage or bad input, each with one line on stderr.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import sys
+from typing import Any
 
-def main() -> int:
-    return 0
+import click
+
+from agent_queue import service
+from agent_queue.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AQError, BadInput
+from agent_queue.runner import RunOptions
+from agent_queue.settings import Settings, load_settings
+
+PROG = "agent-queue"
+
+
+class _Ctx:
+    """Global flags, kept until a command knows its own and can build Settings once."""
+
+    def __init__(self, flags: dict[str, Any]) -> None:
+        self.flags = flags
+
+    def settings(self, **more: Any) -> Settings:
+        return load_settings({**self.flags, **more}, os.environ)
+
+
+pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(file_okay=False), help="Queue root [env AQ_ROOT; default ~/.agent-queue].")
+@click.option("--factory-id", help="This host's name in the fleet [env AQ_FACTORY_ID; default short hostname].")
+@click.option("--config", "config", type=click.Path(dir_okay=False),
+              help="TOML config [env AQ_CONFIG; default <root>/agent-queue.toml when present].")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Daemon log format [env AQ_LOG_FORMAT].")
+@click.option("-v", "--verbose", is_flag=True, default=None, help="Add debug lines to the daemon log.")
+@click.version_option(package_name="agent-queue")
+@click.pass_context
+def cli(ctx: click.Context, /, **flags: Any) -> None:
+    """Run AI coding agents and commands on a queue of jobs."""
+    ctx.obj = _Ctx(flags)
+
+
+class _EnqueueCommand(click.Command):
+    """Keeps what follows ``--`` (the shell command) apart from the FILE argument."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta["aq_command"] = args[cut + 1:]
+            args = args[:cut]
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_EnqueueCommand)
+@click.argument("file", required=False)
+@click.option("--id", "job_id", help="Job id (default: generated, sortable).")
+@click.option("--tool", help="Tool name (default shell).")
+@click.option("--prompt", help="Prompt text for an agent tool.")
+@click.option("--profile", help="Profile name (default 'default').")
+@click.option("--priority", type=int, help="Higher runs first (default 0).")
+@click.option("--requires", multiple=True, help="Capability the factory must have (repeatable).")
+@click.option("--verify", help='Verify gate argv, split like a shell: --verify "pytest -q".')
+@click.option("--timeout", type=float, help="Timeout per attempt, seconds.")
+@click.option("--max-attempts", type=int, help="Attempts before quarantine.")
+@click.pass_context
+def enqueue(ctx: click.Context, /, file: str | None, **opts: Any) -> None:
+    """Add a job: a JSON spec from FILE (or - for stdin), or built from flags and -- CMD ARGS..."""
+    command = ctx.meta.get("aq_command")
+    settings = ctx.obj.settings()
+    if file is not None:
+        if command is not None or any(v not in (None, ()) for v in opts.values()):
+            raise BadInput("enqueue: give either FILE or the job flags / -- CMD, not both")
+        spec, where = _read_spec(file)
+    else:
+        spec, where = _spec_from_flags(opts, command), "enqueue flags"
+    click.echo(service.enqueue(settings, spec, where))
+
+
+def _read_spec(file: str) -> tuple[Any, str]:
+    where = "stdin" if file == "-" else file
+    try:
+        text = sys.stdin.read() if file == "-" else open(file, encoding="utf-8").read()  # noqa: SIM115
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{where}: cannot read job spec ({getattr(exc, 'strerror', None) or exc})") from None
+    return service.decode_spec(text, where), where
+
+
+def _spec_from_flags(opts: dict[str, Any], command: list[str] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    for key, field in (("job_id", "id"), ("tool", "tool"), ("prompt", "prompt"), ("profile", "profile"),
+                       ("priority", "priority")):
+        if opts[key] is not None:
+            spec[field] = opts[key]
+    if opts["requires"]:
+        spec["requires"] = list(opts["requires"])
+    if opts["verify"] is not None:
+        try:
+            spec["verify"] = shlex.split(opts["verify"])
+        except ValueError as exc:
+            raise BadInput(f"--verify: cannot split {opts['verify'][:40]!r} ({exc})") from None
+    budget = {k: v for k, v in (("timeoutS", opts["timeout"]), ("maxAttempts", opts["max_attempts"])) if v is not None}
+    if budget:
+        spec["budget"] = budget
+    if command:
+        spec["command"] = command
+    return spec
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Take at most one job, then exit.")
+@click.option("--drain", is_flag=True, help="Work until no job is left, then exit.")
+@click.option("--poll", "poll_s", type=float, help="Seconds between inbox polls when idle (default 2).")
+@click.option("--max-jobs", type=click.IntRange(min=1), help="Exit after this many jobs.")
+@click.option("--grace", "grace_s", type=float, help="Seconds a running job gets at shutdown (default 30).")
+@click.option("--fleet/--no-fleet", default=None, help="Fleet mode [env AQ_FLEET; default off].")
+@click.option("--fleet-route/--no-fleet-route", default=None, help="Coordinator sources work [env AQ_FLEET_ROUTE].")
+@click.option("--fleet-shadow/--no-fleet-shadow", default=None, help="Shadow-compare [env AQ_FLEET_SHADOW].")
+@pass_ctx
+def run(ctx: _Ctx, /, once: bool, drain: bool, max_jobs: int | None, **flags: Any) -> None:
+    """The daemon: take jobs, run them, verify, ship or quarantine. SIGTERM/SIGINT stop it."""
+    if once and drain:
+        raise BadInput("run: --once and --drain exclude each other")
+    service.run_daemon(ctx.settings(**flags), RunOptions(once=once, drain=drain, max_jobs=max_jobs))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def status(ctx: _Ctx, as_json: bool) -> None:
+    """Counts per state, the running job, the daemon and the resolved settings (secrets redacted)."""
+    report = service.status(ctx.settings())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    click.echo("  ".join(f"{state}: {n}" for state, n in report["counts"].items()))
+    daemon = report["daemon"]
+    click.echo(f"daemon: pid {daemon.get('pid')} since {daemon.get('startedAt')}" if daemon["running"]
+               else "daemon: not running")
+    for job in report["running"]:
+        click.echo(f"running: {job['id']} (tool {job['tool']}, attempt {job['attempt']}, pid {job['pid']}, "
+                   f"{job['elapsedS']}s)")
+    for key, value in report["settings"].items():
+        click.echo(f"  {key}: {value}")
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@pass_ctx
+def requeue(ctx: _Ctx, job_id: str) -> None:
+    """Move a quarantined job back to the inbox with its attempts reset."""
+    service.requeue(ctx.settings(), job_id)
+    click.echo(job_id)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ships or is quarantined.")
+@pass_ctx
+def logs(ctx: _Ctx, job_id: str, follow: bool) -> None:
+    """Print a job's log (tool output, verify and ship hook, one header per attempt)."""
+    service.stream_log(ctx.settings(), job_id, follow, lambda text: click.echo(text, nl=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; the one place errors become exit codes and one-line messages."""
+    try:
+        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except AQError as exc:
+        click.echo(f"{PROG}: {'; '.join(exc.message.splitlines())}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"{PROG}: {exc.format_message()}", err=True)
+        return EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+    except click.Abort:
+        click.echo(f"{PROG}: aborted", err=True)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    return EXIT_OK

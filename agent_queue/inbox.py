@@ -1,0 +1,253 @@
+"""LocalQueue: the job directories under ``<root>`` and the atomic renames between them.
+
+Each job is one directory ``<state>/<id>/`` holding ``job.json`` (the spec)
+and ``result.json`` (attempts, exit codes, durations, reason, timestamps).
+The directory's location *is* the job's state; a job changes state only by
+``os.rename`` of its directory, so a crash leaves it in exactly one state.
+``result.json`` is rewritten (atomically) just before each move. Nothing here
+ever deletes a job. A plain ``*.json`` dropped into ``inbox/`` is normalised
+into a directory, or moved to ``quarantine/`` with the reason if it is bad.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from agent_queue.errors import Conflict, InvalidJob, NotFound, StateError
+from agent_queue.fsutil import ensure_dir, fsync_dir, read_json, write_json_atomic
+from agent_queue.jobs import ID_RE, Job, validate_id
+from agent_queue.timeutil import to_rfc3339
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+RESULT_FILE = "result.json"
+
+
+class State(StrEnum):
+    INBOX = "inbox"
+    RUNNING = "running"
+    SHIPPED = "shipped"
+    QUARANTINE = "quarantine"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A job as stored: its spec, its result record and where it is."""
+
+    job: Job
+    result: dict[str, Any]
+    state: State
+    path: Path
+
+    @property
+    def attempts(self) -> int:
+        return int(self.result.get("attempts", 0))
+
+
+class LocalQueue:
+    """The four state directories of one root, plus work/, logs/ and .state/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.work = root / "work"
+        self.logs = root / "logs"
+        self.state_dir = root / ".state"
+        self._staging = self.state_dir / "staging"
+        self._lock = FileLock(str(self.state_dir / "queue.lock"))
+
+    def init(self) -> LocalQueue:
+        for d in (*(self.dir(s) for s in State), self.work, self.logs, self._staging):
+            ensure_dir(d)
+        return self
+
+    def dir(self, state: State) -> Path:
+        return self.root / state.value
+
+    def log_path(self, job_id: str) -> Path:
+        return self.logs / f"{job_id}.log"
+
+    # --- adding jobs -------------------------------------------------------
+
+    def enqueue(self, job: Job) -> Entry:
+        """Add ``job`` to inbox/; refuses (Conflict) an id already in any state."""
+        with self._lock:
+            self._refuse_duplicate(job.id)
+            return self._place(job, State.INBOX, new_result(job.id, State.INBOX))
+
+    def materialize(self, job: Job, result: dict[str, Any]) -> Entry:
+        """Put a job obtained elsewhere (e.g. a coordinator claim) straight into running/."""
+        with self._lock:
+            self._refuse_duplicate(job.id)
+            return self._place(job, State.RUNNING, {**new_result(job.id, State.RUNNING), **result})
+
+    def _refuse_duplicate(self, job_id: str) -> None:
+        found = self.find(job_id)
+        if found is not None:
+            raise Conflict(f"job {job_id}: id already used (in {found.value}/)")
+
+    def _place(self, job: Job, state: State, result: dict[str, Any]) -> Entry:
+        staged = ensure_dir(self._staging / f"{job.id}.{secrets.token_hex(4)}")
+        write_json_atomic(staged / JOB_FILE, job.to_dict())
+        write_json_atomic(staged / RESULT_FILE, result)
+        target = self.dir(state) / job.id
+        os.rename(staged, target)
+        fsync_dir(target.parent)
+        return Entry(job, result, state, target)
+
+    # --- reading -----------------------------------------------------------
+
+    def find(self, job_id: str) -> State | None:
+        for state in State:
+            if (self.dir(state) / job_id).is_dir():
+                return state
+        return None
+
+    def get(self, job_id: str) -> Entry:
+        validate_id(job_id, "job id")
+        state = self.find(job_id)
+        if state is None:
+            raise NotFound(f"job {job_id}: not found under {self.root}")
+        return self._load(self.dir(state) / job_id, state)
+
+    def entries(self, state: State) -> list[Entry]:
+        entries = []
+        for path in sorted(self.dir(state).iterdir()) if self.dir(state).is_dir() else []:
+            if path.is_dir() and ID_RE.fullmatch(path.name):
+                with contextlib.suppress(StateError):
+                    entries.append(self._load(path, state))
+        return entries
+
+    def counts(self) -> dict[str, int]:
+        return {s.value: sum(1 for p in self.dir(s).iterdir() if p.is_dir()) if self.dir(s).is_dir() else 0
+                for s in State}
+
+    def pending(self) -> list[Entry]:
+        """Inbox jobs in the order they are taken: highest priority, then oldest."""
+        return sorted(self.entries(State.INBOX),
+                      key=lambda e: (-e.job.priority, str(e.result.get("enqueuedAt", "")), e.job.id))
+
+    def _load(self, path: Path, state: State) -> Entry:
+        try:
+            job = Job.from_dict(read_json(path / JOB_FILE), where=str(path / JOB_FILE))
+            result = read_json(path / RESULT_FILE) if (path / RESULT_FILE).exists() else new_result(path.name, state)
+        except (OSError, ValueError, InvalidJob) as exc:
+            raise StateError(f"{path}: unreadable job ({exc})") from exc
+        return Entry(job, result, state, path)
+
+    # --- moving ------------------------------------------------------------
+
+    def take(self, job_id: str) -> Entry | None:
+        """inbox -> running for one job; None if someone else moved it first."""
+        try:
+            return self.move(job_id, State.INBOX, State.RUNNING, {})
+        except (NotFound, FileNotFoundError):
+            return None
+
+    def move(self, job_id: str, src: State, dst: State, update: dict[str, Any]) -> Entry:
+        """Record ``update`` in result.json, then rename the job's directory from ``src`` to ``dst``."""
+        with self._lock:
+            path = self.dir(src) / job_id
+            if not path.is_dir():
+                raise NotFound(f"job {job_id}: not in {src.value}/")
+            entry = self._load(path, src)
+            result = {**entry.result, **update, "state": dst.value, "updatedAt": now()}
+            write_json_atomic(path / RESULT_FILE, result)
+            target = self.dir(dst) / job_id
+            os.rename(path, target)
+            fsync_dir(target.parent)
+            fsync_dir(path.parent)
+            return Entry(entry.job, result, dst, target)
+
+    def update(self, job_id: str, state: State, update: dict[str, Any]) -> None:
+        """Rewrite result.json in place (e.g. the running tool's pid)."""
+        path = self.dir(state) / job_id / RESULT_FILE
+        with self._lock:
+            write_json_atomic(path, {**read_json(path), **update, "updatedAt": now()})
+
+    def requeue(self, job_id: str) -> Entry:
+        """quarantine -> inbox with attempts reset; any other state is refused."""
+        state = self.get(job_id).state
+        if state is not State.QUARANTINE:
+            raise Conflict(f"job {job_id}: is in {state.value}/, only a quarantined job can be requeued")
+        return self.move(job_id, State.QUARANTINE, State.INBOX,
+                         {"attempts": 0, "reason": None, "requeuedAt": now(), "enqueuedAt": now()})
+
+    # --- loose files dropped into inbox/ -------------------------------------
+
+    def normalise_inbox(self) -> list[str]:
+        """Turn each ``inbox/*.json`` into a job directory, or quarantine it with the reason."""
+        ids = []
+        for path in sorted(self.dir(State.INBOX).glob("*.json")):
+            if path.is_file():
+                ids.append(self._adopt(path))
+        return ids
+
+    def _adopt(self, path: Path) -> str:
+        with self._lock:
+            try:
+                job = Job.from_dict(_read_loose(path), where=f"{path}")
+                self._refuse_duplicate(job.id)
+            except (InvalidJob, Conflict) as exc:
+                return self._quarantine_file(path, exc.message)
+            entry = self._place(job, State.INBOX, new_result(job.id, State.INBOX))
+            os.rename(path, entry.path / "original.json")
+            log.info("inbox file %s accepted as job %s", path.name, job.id, extra={"job_id": job.id})
+            return job.id
+
+    def _quarantine_file(self, path: Path, reason: str) -> str:
+        stem = path.stem if ID_RE.fullmatch(path.stem) and ".." not in path.stem else "bad-file"
+        job_id = stem
+        while self.find(job_id) is not None:
+            job_id = f"{stem}-{secrets.token_hex(3)}"
+        staged = ensure_dir(self._staging / f"{job_id}.{secrets.token_hex(4)}")
+        write_json_atomic(staged / RESULT_FILE, {**new_result(job_id, State.QUARANTINE), "reason": reason,
+                                                 "sourceFile": path.name})
+        os.rename(path, staged / path.name)
+        target = self.dir(State.QUARANTINE) / job_id
+        os.rename(staged, target)
+        fsync_dir(target.parent)
+        log.warning("inbox file %s quarantined: %s", path.name, reason, extra={"job_id": job_id})
+        return job_id
+
+    def iter_all(self) -> Iterator[Entry]:
+        for state in State:
+            yield from self.entries(state)
+
+
+def decode_spec(text: str, where: str) -> Any:
+    """JSON text -> object, or InvalidJob naming where and the line/column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidJob(f"{where}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def _read_loose(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJob(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    return decode_spec(text, str(path))
+
+
+def now() -> str:
+    return to_rfc3339(time.time())
+
+
+def new_result(job_id: str, state: State) -> dict[str, Any]:
+    stamp = now()
+    return {"jobId": job_id, "state": state.value, "attempts": 0, "history": [], "reason": None,
+            "enqueuedAt": stamp, "updatedAt": stamp}

@@ -1,0 +1,121 @@
+"""Run one argv in its own process group, with a timeout and an external abort; always reap it.
+
+The runner owns the policy (shutdown grace, lost lease); this module owns the
+mechanics: start the child in a new session so the whole tree can be
+signalled, append its stdout+stderr to the job log, wait on an Event that is
+set when the child exits or when the caller wants attention, and kill the
+group (TERM, a short grace, then KILL) when told to or at the deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE_S = 2.0
+
+
+class Watch(Protocol):
+    """What the waiting loop asks the caller (the runner) while a child runs."""
+
+    wake: threading.Event  # set by anyone who wants ``abort_reason`` re-read now
+
+    def abort_reason(self) -> str | None:
+        """Non-None: kill the group now, for this reason."""
+
+    def next_deadline(self) -> float | None:
+        """A monotonic time at which ``abort_reason`` may change without ``wake`` being set."""
+
+
+@dataclass(frozen=True)
+class ProcResult:
+    exit_code: int | None  # None when the program could not be started
+    timed_out: bool = False
+    aborted: str | None = None  # the abort reason, when the caller had it killed
+    duration_s: float = 0.0
+    error: str | None = None  # why it could not be started
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.aborted is None
+
+
+def run(
+    argv: tuple[str, ...],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    timeout_s: float,
+    watch: Watch,
+    stdin_path: Path | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> ProcResult:
+    """Run ``argv`` to completion, timeout or abort; the group is gone when this returns."""
+    start = time.monotonic()
+    try:
+        proc = _spawn(argv, cwd, env, log_path, stdin_path)
+    except OSError as exc:
+        return ProcResult(None, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+    exited = threading.Event()
+
+    def wait_child() -> None:
+        proc.wait()
+        exited.set()
+        watch.wake.set()
+
+    threading.Thread(target=wait_child, name=f"reap-{proc.pid}", daemon=True).start()
+    if on_start is not None:
+        on_start(proc.pid)
+    timed_out, aborted = _wait(exited, watch, start + timeout_s)
+    if timed_out or aborted:
+        _kill_group(proc, exited)
+    else:
+        _signal_group(proc.pid, signal.SIGKILL)  # strays left in the group by a finished tool
+    exited.wait()
+    return ProcResult(proc.returncode, timed_out, aborted, time.monotonic() - start)
+
+
+def _spawn(argv: tuple[str, ...], cwd: Path, env: Mapping[str, str], log_path: Path,
+           stdin_path: Path | None) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as out, (open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb")) as inp:
+        return subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=inp, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+
+
+def _wait(exited: threading.Event, watch: Watch, deadline: float) -> tuple[bool, str | None]:
+    """Block until the child exits, the deadline passes, or the watch asks for an abort."""
+    while True:
+        watch.wake.clear()  # clear before checking, so a set() in between is never lost
+        if exited.is_set():
+            return False, None
+        reason = watch.abort_reason()
+        if reason is not None:
+            return False, reason
+        now = time.monotonic()
+        if now >= deadline:
+            return True, None
+        until = min(deadline, watch.next_deadline() or deadline)
+        watch.wake.wait(max(0.0, until - now))
+
+
+def _kill_group(proc: subprocess.Popen[bytes], exited: threading.Event) -> None:
+    _signal_group(proc.pid, signal.SIGTERM)
+    exited.wait(KILL_GRACE_S)
+    _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,307 @@
+"""The daemon loop: take a claim from the Source, run the tool, verify, then ship or quarantine.
+
+``Runner.work`` is the loop and ``Runner.process`` is one job's life; every
+step is a small helper below them. Signals only set flags on ``Control``:
+the first SIGTERM/SIGINT stops taking work and gives the running job
+``grace_s`` seconds (then kills its group and gives it back, attempt not
+counted); a second one kills it at once. Waiting (idle poll, running child)
+is an ``Event.wait`` that any of those flags wakes, so idle CPU stays near zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent_queue import process, tools, workspace
+from agent_queue.errors import AQError, Fenced
+from agent_queue.fsutil import append_line, ensure_dir, write_bytes_atomic
+from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job
+from agent_queue.process import ProcResult
+from agent_queue.settings import Settings
+from agent_queue.source import Claim, Record, Source
+from agent_queue.timeutil import to_rfc3339
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 60.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    once: bool = False  # take at most one job, then return
+    drain: bool = False  # return when no job is left
+    max_jobs: int | None = None
+
+
+class Rejected(Exception):
+    """This factory cannot run the job at all (unknown tool, tool not on PATH...): quarantine it."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything resolved for one attempt before anything runs."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    timeout_s: float
+    max_attempts: int
+    verify: tuple[str, ...]
+    ship: tuple[str, ...]
+    stdin_path: Path | None
+
+
+class Control:
+    """Stop/kill/lost flags shared by the signal handlers, the keepalive and the waits (a ``process.Watch``)."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.wake = threading.Event()
+        self.grace_s = grace_s
+        self._stop_at: float | None = None
+        self._kill_now = False
+        self.lost_reason: str | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_at is not None
+
+    def request_stop(self) -> None:
+        """First call: warm shutdown. Second call: cold (kill the running job now)."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+        else:
+            self._kill_now = True
+        self.wake.set()
+
+    def lose(self, reason: str) -> None:
+        """Called by a claim's keepalive (any thread) when the claim is gone."""
+        self.lost_reason = reason
+        self.wake.set()
+
+    def abort_reason(self) -> str | None:
+        if self.lost_reason is not None:
+            return f"claim lost: {self.lost_reason}"
+        if self._kill_now:
+            return "shutdown: second signal"
+        if self._stop_at is not None and time.monotonic() >= self._stop_at + self.grace_s:
+            return f"shutdown: grace of {self.grace_s:g}s expired"
+        return None
+
+    def next_deadline(self) -> float | None:
+        return None if self._stop_at is None else self._stop_at + self.grace_s
+
+
+class Runner:
+    def __init__(self, settings: Settings, source: Source, control: Control | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.control = control or Control(settings.grace_s)
+        self.root = settings.root
+
+    # --- the loop ---------------------------------------------------------------
+
+    def work(self, opts: RunOptions) -> int:
+        """Run jobs until told to stop (or, with --once/--drain, until done); return how many ran."""
+        self.source.recover()
+        done, backoff = 0, self.settings.poll_s
+        while not self.control.stopping:
+            try:
+                claim = self.source.next_claim()
+            except AQError as exc:
+                log.warning("source unavailable, backing off", extra={"error": exc.message, "backoffS": backoff})
+                self._idle(backoff)
+                backoff = min(MAX_BACKOFF_S, max(backoff * 2, 0.5))
+                continue
+            backoff = self.settings.poll_s
+            if claim is None:
+                if opts.once or opts.drain:
+                    break
+                self._idle(self.settings.poll_s)
+                continue
+            self.process(claim)
+            done += 1
+            if opts.once or (opts.max_jobs is not None and done >= opts.max_jobs):
+                break
+        self.source.close()
+        return done
+
+    def process(self, claim: Claim) -> None:
+        """One job's life: plan, workspace, run + verify under keepalive, then ship / retry / quarantine."""
+        job, attempt = claim.job, claim.attempts_done + 1
+        ctx = {"job_id": job.id, "attempt": attempt}
+        log.info("job taken", extra={**ctx, "tool": job.tool, "profile": job.profile})
+        try:
+            plan = self._plan(job, attempt)
+            workdir = workspace.prepare(self.root, job)
+        except (Rejected, workspace.WorkspaceUnavailable) as exc:
+            self._quarantine(claim, _record(attempt, "rejected", reason=str(exc)))
+            return
+        claim.begin(attempt)
+        self.control.lost_reason = None
+        with claim.keepalive(self.control.lose):
+            record = self._attempt(claim, plan, workdir, attempt)
+        self._finish(claim, plan, workdir, record)
+
+    # --- steps ------------------------------------------------------------------
+
+    def _plan(self, job: Job, attempt: int) -> Plan:
+        spec = self.settings.tools.get(job.tool)
+        profile = self.settings.profiles.get(job.profile)
+        if spec is None:
+            raise Rejected(f"unknown tool {job.tool!r} on factory {self.settings.factory_id}")
+        if profile is None:
+            raise Rejected(f"unknown profile {job.profile!r} on factory {self.settings.factory_id}")
+        max_attempts = job.budget.max_attempts or profile.max_attempts or DEFAULT_MAX_ATTEMPTS
+        if attempt > max_attempts:
+            raise Rejected(f"attempts exhausted ({attempt - 1} of {max_attempts} used)")
+        prompt_file = self._prompt_file(job)
+        values = {"prompt": job.prompt or "", "prompt_file": str(prompt_file or ""), "job_id": job.id,
+                  "workdir": str(self.root / "work" / job.id), "root": str(self.root)}
+        argv = tools.render_argv(spec, profile, job, values)
+        env = tools.tool_env(self.settings.host_env, spec, profile, job)
+        if tools.find_program(argv[0], env) is None:
+            raise Rejected(f"tool {job.tool!r}: program {argv[0]!r} not found on PATH")
+        return Plan(argv=argv, env=env, timeout_s=job.budget.timeout_s or profile.timeout_s or DEFAULT_TIMEOUT_S,
+                    max_attempts=max_attempts, verify=job.verify, ship=job.ship or profile.ship,
+                    stdin_path=prompt_file if spec.prompt_via == "stdin" else None)
+
+    def _prompt_file(self, job: Job) -> Path | None:
+        """The prompt as a private file, so any size reaches the tool via stdin or a path."""
+        if job.prompt is None:
+            return None
+        path = ensure_dir(self.root / ".state" / "prompts") / f"{job.id}.txt"
+        write_bytes_atomic(path, job.prompt.encode("utf-8"))
+        return path
+
+    def _attempt(self, claim: Claim, plan: Plan, workdir: Path, attempt: int) -> Record:
+        """Run the tool, then the verify gate if the tool succeeded; describe what happened."""
+        started = time.time()
+        self._log_header(claim.job, f"attempt {attempt} of {plan.max_attempts}: {_show(plan.argv)}")
+        log.info("attempt started", extra={"job_id": claim.job.id, "attempt": attempt})
+        tool = self._run(claim.job, plan.argv, plan, workdir, stdin=plan.stdin_path, on_start=claim.note_pid)
+        record = _record(attempt, "passed", exitCode=tool.exit_code, toolDurationS=round(tool.duration_s, 3),
+                         startedAt=to_rfc3339(started))
+        verdict = self._verdict("tool", tool, plan.timeout_s)
+        if verdict is None and plan.verify:
+            self._log_header(claim.job, f"verify: {_show(plan.verify)}")
+            gate = self._run(claim.job, plan.verify, plan, workdir)
+            record["verifyExitCode"] = gate.exit_code
+            verdict = self._verdict("verify gate", gate, plan.timeout_s)
+            log.info("verify %s", "passed" if verdict is None else "failed",
+                     extra={"job_id": claim.job.id, "attempt": attempt, "exitCode": gate.exit_code})
+        if verdict is not None:
+            record.update(outcome=verdict[0], reason=verdict[1])
+        record.update(endedAt=to_rfc3339(time.time()), durationS=round(time.time() - started, 3))
+        return record
+
+    def _run(self, job: Job, argv: tuple[str, ...], plan: Plan, workdir: Path, *, stdin: Path | None = None,
+             on_start: Any = None) -> ProcResult:
+        return process.run(argv, cwd=workdir, env=plan.env, log_path=self._log_path(job), timeout_s=plan.timeout_s,
+                           watch=self.control, stdin_path=stdin, on_start=on_start)
+
+    def _verdict(self, what: str, res: ProcResult, timeout_s: float) -> tuple[str, str] | None:
+        """None when ``res`` passed; else (outcome, reason) with outcome lost | shutdown | failed."""
+        if res.aborted is not None:
+            return ("lost" if self.control.lost_reason is not None else "shutdown"), res.aborted
+        if res.error is not None:
+            return "failed", f"{what}: {res.error}"
+        if res.timed_out:
+            return "failed", f"{what}: timed out after {timeout_s:g}s"
+        if res.exit_code != 0:
+            return "failed", f"{what}: exited with status {res.exit_code}"
+        return None
+
+    def _finish(self, claim: Claim, plan: Plan, workdir: Path, record: Record) -> None:
+        outcome = record["outcome"]
+        if outcome == "lost":
+            self._fenced(claim, record)
+        elif outcome == "shutdown":
+            claim.give_back(record["reason"])
+            log.info("job given back (shutdown, attempt not counted)", extra=_ctx(claim, record))
+        elif outcome == "passed":
+            self._ship(claim, plan, workdir, record)
+        elif record["attempt"] < plan.max_attempts:
+            claim.retry(record)
+            log.info("attempt failed, will retry", extra={**_ctx(claim, record), "reason": record["reason"]})
+        else:
+            record["reason"] = f"{record['reason']} (attempt {record['attempt']} of {plan.max_attempts})"
+            self._quarantine(claim, record)
+
+    def _ship(self, claim: Claim, plan: Plan, workdir: Path, record: Record) -> None:
+        """Ship only after the claim approves it: move to shipped/, then the ship hook."""
+        try:
+            claim.approve_ship(record)
+        except Fenced as exc:
+            record.update(outcome="fenced", reason=f"ship refused: {exc.message}")
+            self._fenced(claim, record)
+            return
+        record["outcome"] = "shipped"
+        claim.shipped(record)
+        log.info("shipped", extra=_ctx(claim, record))
+        if plan.ship:
+            self._log_header(claim.job, f"ship hook: {_show(plan.ship)}")
+            hook = self._run(claim.job, plan.ship, plan, workdir)
+            claim.note_ship_hook({"exitCode": hook.exit_code, "timedOut": hook.timed_out, "error": hook.error})
+            if not hook.ok:
+                log.warning("ship hook failed (job stays shipped)", extra={**_ctx(claim, record),
+                                                                            "exitCode": hook.exit_code})
+
+    def _quarantine(self, claim: Claim, record: Record) -> None:
+        record["outcome"] = "quarantined" if record["outcome"] != "rejected" else "rejected"
+        claim.quarantine(record)
+        log.warning("quarantined", extra={**_ctx(claim, record), "reason": record["reason"]})
+
+    def _fenced(self, claim: Claim, record: Record) -> None:
+        record["outcome"] = "fenced"
+        claim.fenced(record)
+        log.warning("fenced: not shipped", extra={**_ctx(claim, record), "reason": record["reason"]})
+
+    # --- small utilities ----------------------------------------------------------
+
+    def _idle(self, seconds: float) -> None:
+        self.control.wake.clear()
+        if not self.control.stopping:
+            self.control.wake.wait(seconds)
+
+    def _log_path(self, job: Job) -> Path:
+        return ensure_dir(self.root / "logs") / f"{job.id}.log"
+
+    def _log_header(self, job: Job, text: str) -> None:
+        append_line(self._log_path(job), f"=== {to_rfc3339(time.time())} {self.settings.factory_id} {job.id} {text}")
+
+    @contextmanager
+    def signals(self) -> Iterator[None]:
+        """Route SIGTERM/SIGINT to ``Control.request_stop`` while the daemon runs (main thread only)."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: %s", signal.Signals(signum).name,
+                     "killing the running job" if self.control.stopping else "stopping after the running job")
+            self.control.request_stop()
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, prev in old.items():
+                signal.signal(sig, prev)
+
+
+def _record(attempt: int, outcome: str, **fields: Any) -> Record:
+    return {"attempt": attempt, "outcome": outcome, "reason": None, **fields}
+
+
+def _ctx(claim: Claim, record: Record) -> dict[str, Any]:
+    return {"job_id": claim.job.id, "attempt": record["attempt"]}
+
+
+def _show(argv: tuple[str, ...]) -> str:
+    """argv for a log header, each item cut short (prompts can be 1 MB)."""
+    return " ".join(a if len(a) <= 80 else a[:77] + "..." for a in argv)

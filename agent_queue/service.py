@@ -1,0 +1,135 @@
+"""The operations behind each CLI command (like Procrastinate's manager): cli.py parses and prints only.
+
+Each function takes the resolved ``Settings`` and returns data; errors are
+``errors.AQError`` subclasses that the CLI maps to exit codes in one place.
+``run_daemon`` also owns the per-root daemon lock (two daemons on one root
+would recover each other's running jobs) and ``.state/daemon.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from agent_queue import log as aqlog
+from agent_queue.errors import StateError
+from agent_queue.fsutil import read_json, write_json_atomic
+from agent_queue.inbox import LocalQueue, State, decode_spec
+from agent_queue.jobs import Job, new_job_id
+from agent_queue.runner import Runner, RunOptions
+from agent_queue.settings import Settings
+from agent_queue.source import build_source
+from agent_queue.timeutil import parse_rfc3339, to_rfc3339
+from agent_queue.tools import check_known
+
+log = logging.getLogger(__name__)
+
+__all__ = ["decode_spec", "enqueue", "requeue", "run_daemon", "status", "stream_log"]
+
+
+def queue_for(settings: Settings) -> LocalQueue:
+    return LocalQueue(settings.root).init()
+
+
+def enqueue(settings: Settings, spec: Any, where: str) -> str:
+    """Validate ``spec`` fully (fields, tool, profile, unique id) before writing anything; return the id."""
+    if isinstance(spec, Mapping) and "id" not in spec:
+        spec = {**spec, "id": new_job_id()}
+    job = Job.from_dict(spec, where=where)
+    check_known(job, settings.tools, settings.profiles)
+    queue_for(settings).enqueue(job)
+    return job.id
+
+
+def requeue(settings: Settings, job_id: str) -> None:
+    queue_for(settings).requeue(job_id)
+
+
+def run_daemon(settings: Settings, opts: RunOptions) -> int:
+    """Start-up checks, lock, then the runner loop; returns the number of jobs processed."""
+    aqlog.setup(settings.log_format, settings.verbose, settings.factory_id)
+    for warning in settings.fleet_warnings():
+        log.warning(warning)
+    queue = queue_for(settings)
+    source = build_source(settings, queue)
+    lock = FileLock(str(queue.state_dir / "daemon.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise StateError(f"{settings.root}: another agent-queue daemon is running on this root") from None
+    try:
+        write_json_atomic(queue.state_dir / "daemon.json", {"pid": os.getpid(), "factoryId": settings.factory_id,
+                                                            "startedAt": to_rfc3339(time.time())})
+        runner = Runner(settings, source)
+        log.info("daemon started", extra={"root": str(settings.root), "fleetMode": settings.fleet_mode})
+        with runner.signals():
+            done = runner.work(opts)
+        log.info("daemon stopped", extra={"jobs": done})
+        return done
+    finally:
+        lock.release()
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """Counts per state, the running job(s) with elapsed time and pid, the daemon, the settings (redacted)."""
+    queue = queue_for(settings)
+    now = time.time()
+    running = []
+    for entry in queue.entries(State.RUNNING):
+        started = entry.result.get("startedAt")
+        running.append({"id": entry.job.id, "tool": entry.job.tool, "attempt": entry.result.get("attempt"),
+                        "pid": entry.result.get("pid"),
+                        "elapsedS": None if not started else round(now - parse_rfc3339(started), 1)})
+    return {"counts": queue.counts(), "running": running, "daemon": _daemon(queue),
+            "settings": settings.describe()}
+
+
+def _daemon(queue: LocalQueue) -> dict[str, Any] | None:
+    lock = FileLock(str(queue.state_dir / "daemon.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        info = _read_optional(queue.state_dir / "daemon.json")
+        return {"running": True, **(info or {})}
+    lock.release()
+    return {"running": False}
+
+
+def _read_optional(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def stream_log(settings: Settings, job_id: str, follow: bool, write: Callable[[str], None],
+               poll_s: float = 0.2) -> None:
+    """Write the job's log; with ``follow``, keep writing until the job leaves inbox/ and running/."""
+    queue = LocalQueue(settings.root)
+    queue.get(job_id)  # NotFound for an unknown id
+    path = queue.log_path(job_id)
+    offset = 0
+    while True:
+        offset = _copy_from(path, offset, write)
+        if not follow or queue.find(job_id) not in (State.INBOX, State.RUNNING):
+            _copy_from(path, offset, write)
+            return
+        time.sleep(poll_s)
+
+
+def _copy_from(path: Path, offset: int, write: Callable[[str], None]) -> int:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return offset
+    if data:
+        write(data.decode("utf-8", "replace"))
+    return offset + len(data)

@@ -1,0 +1,234 @@
+"""Settings: read flags, AQ_* env, agent-queue.toml and defaults once, into one frozen object.
+
+Precedence is flag > env > config file > default, for every field. Nothing
+else in the package reads ``os.environ``: the CLI builds a ``Settings`` at
+start-up and passes it down. ``host_env`` is the snapshot of the few host
+variables a tool may ever see (minimal set + declared pass-through, never
+AQ_*). The fleet token is kept out of ``repr`` and redacted in ``describe``.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from agent_queue.errors import ConfigError
+from agent_queue.tools import FORBIDDEN_ENV_PREFIX, MINIMAL_ENV, Profile, ToolSpec, parse_profiles, parse_tools
+
+CONFIG_NAME = "agent-queue.toml"
+LOG_FORMATS = ("text", "json")
+REDACTED = "<redacted>"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_TOP_KEYS = {"factory_id", "capabilities", "log_format", "poll_s", "grace_s", "tools", "profiles", "fleet"}
+# [fleet] key -> (Settings field, env variable)
+_FLEET_KEYS = {
+    "enabled": ("fleet", "AQ_FLEET"),
+    "route": ("fleet_route", "AQ_FLEET_ROUTE"),
+    "shadow": ("fleet_shadow", "AQ_FLEET_SHADOW"),
+    "api_cmd": ("fleet_api_cmd", "AQ_FLEET_API_CMD"),
+    "api": ("fleet_api", "AQ_FLEET_API"),
+    "token": ("fleet_token", "AQ_FLEET_TOKEN"),
+}
+_BOOL_FIELDS = {"fleet", "fleet_route", "fleet_shadow"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path
+    factory_id: str
+    config_path: Path | None = None
+    log_format: str = "text"
+    verbose: bool = False
+    poll_s: float = 2.0
+    grace_s: float = 30.0
+    capabilities: tuple[str, ...] = ()
+    tools: Mapping[str, ToolSpec] = field(default_factory=lambda: parse_tools(None, "tools"))
+    profiles: Mapping[str, Profile] = field(default_factory=lambda: parse_profiles(None, "profiles"))
+    host_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    fleet: bool = False
+    fleet_route: bool = True
+    fleet_shadow: bool = False
+    fleet_api_cmd: str | None = None
+    fleet_api: str | None = None
+    fleet_token: str | None = field(default=None, repr=False)
+
+    @property
+    def fleet_mode(self) -> str:
+        """offline | route | local | shadow (ROUTE wins over SHADOW, see fleet_warnings)."""
+        if not self.fleet:
+            return "offline"
+        if self.fleet_route:
+            return "route"
+        return "shadow" if self.fleet_shadow else "local"
+
+    def fleet_warnings(self) -> list[str]:
+        if self.fleet and self.fleet_route and self.fleet_shadow:
+            return ["AQ_FLEET_ROUTE=1 and AQ_FLEET_SHADOW=1: ROUTE wins, shadow mode is off"]
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """What `status` shows: every resolved setting, secrets redacted."""
+        return {
+            "root": str(self.root),
+            "factoryId": self.factory_id,
+            "config": None if self.config_path is None else str(self.config_path),
+            "logFormat": self.log_format,
+            "pollS": self.poll_s,
+            "graceS": self.grace_s,
+            "capabilities": list(self.capabilities),
+            "tools": sorted(self.tools),
+            "profiles": sorted(self.profiles),
+            "fleet": self.fleet,
+            "fleetRoute": self.fleet_route,
+            "fleetShadow": self.fleet_shadow,
+            "fleetMode": self.fleet_mode,
+            "fleetApiCmd": self.fleet_api_cmd,
+            "fleetApi": None if self.fleet_api is None else redact_url(self.fleet_api),
+            "fleetToken": None if self.fleet_token is None else REDACTED,
+        }
+
+
+def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Build the one Settings object; ``flags`` holds CLI values, None where not given."""
+    root = Path(_pick(flags.get("root"), env.get("AQ_ROOT"), None, "~/.agent-queue")).expanduser()
+    config_path = _config_path(flags.get("config"), env.get("AQ_CONFIG"), root)
+    cfg = _read_config(config_path)
+    where = str(config_path)
+    fleet_cfg = _fleet_table(cfg.get("fleet"), f"{where}: [fleet]")
+    tools = parse_tools(cfg.get("tools"), f"{where}: tools")
+    values: dict[str, Any] = {}
+    for key, (name, var) in _FLEET_KEYS.items():
+        raw = _pick(flags.get(name), env.get(var), fleet_cfg.get(key), None)
+        if raw is not None:
+            values[name] = parse_bool(raw, var) if name in _BOOL_FIELDS else _nonempty(raw, var)
+    return Settings(
+        root=root,
+        factory_id=str(_pick(flags.get("factory_id"), env.get("AQ_FACTORY_ID"), cfg.get("factory_id"),
+                             short_hostname())),
+        config_path=config_path,
+        log_format=_log_format(_pick(flags.get("log_format"), env.get("AQ_LOG_FORMAT"), cfg.get("log_format"),
+                                     "text")),
+        verbose=bool(flags.get("verbose")),
+        poll_s=_seconds(_pick(flags.get("poll_s"), None, cfg.get("poll_s"), 2.0), "poll_s"),
+        grace_s=_seconds(_pick(flags.get("grace_s"), None, cfg.get("grace_s"), 30.0), "grace_s"),
+        capabilities=_capabilities(env.get("AQ_CAPABILITIES"), cfg.get("capabilities"), where),
+        tools=tools,
+        profiles=parse_profiles(cfg.get("profiles"), f"{where}: profiles"),
+        host_env=_host_env(env, tools),
+        **values,
+    )
+
+
+def parse_bool(value: Any, name: str) -> bool:
+    """1/0, true/false, yes/no, on/off (any case); anything else is a ConfigError naming ``name``."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name}: {str(value)[:40]!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+
+def short_hostname() -> str:
+    return socket.gethostname().split(".", 1)[0] or "localhost"
+
+
+def redact_url(url: str) -> str:
+    """Drop user:password from a URL before it is shown anywhere."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _pick(flag: Any, env_value: str | None, cfg_value: Any, default: Any) -> Any:
+    for value in (flag, env_value, cfg_value):
+        if value is not None:
+            return value
+    return default
+
+
+def _config_path(flag: str | None, env_value: str | None, root: Path) -> Path | None:
+    explicit = flag if flag is not None else env_value
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        return path
+    default = root / CONFIG_NAME
+    return default if default.is_file() else None
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            cfg = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    unknown = sorted(set(cfg) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
+    return cfg
+
+
+def _fleet_table(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = sorted(set(value) - set(_FLEET_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_FLEET_KEYS))})")
+    return value
+
+
+def _nonempty(value: Any, name: str) -> str:
+    text = str(value)
+    if not text.strip():
+        raise ConfigError(f"{name}: must not be empty")
+    return text
+
+
+def _log_format(value: Any) -> str:
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"AQ_LOG_FORMAT / --log-format: {str(value)[:40]!r} is not one of text, json")
+    return str(value)
+
+
+def _seconds(value: Any, name: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {str(value)[:40]!r} is not a number of seconds") from None
+    if not 0 <= seconds <= 86400:
+        raise ConfigError(f"{name}: {seconds} is out of range [0, 86400]")
+    return seconds
+
+
+def _capabilities(env_value: str | None, cfg_value: Any, where: str) -> tuple[str, ...]:
+    if env_value is not None:
+        return tuple(c.strip() for c in env_value.split(",") if c.strip())
+    if cfg_value is None:
+        return ()
+    if not isinstance(cfg_value, list) or not all(isinstance(c, str) for c in cfg_value):
+        raise ConfigError(f"config file {where}: capabilities must be a list of strings")
+    return tuple(cfg_value)
+
+
+def _host_env(env: Mapping[str, str], tools: Mapping[str, ToolSpec]) -> dict[str, str]:
+    names = set(MINIMAL_ENV).union(*(t.env_pass for t in tools.values()))
+    return {k: env[k] for k in sorted(names) if k in env and not k.startswith(FORBIDDEN_ENV_PREFIX)}

@@ -1,0 +1,185 @@
+"""Where the runner gets work: a ``Source`` hands out ``Claim``s; the loop never changes.
+
+Protocol (what a second implementation, e.g. FleetSource, must honour):
+
+``Source.recover()``
+    Called once at start-up, before the first claim. Deal with work a crashed
+    daemon left behind (local: running/ -> inbox/, attempt counted).
+``Source.next_claim() -> Claim | None``
+    Take at most one job, or None when there is none right now. May raise
+    ``errors.TransportError`` / ``CoordinatorError``: the runner logs, backs
+    off and asks again; it never dies of it.
+``Source.close()``
+    Release whatever the source holds (connections, locks).
+
+A ``Claim`` is one job taken for one attempt. The runner calls, in order:
+``begin(attempt)`` once; ``keepalive(on_lost)`` as a context manager around
+the tool and the verify gate (a fleet claim renews its lease there and calls
+``on_lost(reason)`` from any thread when the lease is gone: the runner kills
+the tool group at once, runs no verify and never ships); ``note_pid(pid)`` when
+the tool starts. Then exactly one ending:
+
+- ``approve_ship(record)`` BEFORE any ship side effect; raises ``errors.Fenced``
+  when the job may not ship (fleet: the coordinator refused report(shipped)).
+  Offline it always approves. Then ``shipped(record)`` moves it to shipped/,
+  the runner runs the ship hook and reports it with ``note_ship_hook``.
+- ``retry(record)``: the attempt failed, attempts remain; back to the queue.
+- ``quarantine(record)``: give up on the job, with ``record["reason"]``.
+- ``fenced(record)``: the claim was lost; record it, ship nothing.
+- ``give_back(reason)``: shutdown; back to the queue, attempt NOT counted.
+
+``record`` is the attempt's result (attempt, exitCode, verifyExitCode,
+durationS, startedAt, endedAt, outcome, reason); a claim stores it in the
+job's result.json history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from agent_queue.errors import ConfigError
+from agent_queue.inbox import Entry, LocalQueue, State, now
+from agent_queue.jobs import Job
+from agent_queue.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+
+class Claim(ABC):
+    """One job held by this factory for one attempt (see the module docstring)."""
+
+    job: Job
+    attempts_done: int
+
+    @abstractmethod
+    def begin(self, attempt: int) -> None: ...
+
+    @contextlib.contextmanager
+    def keepalive(self, on_lost: Callable[[str], None]) -> Iterator[None]:
+        """Keep the claim valid while the body runs; the local claim cannot be lost."""
+        yield
+
+    def note_pid(self, pid: int) -> None:
+        """The tool's process id, for `status`."""
+        return None
+
+    def note_ship_hook(self, outcome: Record) -> None:
+        """The ship hook's result, after ``shipped`` (it cannot unship the job)."""
+        return None
+
+    @abstractmethod
+    def approve_ship(self, record: Record) -> None: ...
+
+    @abstractmethod
+    def shipped(self, record: Record) -> None: ...
+
+    @abstractmethod
+    def retry(self, record: Record) -> None: ...
+
+    @abstractmethod
+    def quarantine(self, record: Record) -> None: ...
+
+    @abstractmethod
+    def fenced(self, record: Record) -> None: ...
+
+    @abstractmethod
+    def give_back(self, reason: str) -> None: ...
+
+
+class Source(ABC):
+    @abstractmethod
+    def recover(self) -> list[str]: ...
+
+    @abstractmethod
+    def next_claim(self) -> Claim | None: ...
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+        return None
+
+
+class LocalClaim(Claim):
+    """A job in running/ of the local queue; every ending is one directory rename."""
+
+    def __init__(self, queue: LocalQueue, entry: Entry) -> None:
+        self.queue = queue
+        self.job = entry.job
+        self.attempts_done = entry.attempts
+        self._history: list[Record] = list(entry.result.get("history", []))
+
+    def begin(self, attempt: int) -> None:
+        self.queue.update(self.job.id, State.RUNNING, {"attempt": attempt, "startedAt": now(), "pid": None})
+
+    def note_pid(self, pid: int) -> None:
+        self.queue.update(self.job.id, State.RUNNING, {"pid": pid})
+
+    def note_ship_hook(self, outcome: Record) -> None:
+        self.queue.update(self.job.id, State.SHIPPED, {"shipHook": outcome})
+
+    def approve_ship(self, record: Record) -> None:
+        return None  # offline: this factory is the only authority
+
+    def shipped(self, record: Record) -> None:
+        self._end(State.SHIPPED, record, counted=True)
+
+    def retry(self, record: Record) -> None:
+        self._end(State.INBOX, record, counted=True)
+
+    def quarantine(self, record: Record) -> None:
+        self._end(State.QUARANTINE, record, counted=True)
+
+    def fenced(self, record: Record) -> None:
+        # Cannot happen offline; kept total so the runner needs no special case.
+        self._end(State.QUARANTINE, record, counted=True)
+
+    def give_back(self, reason: str) -> None:
+        self.queue.move(self.job.id, State.RUNNING, State.INBOX,
+                        {"reason": reason, "pid": None, "attempt": None, "startedAt": None})
+
+    def _end(self, dst: State, record: Record, *, counted: bool) -> None:
+        history = [*self._history, record]
+        attempts = self.attempts_done + (1 if counted else 0)
+        self.queue.move(self.job.id, State.RUNNING, dst,
+                        {"attempts": attempts, "history": history, "reason": record.get("reason"),
+                         "pid": None, "attempt": None, "startedAt": None})
+
+
+class LocalSource(Source):
+    """Work from the local inbox (AQ_FLEET=0): highest priority, then oldest."""
+
+    def __init__(self, queue: LocalQueue) -> None:
+        self.queue = queue
+
+    def recover(self) -> list[str]:
+        """running/ -> inbox/ for jobs a crashed daemon left behind, attempt counted."""
+        recovered = []
+        for entry in self.queue.entries(State.RUNNING):
+            record = {"attempt": entry.attempts + 1, "outcome": "crashed", "endedAt": now(),
+                      "reason": "daemon stopped while the job was running"}
+            self.queue.move(entry.job.id, State.RUNNING, State.INBOX,
+                            {"attempts": entry.attempts + 1, "history": [*entry.result.get("history", []), record],
+                             "reason": record["reason"], "pid": None, "attempt": None, "startedAt": None})
+            log.warning("recovered job left in running/ (attempt counted)", extra={"job_id": entry.job.id})
+            recovered.append(entry.job.id)
+        return recovered
+
+    def next_claim(self) -> Claim | None:
+        self.queue.normalise_inbox()
+        for entry in self.queue.pending():
+            taken = self.queue.take(entry.job.id)
+            if taken is not None:
+                return LocalClaim(self.queue, taken)
+        return None
+
+
+def build_source(settings: Settings, queue: LocalQueue) -> Source:
+    """The one place that picks the Source from the fleet flags."""
+    if settings.fleet:
+        raise ConfigError("fleet mode: not available in this build (set AQ_FLEET=0 or drop --fleet)")
+    return LocalSource(queue)
