@@ -87,17 +87,6 @@ def test_unknown_tool_dropped_in_inbox_is_quarantined(tmp_path: Path) -> None:
     assert "unknown tool 'robot'" in result(s.root, "quarantine", "x")["reason"]
 
 
-def test_repo_job_without_git_support_is_quarantined(tmp_path: Path) -> None:
-    s = make_settings(tmp_path / "r")
-    enqueue(s.root, shell_job("g", "true", repo="/some/repo.git"))
-    drain(s)
-    reason = result(s.root, "quarantine", "g")["reason"]
-    try:
-        import agent_queue.gitrepo  # noqa: F401
-    except ImportError:
-        assert reason == "git workspaces not available"
-
-
 def test_big_non_ascii_prompt_via_stdin_and_clean_env(tmp_path: Path) -> None:
     config = ('[tools.catter]\nargv = ["sh", "-c", "cat > got.txt; env > env.txt", "{job_id}"]\n'
               'prompt = "stdin"\n')
