@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent_queue.errors import AQError, BadInput
 from agent_queue.timeutil import parse_rfc3339
 from coordinator_stub.core import Coordinator
 
+TYPE_CHECKING = False  # typing stays unimported on the seam's per-call path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    Response = tuple[int, dict[str, Any] | None]
+
 PREFIX = "/v1/fleet"
 MAX_BODY = 1024 * 1024
 _FACTORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-Response = tuple[int, dict[str, Any] | None]
 
 
 class MethodNotAllowed(AQError):

@@ -64,7 +64,8 @@ def call(ctx: click.Context, ignore_dry_run: bool, method: str, path: str) -> No
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> None:
     """Serve the fleet API over HTTP (bearer token from AQ_FLEET_TOKEN)."""
-    from coordinator_stub.http import check_bind, serve as run_server
+    from coordinator_stub.http import check_bind
+    from coordinator_stub.http import serve as run_server
 
     settings = _settings(ctx, ignore_dry_run)
     check_bind(host, settings.token)
@@ -78,7 +79,8 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
 
 
 @cli.command()
-@click.option("--loop", "loop_s", type=click.FloatRange(min=0.01), metavar="S", help="Reap every S seconds until killed.")
+@click.option("--loop", "loop_s", type=click.FloatRange(min=0.01), metavar="S",
+              help="Reap every S seconds until killed.")
 @click.pass_context
 def reap(ctx: click.Context, loop_s: float | None) -> None:
     """Return expired leases' jobs to the queue (each operation does this too)."""

@@ -20,25 +20,29 @@ Times in records are epoch seconds (floats); on the wire they are RFC 3339.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, TypeVar
+from enum import Enum, StrEnum
 
 from agent_queue.errors import AQError, BadInput, Conflict, Fenced, InvalidJob, NotFound, NotLeased
-from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, Job, Lease, validate_id
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
-from coordinator_stub.store import Store, Tx
 
-T = TypeVar("T")
+# Start-up cost matters (the command seam is a fresh process per operation): typing,
+# dataclasses, hashlib and agent_queue.jobs are imported only where they are needed.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    from agent_queue.jobs import Job
+    from coordinator_stub.store import Store, Tx
+
+    T = TypeVar("T")
+
 Clock = Callable[[], float]
 DEFAULT_LEASE_TTL_S = 60.0
 VERDICTS = ("AGREE", "DIVERGE", "COORD_EMPTY", "LOCAL_EMPTY")
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     QUEUED = "queued"
     LEASED = "leased"
     SHIPPED = "shipped"
@@ -70,12 +74,16 @@ class InvalidReport(BadInput):
     http_status = 422
 
 
-@dataclass
 class _Ctx:
-    tx: Tx
-    now: float
-    ev: dict[str, Any]
-    reclaimed: list[dict[str, Any]] = field(default_factory=list)
+    """One operation's transaction, clock reading, event being built and reaper result."""
+
+    __slots__ = ("tx", "now", "ev", "reclaimed")
+
+    def __init__(self, tx: Tx, now: float, ev: dict[str, Any]) -> None:
+        self.tx = tx
+        self.now = now
+        self.ev = ev
+        self.reclaimed: list[dict[str, Any]] = []
 
 
 class Coordinator:
@@ -92,6 +100,8 @@ class Coordinator:
 
     def enqueue(self, spec: Any) -> tuple[bool, dict[str, Any]]:
         """Add a job (or a composite with its children). Returns (created, view); same spec again is (False, view)."""
+        from agent_queue.jobs import Job
+
         job = Job.from_dict(spec)
         raw = spec if isinstance(spec, Mapping) else {}
         return self._run("enqueue", lambda c: self._enqueue(c, job, raw), jobId=job.id)
@@ -138,7 +148,8 @@ class Coordinator:
         """End a lease with a terminal outcome; a 200 to ``shipped`` is the factory's licence to ship."""
         if outcome not in TERMINAL:
             raise BadInput(f"outcome: {str(outcome)[:40]!r} is not one of shipped, quarantined")
-        return self._run("report", lambda c: self._report(c, job_id, factory_id, epoch, outcome, dict(detail or {})),
+        detail_copy = dict(detail or {})
+        return self._run("report", lambda c: self._report(c, job_id, factory_id, epoch, outcome, detail_copy),
                          jobId=job_id, factoryId=factory_id, leaseEpoch=epoch, outcome=outcome)
 
     def reap(self) -> list[dict[str, Any]]:
@@ -250,8 +261,12 @@ class Coordinator:
         c.tx.hot["seq"] += 1
         if not_before is not None:
             spec["notBefore"] = to_rfc3339(not_before)
+        from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS
+
+        max_attempts = spec.get("budget", {}).get("maxAttempts") or DEFAULT_MAX_ATTEMPTS
         return {
             "spec": spec, "state": JobState.QUEUED.value, "seq": c.tx.hot["seq"], "enqueuedAt": c.now,
+            "maxAttempts": max_attempts,
             "attempts": 0, "leaseEpoch": 0, "lease": None, "notBefore": not_before, "digest": digest,
             "reason": None, "outcome": None, "detail": None, "finishedAt": None, "lastEnd": None,
         }
@@ -427,7 +442,6 @@ class Coordinator:
         return rec
 
     def _find(self, tx: Tx, job_id: str) -> dict[str, Any]:
-        validate_id(job_id, "job id")
         rec = self._find_opt(tx, job_id)
         if rec is None:
             raise NotFound(f"job {job_id}: no such job")
@@ -441,7 +455,8 @@ class Coordinator:
         for rec in tx.hot["jobs"].values():
             lease = rec.get("lease")
             if lease and lease["factoryId"] == factory_id and lease.get("requestId") == request_id:
-                return rec  # type: ignore[no-any-return]
+                found: dict[str, Any] = rec
+                return found
         return None
 
     def _pick(self, tx: Tx, caps: frozenset[str], now: float) -> dict[str, Any] | None:
@@ -553,13 +568,15 @@ class Coordinator:
 
 
 def _lease_wire(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The wire form of ``agent_queue.jobs.Lease.to_dict`` (a test pins the two together)."""
     lease = rec["lease"]
-    return Lease(rec["spec"]["id"], lease["factoryId"], lease["leaseEpoch"], lease["expiresAt"], lease["ttlS"]).to_dict()
+    return {"jobId": rec["spec"]["id"], "factoryId": lease["factoryId"], "leaseEpoch": lease["leaseEpoch"],
+            "expiresAt": to_rfc3339(lease["expiresAt"]), "ttlS": lease["ttlS"]}
 
 
 def _max_attempts(rec: Mapping[str, Any]) -> int:
-    value = rec["spec"].get("budget", {}).get("maxAttempts")
-    return int(value) if value is not None else DEFAULT_MAX_ATTEMPTS
+    """Fixed at enqueue (the job's budget, else the shared default), so no later default change moves it."""
+    return int(rec["maxAttempts"])
 
 
 def _not_before(raw: Any, where: str) -> float | None:
@@ -576,6 +593,9 @@ def _not_before(raw: Any, where: str) -> float | None:
 
 def _digest(job: Job, raw: Mapping[str, Any]) -> str:
     """Identity of a spec for idempotent enqueue: the normalized spec (children included) plus notBefore."""
+    import hashlib
+    import json
+
     body = {"spec": job.to_dict(), "notBefore": raw.get("notBefore")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 

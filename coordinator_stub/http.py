@@ -9,6 +9,7 @@ let in-flight requests finish, close idle connections, and exit 0.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -68,10 +69,8 @@ class StubServer(ThreadingHTTPServer):
             self.stopping = True
             for sock, busy in self.conns.items():
                 if not busy:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RD)
-                    except OSError:
-                        pass
         self.shutdown()
 
 
@@ -192,8 +191,8 @@ def serve(coord: Coordinator, host: str, port: int, token: str | None, ignore_dr
         server = StubServer((host, port), coord, token, ignore_dry_run)
     except OSError as exc:
         raise AQError(f"serve: cannot listen on {host}:{port} ({exc.strerror})") from exc
-    bound_host, bound_port = server.server_address[:2]
-    shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+    bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     if announce is not None:
         announce(f"http://{shown}:{bound_port}")
 

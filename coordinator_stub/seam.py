@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
-from typing import BinaryIO, TextIO
 
 from agent_queue.errors import AQError
-from coordinator_stub.settings import StubSettings
+
+TYPE_CHECKING = False  # no typing import at run time: this module's whole point is start-up cost
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, BinaryIO, TextIO
+
+    from coordinator_stub.settings import StubSettings
 
 
 def call(settings: StubSettings, method: str, path: str, stdin: BinaryIO, stdout: TextIO) -> int:
@@ -27,6 +31,8 @@ def call(settings: StubSettings, method: str, path: str, stdin: BinaryIO, stdout
     from coordinator_stub.store import JsonStore, flock
 
     body = stdin.read()
+    status: int
+    answer: dict[str, Any] | None
     try:
         coord = Coordinator(JsonStore(settings.state_dir, lock=flock), time.time, settings.lease_ttl_s)
     except AQError as exc:

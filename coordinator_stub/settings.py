@@ -8,21 +8,37 @@ Flags win over the environment: ``--state`` over ``AQ_STUB_STATE``,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent_queue.errors import ConfigError
 
+TYPE_CHECKING = False  # typing and dataclasses stay unimported on the seam's per-call path
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 DEFAULT_TTL_S = 60.0
 
 
-@dataclass(frozen=True)
 class StubSettings:
+    """Immutable settings (a plain class: dataclasses costs milliseconds the seam cannot spare)."""
+
+    __slots__ = ("state_dir", "lease_ttl_s", "ignore_dry_run", "token")
     state_dir: Path
-    lease_ttl_s: float = DEFAULT_TTL_S
-    ignore_dry_run: bool = False
-    token: str | None = field(default=None, repr=False)
+    lease_ttl_s: float
+    ignore_dry_run: bool
+    token: str | None
+
+    def __init__(self, state_dir: Path, lease_ttl_s: float = DEFAULT_TTL_S, ignore_dry_run: bool = False,
+                 token: str | None = None) -> None:
+        for name, value in zip(self.__slots__, (state_dir, lease_ttl_s, ignore_dry_run, token), strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"StubSettings is immutable ({name})")
+
+    def __repr__(self) -> str:  # never the token
+        return (f"StubSettings(state_dir={str(self.state_dir)!r}, lease_ttl_s={self.lease_ttl_s}, "
+                f"ignore_dry_run={self.ignore_dry_run}, token={'set' if self.token else 'unset'})")
 
 
 def load_settings(

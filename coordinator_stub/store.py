@@ -24,20 +24,27 @@ never runs again and nothing is lost.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
+import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ContextManager
 
 from agent_queue.errors import StateError
 from agent_queue.fsutil import append_line, ensure_dir, write_json_atomic
 
+TYPE_CHECKING = False  # typing stays unimported on the seam's per-call path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from contextlib import AbstractContextManager as ContextManager
+    from typing import Any
+
+    LockFactory = Callable[[Path], ContextManager[Any]]
+
 STATE_VERSION = 1
-LockFactory = Callable[[Path], ContextManager[Any]]
+# Only names like this can be stored (job ids are validated at enqueue); anything else cannot exist.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def empty_hot() -> dict[str, Any]:
@@ -105,14 +112,20 @@ class Store(ABC):
 
 class _MemoryTx(Tx):
     def __init__(self, store: MemoryStore) -> None:
+        import copy
+
         super().__init__(copy.deepcopy(store.hot))
         self._store = store
 
     def _load_archived(self, job_id: str) -> dict[str, Any] | None:
+        import copy
+
         rec = self._store.archive.get(job_id)
         return copy.deepcopy(rec) if rec is not None else None
 
     def iter_archived(self) -> Iterator[dict[str, Any]]:
+        import copy
+
         merged = {**self._store.archive, **self.pending_archive}
         for key in sorted(merged):
             yield copy.deepcopy(merged[key])
@@ -134,7 +147,7 @@ class MemoryStore(Store):
             tx = _MemoryTx(self)
             yield tx
             if tx.dirty:
-                self.archive.update(copy.deepcopy(tx.pending_archive))
+                self.archive.update(tx.pending_archive)
                 self.hot = tx.hot
             self.events.extend(tx.events)
             self.shadow_reports.extend(tx.shadows)
@@ -143,8 +156,13 @@ class MemoryStore(Store):
 # ---------------------------------------------------------------- directory
 
 
-def archive_name(job_id: str) -> str:
-    """File name of an archived id; upper-case letters escaped so case-insensitive disks (macOS) never collide."""
+def archive_name(job_id: str) -> str | None:
+    """File name of an archived id (None: no such id can exist).
+
+    Upper-case letters are escaped so case-insensitive disks (macOS) never collide.
+    """
+    if ".." in job_id or not _SAFE_NAME.fullmatch(job_id):
+        return None
     return "".join(f"^{c.lower()}" if c.isupper() else c for c in job_id) + ".json"
 
 
@@ -181,7 +199,10 @@ class _JsonTx(Tx):
         self._store = store
 
     def _load_archived(self, job_id: str) -> dict[str, Any] | None:
-        path = self._store.archive_dir / archive_name(job_id)
+        name = archive_name(job_id)
+        if name is None:
+            return None
+        path = self._store.archive_dir / name
         try:
             rec = _read_json_file(path)
         except FileNotFoundError:
@@ -230,13 +251,18 @@ class JsonStore(Store):
         except FileNotFoundError:
             return empty_hot()
         if not isinstance(hot, dict) or not isinstance(hot.get("jobs"), dict) or hot.get("version") != STATE_VERSION:
-            raise StateError(f"{self.state_path}: not a coordinator state file (version {STATE_VERSION}); not touching it")
+            raise StateError(
+                f"{self.state_path}: not a coordinator state file (version {STATE_VERSION}); left untouched"
+            )
         return hot
 
     def _commit(self, tx: Tx) -> None:
         if tx.dirty:
             for job_id, rec in tx.pending_archive.items():
-                write_json_atomic(self.archive_dir / archive_name(job_id), rec)
+                name = archive_name(job_id)
+                if name is None:
+                    raise StateError(f"archive: {job_id[:40]!r} is not a storable id")
+                write_json_atomic(self.archive_dir / name, rec)
             write_json_atomic(self.state_path, tx.hot)
         for path, lines in ((self.events_path, tx.events), (self.shadow_path, tx.shadows)):
             if lines:
