@@ -1,0 +1,227 @@
+"""The one request dispatcher shared by both front ends (command seam and HTTP).
+
+``handle(coord, method, path, body)`` takes the raw request and answers
+``(status, body)`` exactly as docs/fleet-api.md specifies; every expected
+failure becomes ``{"error": {"code", "message"}}`` with the status its
+``errors.py`` class carries. Request fields are checked here, at the edge, so
+the core only ever sees typed values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import parse_qs, urlsplit
+
+from agent_queue.errors import AQError, BadInput
+from agent_queue.timeutil import parse_rfc3339
+from coordinator_stub.core import Coordinator
+
+TYPE_CHECKING = False  # typing stays unimported on the seam's per-call path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    Response = tuple[int, dict[str, Any] | None]
+
+PREFIX = "/v1/fleet"
+MAX_BODY = 1024 * 1024
+_FACTORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class MethodNotAllowed(AQError):
+    code = "method_not_allowed"
+    exit_code = 2
+    http_status = 405
+
+
+class RouteNotFound(AQError):
+    code = "not_found"
+    exit_code = 2
+    http_status = 404
+
+
+def handle(coord: Coordinator, method: str, path: str, body: bytes | None, *, ignore_dry_run: bool = False) -> Response:
+    """Answer one request; never raises an ``AQError`` (it becomes the JSON error body)."""
+    try:
+        return _dispatch(coord, method.upper(), path, body or b"", ignore_dry_run)
+    except AQError as exc:
+        return exc.http_status, exc.to_body()
+
+
+def _dispatch(coord: Coordinator, method: str, path: str, raw: bytes, ignore_dry_run: bool) -> Response:
+    url = urlsplit(path)
+    parts = url.path.rstrip("/").split("/")
+    if url.path.rstrip("/") == PREFIX or not url.path.startswith(PREFIX + "/"):
+        raise RouteNotFound(f"{method} {url.path}: no such route")
+    rest = parts[3:]  # after "", "v1", "fleet"
+    query = parse_qs(url.query)
+    key = rest[0] if len(rest) == 1 else ("jobs/{id}" if len(rest) == 2 and rest[0] == "jobs" else
+                                          f"jobs/{{id}}/{rest[2]}" if len(rest) == 3 and rest[0] == "jobs" else "")
+    routes = _ROUTES.get(key)
+    if routes is None:
+        raise RouteNotFound(f"{method} {url.path}: no such route")
+    fn = routes.get(method)
+    if fn is None:
+        raise MethodNotAllowed(f"{method} {url.path}: method not allowed (allowed: {', '.join(sorted(routes))})")
+    job_id = rest[1] if len(rest) >= 2 else ""
+    req = _Request(coord, job_id, query, raw if method == "POST" else b"", ignore_dry_run)
+    return fn(req)
+
+
+class _Request:
+    def __init__(self, coord: Coordinator, job_id: str, query: dict[str, list[str]], raw: bytes, ignore: bool):
+        self.coord = coord
+        self.job_id = job_id
+        self.query = query
+        self.raw = raw
+        self.ignore_dry_run = ignore
+        self._body: Any = None
+
+    @property
+    def body(self) -> Mapping[str, Any]:
+        """The request body as a JSON object (an empty body is ``{}``)."""
+        if self._body is None:
+            self._body = _parse_body(self.raw)
+        return self._body  # type: ignore[no-any-return]
+
+
+def _parse_body(raw: bytes) -> Any:
+    if len(raw) > MAX_BODY:
+        raise BadInput(f"request body: {len(raw)} bytes, at most {MAX_BODY} allowed")
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"request body: malformed JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BadInput("request body: must be a JSON object")
+    return data
+
+
+# ---------------------------------------------------------------- request fields
+
+
+def _factory(body: Mapping[str, Any]) -> str:
+    value = body.get("factoryId")
+    if not isinstance(value, str) or not _FACTORY_RE.fullmatch(value):
+        raise BadInput(f"factoryId: {str(value)[:40]!r} is not a valid factory id ([A-Za-z0-9._-], 1-128 chars)")
+    return value
+
+
+def _epoch(body: Mapping[str, Any]) -> int:
+    value = body.get("leaseEpoch")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadInput(f"leaseEpoch: must be a non-negative integer, got {str(value)[:40]!r}")
+    return value
+
+
+def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise BadInput(f"{name}: must be true or false")
+    return value
+
+
+def _opt_str(body: Mapping[str, Any], name: str, limit: int = 4096) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadInput(f"{name}: must be a string of at most {limit} characters")
+    return value
+
+
+def _caps(body: Mapping[str, Any]) -> list[str]:
+    value = body.get("capabilities", [])
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise BadInput("capabilities: must be a list of strings")
+    return value
+
+
+def _time(body: Mapping[str, Any], name: str) -> float | None:
+    value = _opt_str(body, name, 64)
+    if value is None:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise BadInput(f"{name}: {value!r} is not an RFC 3339 time") from exc
+
+
+# ---------------------------------------------------------------- routes
+
+
+def _enqueue(r: _Request) -> Response:
+    created, view = r.coord.enqueue(r.body)
+    return (201 if created else 200), view
+
+
+def _list(r: _Request) -> Response:
+    state = r.query.get("state", [None])[-1]
+    return 200, {"jobs": r.coord.list_jobs(state)}
+
+
+def _get(r: _Request) -> Response:
+    return 200, r.coord.get_job(r.job_id)
+
+
+def _claim(r: _Request) -> Response:
+    b = r.body
+    dry = _flag(b, "dryRun", False) and not r.ignore_dry_run
+    view = r.coord.claim(_factory(b), _caps(b), dry_run=dry, request_id=_opt_str(b, "requestId", 256))
+    return (204, None) if view is None else (200, view)
+
+
+def _renew(r: _Request) -> Response:
+    return 200, r.coord.renew(r.job_id, _factory(r.body), _epoch(r.body))
+
+
+def _release(r: _Request) -> Response:
+    b = r.body
+    return 200, r.coord.release(
+        r.job_id, _factory(b), _epoch(b), reason=_opt_str(b, "reason") or "", retry=_flag(b, "retry", True),
+        count_attempt=_flag(b, "countAttempt", True), not_before=_time(b, "notBefore"),
+    )
+
+
+def _report(r: _Request) -> Response:
+    b = r.body
+    detail = b.get("detail") or {}
+    if not isinstance(detail, dict):
+        raise BadInput("detail: must be a JSON object")
+    outcome = b.get("outcome")
+    if not isinstance(outcome, str):
+        raise BadInput("outcome: must be 'shipped' or 'quarantined'")
+    return 200, r.coord.report(r.job_id, _factory(b), _epoch(b), outcome, detail)
+
+
+def _reap(r: _Request) -> Response:
+    return 200, {"reclaimed": r.coord.reap()}
+
+
+def _shadow(r: _Request) -> Response:
+    return 202, r.coord.shadow_report(r.body)
+
+
+def _status(r: _Request) -> Response:
+    return 200, r.coord.status()
+
+
+def _healthz(r: _Request) -> Response:
+    return 200, {"ok": True}
+
+
+_ROUTES: dict[str, dict[str, Callable[[_Request], Response]]] = {
+    "jobs": {"POST": _enqueue, "GET": _list},
+    "jobs/{id}": {"GET": _get},
+    "jobs/{id}/renew": {"POST": _renew},
+    "jobs/{id}/release": {"POST": _release},
+    "jobs/{id}/report": {"POST": _report},
+    "claim": {"POST": _claim},
+    "reap": {"POST": _reap},
+    "shadow-reports": {"POST": _shadow},
+    "status": {"GET": _status},
+    "healthz": {"GET": _healthz},
+}

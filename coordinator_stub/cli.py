@@ -1,0 +1,141 @@
+"""Command line of coordinator-stub: parse options, call the core, print. No business logic here.
+
+``call`` normally never reaches this module (``__main__`` serves it without
+click); it is here too so ``--help`` and odd argument orders still work.
+Errors of the ``errors.py`` hierarchy become one-line messages and exit codes
+in ``main`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from agent_queue.errors import EXIT_FAILURE, EXIT_OK, AQError
+from coordinator_stub.settings import StubSettings, load_settings
+
+
+def _settings(ctx: click.Context, ignore_dry_run: bool = False) -> StubSettings:
+    opts = ctx.obj
+    return load_settings(os.environ, opts["state"], opts["lease_ttl"], ignore_dry_run)
+
+
+def _coordinator(settings: StubSettings) -> Any:
+    from coordinator_stub.core import Coordinator
+    from coordinator_stub.store import JsonStore
+
+    return Coordinator(JsonStore(settings.state_dir), time.time, settings.lease_ttl_s)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state", metavar="DIR", help="State directory (env AQ_STUB_STATE).")
+@click.option("--lease-ttl", metavar="S", help="Lease time-to-live in seconds (env AQ_STUB_LEASE_TTL_S, default 60).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every request (never the token).")
+@click.pass_context
+def cli(ctx: click.Context, state: str | None, lease_ttl: str | None, verbose: bool) -> None:
+    """A file-backed fleet coordinator: leases with fencing tokens, a reaper, HTTP and a command seam."""
+    ctx.obj = {"state": state, "lease_ttl": lease_ttl}
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command()
+@click.option("--ignore-dry-run", is_flag=True, help="Test aid: act like an older coordinator that ignores dryRun.")
+@click.argument("method")
+@click.argument("path")
+@click.pass_context
+def call(ctx: click.Context, ignore_dry_run: bool, method: str, path: str) -> None:
+    """One request: body on stdin, one {"status", "body"} JSON line on stdout."""
+    from coordinator_stub.seam import call as seam_call
+
+    seam_call(_settings(ctx, ignore_dry_run), method, path, sys.stdin.buffer, sys.stdout)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--ignore-dry-run", is_flag=True, help="Test aid: act like an older coordinator that ignores dryRun.")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> None:
+    """Serve the fleet API over HTTP (bearer token from AQ_FLEET_TOKEN)."""
+    from coordinator_stub.http import check_bind
+    from coordinator_stub.http import serve as run_server
+
+    settings = _settings(ctx, ignore_dry_run)
+    check_bind(host, settings.token)
+    if not settings.token:
+        logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
+
+    def announce(url: str) -> None:
+        click.echo(f"listening on {url}", err=True)
+
+    run_server(_coordinator(settings), host, port, settings.token, settings.ignore_dry_run, announce)
+
+
+@cli.command()
+@click.option("--loop", "loop_s", type=click.FloatRange(min=0.01), metavar="S",
+              help="Reap every S seconds until killed.")
+@click.pass_context
+def reap(ctx: click.Context, loop_s: float | None) -> None:
+    """Return expired leases' jobs to the queue (each operation does this too)."""
+    coord = _coordinator(_settings(ctx))
+    while True:
+        for r in coord.reap():
+            click.echo(f"reclaimed {r['jobId']} from {r['factoryId']} (epoch {r['leaseEpoch']})")
+        if loop_s is None:
+            return
+        time.sleep(loop_s)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status object.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Counts per state, live leases and factories."""
+    st = _coordinator(_settings(ctx)).status()
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        return
+    click.echo("  ".join(f"{k}={v}" for k, v in st["counts"].items()))
+    for lease in st["leases"]:
+        click.echo(f"lease {lease['jobId']} {lease['factoryId']} epoch={lease['leaseEpoch']} "
+                   f"expires={lease['expiresAt']} left={lease['timeLeftS']}s")
+    for f in st["factories"]:
+        click.echo(f"factory {f['factoryId']} lastSeen={f['lastSeen']}")
+
+
+@cli.command()
+@click.argument("file", type=click.File("rb"))
+@click.pass_context
+def enqueue(ctx: click.Context, file: Any) -> None:
+    """Add a job spec from FILE (or - for stdin); same id and spec again is a no-op."""
+    from agent_queue.errors import BadInput
+
+    raw = file.read()
+    try:
+        spec = json.loads(raw)
+    except ValueError as exc:
+        raise BadInput(f"{file.name}: malformed JSON ({exc})") from exc
+    created, view = _coordinator(_settings(ctx)).enqueue(spec)
+    click.echo(f"{'enqueued' if created else 'already enqueued'} {view['job']['id']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; the one place where errors become messages and exit codes."""
+    try:
+        cli.main(args=argv, prog_name="coordinator-stub", standalone_mode=False)
+    except AQError as exc:
+        click.echo(f"coordinator-stub: {exc.message}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return EXIT_FAILURE
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return EXIT_OK

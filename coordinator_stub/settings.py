@@ -1,0 +1,62 @@
+"""Settings of one coordinator-stub process, read once at start-up from flags and the environment.
+
+Flags win over the environment: ``--state`` over ``AQ_STUB_STATE``,
+``--lease-ttl`` over ``AQ_STUB_LEASE_TTL_S`` (default 60 s). The bearer token
+(``AQ_FLEET_TOKEN``) is kept out of ``repr`` so it can never reach a log.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from agent_queue.errors import ConfigError
+
+TYPE_CHECKING = False  # typing and dataclasses stay unimported on the seam's per-call path
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+DEFAULT_TTL_S = 60.0
+
+
+class StubSettings:
+    """Immutable settings (a plain class: dataclasses costs milliseconds the seam cannot spare)."""
+
+    __slots__ = ("state_dir", "lease_ttl_s", "ignore_dry_run", "token")
+    state_dir: Path
+    lease_ttl_s: float
+    ignore_dry_run: bool
+    token: str | None
+
+    def __init__(self, state_dir: Path, lease_ttl_s: float = DEFAULT_TTL_S, ignore_dry_run: bool = False,
+                 token: str | None = None) -> None:
+        for name, value in zip(self.__slots__, (state_dir, lease_ttl_s, ignore_dry_run, token), strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"StubSettings is immutable ({name})")
+
+    def __repr__(self) -> str:  # never the token
+        return (f"StubSettings(state_dir={str(self.state_dir)!r}, lease_ttl_s={self.lease_ttl_s}, "
+                f"ignore_dry_run={self.ignore_dry_run}, token={'set' if self.token else 'unset'})")
+
+
+def load_settings(
+    env: Mapping[str, str], state: str | None = None, lease_ttl: str | float | None = None,
+    ignore_dry_run: bool = False,
+) -> StubSettings:
+    """Resolve flags and env into one ``StubSettings``; a ``ConfigError`` names the bad setting."""
+    state = state or env.get("AQ_STUB_STATE")
+    if not state:
+        raise ConfigError("state dir: pass --state DIR or set AQ_STUB_STATE")
+    ttl_text = lease_ttl if lease_ttl is not None else env.get("AQ_STUB_LEASE_TTL_S")
+    where = "--lease-ttl" if lease_ttl is not None else "AQ_STUB_LEASE_TTL_S"
+    ttl = DEFAULT_TTL_S
+    if ttl_text is not None and ttl_text != "":
+        try:
+            ttl = float(ttl_text)
+        except ValueError:
+            raise ConfigError(f"{where}: {str(ttl_text)[:40]!r} is not a number of seconds") from None
+        if not math.isfinite(ttl) or ttl <= 0:
+            raise ConfigError(f"{where}: must be a positive number of seconds, got {ttl_text}")
+    return StubSettings(Path(state), ttl, ignore_dry_run, env.get("AQ_FLEET_TOKEN") or None)

@@ -1,0 +1,280 @@
+"""Where the coordinator's state lives: a small Store interface, in memory or in a directory.
+
+The core (``core.py``) sees state only through one ``Tx`` per operation: the
+*hot* document (queued and leased jobs, sequence counter, factories, terminal
+counts), a write-once *archive* of finished jobs and composite parents (looked
+up by id in O(1), so an operation's cost never grows with history), and two
+append-only logs (events, shadow reports). A transaction commits when its block
+exits normally and discards its changes when it raises.
+
+``JsonStore`` layout (dir 0700, files 0600)::
+
+    DIR/state.json            hot document, replaced atomically (tmp, fsync, rename, fsync dir)
+    DIR/.lock                 one exclusive lock per operation (flock(2); never held across a spawn)
+    DIR/archive/<id>.json     one write-once file per terminal job or composite parent
+    DIR/events.jsonl          one JSON line per operation (see docs/fleet-api.md)
+    DIR/shadow-reports.jsonl  one JSON line per shadow report
+
+Crash order: archive file first, then the hot file, then the log lines. A
+crash between the first two leaves a job in both places; the archive wins (the
+core drops the stale hot copy the next time it meets it), so a finished job
+never runs again and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from agent_queue.errors import StateError
+from agent_queue.fsutil import append_line, ensure_dir, write_json_atomic
+
+TYPE_CHECKING = False  # typing stays unimported on the seam's per-call path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from contextlib import AbstractContextManager as ContextManager
+    from typing import Any
+
+    LockFactory = Callable[[Path], ContextManager[Any]]
+
+STATE_VERSION = 1
+# Only names like this can be stored (job ids are validated at enqueue); anything else cannot exist.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def empty_hot() -> dict[str, Any]:
+    """The hot document of a fresh coordinator."""
+    return {
+        "version": STATE_VERSION,
+        "seq": 0,
+        "jobs": {},
+        "factories": {},
+        "terminalCounts": {"shipped": 0, "quarantined": 0},
+    }
+
+
+class Tx(ABC):
+    """One operation's view of the state. ``hot`` may be mutated; call ``touch`` after doing so."""
+
+    hot: dict[str, Any]
+
+    def __init__(self, hot: dict[str, Any]) -> None:
+        self.hot = hot
+        self.dirty = False
+        self.events: list[dict[str, Any]] = []
+        self.shadows: list[dict[str, Any]] = []
+        self.pending_archive: dict[str, dict[str, Any]] = {}
+
+    def touch(self) -> None:
+        self.dirty = True
+
+    def archived(self, job_id: str) -> dict[str, Any] | None:
+        """The archived record of ``job_id`` (also one archived earlier in this transaction)."""
+        if job_id in self.pending_archive:
+            return self.pending_archive[job_id]
+        return self._load_archived(job_id)
+
+    def archive(self, job_id: str, record: dict[str, Any]) -> None:
+        """Move ``job_id`` out of the hot document into the write-once archive (at commit)."""
+        if self.archived(job_id) is not None:
+            raise StateError(f"archive: {job_id!r} is already archived (write-once)")
+        self.pending_archive[job_id] = record
+        self.hot["jobs"].pop(job_id, None)
+        self.touch()
+
+    def event(self, ev: dict[str, Any]) -> None:
+        self.events.append(ev)
+
+    def shadow(self, report: dict[str, Any]) -> None:
+        self.shadows.append(report)
+
+    @abstractmethod
+    def _load_archived(self, job_id: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def iter_archived(self) -> Iterator[dict[str, Any]]:
+        """Every archived record (listing only: O(history) by nature)."""
+
+
+class Store(ABC):
+    @abstractmethod
+    def transaction(self) -> ContextManager[Tx]:
+        """Exclusive access for one operation; commits on normal exit, discards on exception."""
+
+
+# ---------------------------------------------------------------- memory
+
+
+class _MemoryTx(Tx):
+    def __init__(self, store: MemoryStore) -> None:
+        import copy
+
+        super().__init__(copy.deepcopy(store.hot))
+        self._store = store
+
+    def _load_archived(self, job_id: str) -> dict[str, Any] | None:
+        import copy
+
+        rec = self._store.archive.get(job_id)
+        return copy.deepcopy(rec) if rec is not None else None
+
+    def iter_archived(self) -> Iterator[dict[str, Any]]:
+        import copy
+
+        merged = {**self._store.archive, **self.pending_archive}
+        for key in sorted(merged):
+            yield copy.deepcopy(merged[key])
+
+
+class MemoryStore(Store):
+    """Everything in process memory: for unit tests and the hypothesis state machine."""
+
+    def __init__(self) -> None:
+        self.hot: dict[str, Any] = empty_hot()
+        self.archive: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.shadow_reports: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._lock:
+            tx = _MemoryTx(self)
+            yield tx
+            if tx.dirty:
+                self.archive.update(tx.pending_archive)
+                self.hot = tx.hot
+            self.events.extend(tx.events)
+            self.shadow_reports.extend(tx.shadows)
+
+
+# ---------------------------------------------------------------- directory
+
+
+def archive_name(job_id: str) -> str | None:
+    """File name of an archived id (None: no such id can exist).
+
+    Upper-case letters are escaped so case-insensitive disks (macOS) never collide.
+    """
+    if ".." in job_id or not _SAFE_NAME.fullmatch(job_id):
+        return None
+    return "".join(f"^{c.lower()}" if c.isupper() else c for c in job_id) + ".json"
+
+
+@contextlib.contextmanager
+def flock(path: Path) -> Iterator[None]:
+    """Exclusive flock(2) on ``path``: the same lock ``filelock.FileLock`` takes on Unix, minus its import cost.
+
+    The command seam runs once per operation as a fresh process, where importing
+    filelock would cost more than the whole operation; both exclude each other.
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def filelock_lock(path: Path) -> ContextManager[Any]:
+    """The default lock: ``filelock.FileLock`` (portable, used by long-running processes)."""
+    from filelock import FileLock
+
+    return FileLock(str(path), mode=0o600)
+
+
+class _JsonTx(Tx):
+    def __init__(self, store: JsonStore, hot: dict[str, Any]) -> None:
+        super().__init__(hot)
+        self._store = store
+
+    def _load_archived(self, job_id: str) -> dict[str, Any] | None:
+        name = archive_name(job_id)
+        if name is None:
+            return None
+        path = self._store.archive_dir / name
+        try:
+            rec = _read_json_file(path)
+        except FileNotFoundError:
+            return None
+        if not isinstance(rec, dict) or rec.get("spec", {}).get("id") != job_id:
+            raise StateError(f"{path}: not an archived record of {job_id!r}")
+        return rec
+
+    def iter_archived(self) -> Iterator[dict[str, Any]]:
+        seen = set(self.pending_archive)
+        yield from self.pending_archive.values()
+        for path in sorted(self._store.archive_dir.glob("*.json")):
+            rec = _read_json_file(path)
+            if isinstance(rec, dict) and rec.get("spec", {}).get("id") not in seen:
+                yield rec
+
+
+class JsonStore(Store):
+    """State in a directory, safe for many processes (one lock per operation, atomic writes)."""
+
+    def __init__(self, root: Path, lock: LockFactory = filelock_lock) -> None:
+        self.root = Path(root)
+        self.state_path = self.root / "state.json"
+        self.lock_path = self.root / ".lock"
+        self.archive_dir = self.root / "archive"
+        self.events_path = self.root / "events.jsonl"
+        self.shadow_path = self.root / "shadow-reports.jsonl"
+        self._lock_factory = lock
+        self._thread_lock = threading.Lock()  # threads of one server: serialize before the file lock
+        try:
+            ensure_dir(self.root)
+            ensure_dir(self.archive_dir)
+        except OSError as exc:
+            raise StateError(f"state dir {self.root}: cannot create ({exc.strerror})") from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._thread_lock, self._lock_factory(self.lock_path):
+            tx = _JsonTx(self, self._load_hot())
+            yield tx
+            self._commit(tx)
+
+    def _load_hot(self) -> dict[str, Any]:
+        try:
+            hot = _read_json_file(self.state_path)
+        except FileNotFoundError:
+            return empty_hot()
+        if not isinstance(hot, dict) or not isinstance(hot.get("jobs"), dict) or hot.get("version") != STATE_VERSION:
+            raise StateError(
+                f"{self.state_path}: not a coordinator state file (version {STATE_VERSION}); left untouched"
+            )
+        return hot
+
+    def _commit(self, tx: Tx) -> None:
+        if tx.dirty:
+            for job_id, rec in tx.pending_archive.items():
+                name = archive_name(job_id)
+                if name is None:
+                    raise StateError(f"archive: {job_id[:40]!r} is not a storable id")
+                write_json_atomic(self.archive_dir / name, rec)
+            write_json_atomic(self.state_path, tx.hot)
+        for path, lines in ((self.events_path, tx.events), (self.shadow_path, tx.shadows)):
+            if lines:
+                append_line(path, "\n".join(json.dumps(x, sort_keys=True) for x in lines))
+
+
+def _read_json_file(path: Path) -> Any:
+    """Parse ``path``; FileNotFoundError passes through, anything unparseable is a StateError."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{path}: unreadable or corrupt ({exc}); fix or move it away, it was not reset") from exc

@@ -1,0 +1,111 @@
+"""The command seam through real `coordinator-stub call` processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.stubutil import STUB_ARGV, seam_call, seam_command, stub_env
+
+
+def answer(proc: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert len(lines) == 1  # exactly one JSON object
+    out: dict[str, object] = json.loads(lines[0])
+    return out
+
+
+def test_call_round_trip_and_errors_are_responses(tmp_path: Path) -> None:
+    state = tmp_path / "coord"
+    assert answer(seam_call(state, "POST", "/v1/fleet/jobs", '{"id":"a","command":["true"]}'))["status"] == 201
+    got = answer(seam_call(state, "POST", "/v1/fleet/claim", '{"factoryId":"f1"}'))
+    assert got["status"] == 200
+    assert answer(seam_call(state, "POST", "/v1/fleet/claim", '{"factoryId":"f1"}')) == {"status": 204, "body": None}
+    fenced = answer(seam_call(state, "POST", "/v1/fleet/jobs/a/renew", '{"factoryId":"f2","leaseEpoch":1}'))
+    assert fenced["status"] == 409
+    assert fenced["body"]["error"]["code"] == "fenced"  # type: ignore[index]
+    assert answer(seam_call(state, "POST", "/v1/fleet/claim", "{oops"))["status"] == 400
+    assert answer(seam_call(state, "GET", "/v1/fleet/jobs?state=leased"))["status"] == 200
+
+
+def test_missing_state_dir_is_a_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run([*STUB_ARGV, "call", "GET", "/v1/fleet/status"], capture_output=True,
+                          env=stub_env(), stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert b"AQ_STUB_STATE" in proc.stderr and proc.stdout == b""
+
+
+def test_ignore_dry_run_hands_out_a_real_lease(tmp_path: Path) -> None:
+    state = tmp_path / "coord"
+    seam_call(state, "POST", "/v1/fleet/jobs", '{"id":"a","command":["true"]}')
+    body = '{"factoryId":"f1-shadow","dryRun":true}'
+    dry = answer(seam_call(state, "POST", "/v1/fleet/claim", body))
+    assert dry["body"]["lease"] is None  # type: ignore[index]
+    real = answer(seam_call(state, "POST", "/v1/fleet/claim", body, extra_args=["--ignore-dry-run"]))
+    assert real["body"]["lease"]["leaseEpoch"] == 1  # type: ignore[index]
+
+
+def test_fast_path_imports_neither_click_nor_requests(tmp_path: Path) -> None:
+    code = (
+        "import sys, runpy; sys.argv = ['coordinator-stub', '--state', sys.argv[1], 'call', 'GET', '/v1/fleet/status']\n"
+        "try:\n    runpy.run_module('coordinator_stub', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('click', 'requests', 'filelock', 'dataclasses') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], capture_output=True, env=stub_env(),
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().splitlines()[-1] == "[]"
+
+
+def test_seam_command_is_a_shell_split_argv(tmp_path: Path) -> None:
+    import shlex
+
+    argv = shlex.split(seam_command(tmp_path / "with space"))
+    proc = subprocess.run([*argv, "GET", "/v1/fleet/healthz"], capture_output=True, env=stub_env(),
+                          stdin=subprocess.DEVNULL)
+    assert answer(proc) == {"status": 200, "body": {"ok": True}}
+
+
+def test_four_processes_claim_200_jobs_exactly_once(tmp_path: Path) -> None:
+    state = tmp_path / "coord"
+    jobs = [{"id": f"j{i:03d}", "command": ["true"]} for i in range(200)]
+    # enqueue in-process on the same directory (fast); the claims race through real processes
+    from coordinator_stub.core import Coordinator
+    from coordinator_stub.store import JsonStore
+
+    coord = Coordinator(JsonStore(state), __import__("time").time, 60)
+    for spec in jobs:
+        coord.enqueue(spec)
+
+    worker = (
+        "import json, subprocess, sys\n"
+        "argv = sys.argv[1:]\n"
+        "got = []\n"
+        "while True:\n"
+        "    p = subprocess.run(argv, input=json.dumps({'factoryId': FACTORY}).encode(), capture_output=True)\n"
+        "    out = json.loads(p.stdout)\n"
+        "    if out['status'] == 204: break\n"
+        "    got.append(out['body']['job']['id'])\n"
+        "print(json.dumps(got))\n"
+    )
+
+    def run(n: int) -> list[str]:
+        argv = [*STUB_ARGV, f"--state={state}", "call", "POST", "/v1/fleet/claim"]
+        code = worker.replace("FACTORY", repr(f"f{n}"))
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, env=stub_env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return list(json.loads(proc.stdout))
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(4)))
+    claimed = [j for r in results for j in r]
+    assert sorted(claimed) == sorted(j["id"] for j in jobs)  # every job exactly once
+    hot = json.loads((state / "state.json").read_text())  # still parses
+    assert all(rec["state"] == "leased" and rec["leaseEpoch"] == 1 for rec in hot["jobs"].values())
+    claims = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
+    assert sum(1 for e in claims if e["op"] == "claim" and e["status"] == 200) == 200

@@ -1,0 +1,89 @@
+"""JsonStore: private files, atomic state, terminal jobs archived out of the hot file, corrupt files refused."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from filelock import FileLock, Timeout
+
+from agent_queue.errors import StateError
+from coordinator_stub.core import Coordinator
+from coordinator_stub.store import JsonStore, archive_name, flock
+
+
+def coord_on(root: Path, now: list[float]) -> Coordinator:
+    return Coordinator(JsonStore(root), lambda: now[0], 10.0)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_permissions_and_layout(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    c.enqueue({"id": "a", "command": ["true"]})
+    c.claim("f1", ())
+    c.report("a", "f1", 1, "shipped")
+    c.shadow_report({"factoryId": "f1-shadow", "shadow": True, "verdict": "AGREE"})
+    assert mode(root) == 0o700 and mode(root / "archive") == 0o700
+    for name in ("state.json", "events.jsonl", "shadow-reports.jsonl", "archive/a.json"):
+        assert mode(root / name) == 0o600, name
+    assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]  # no temp file left behind
+
+
+def test_terminal_jobs_leave_the_hot_file(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    for i in range(5):
+        c.enqueue({"id": f"j{i}", "command": ["true"]})
+    for i in range(5):
+        view = c.claim("f1", ())
+        assert view is not None
+        c.report(view["job"]["id"], "f1", 1, "shipped" if i % 2 else "quarantined")
+    hot = json.loads((root / "state.json").read_text())
+    assert hot["jobs"] == {}
+    assert hot["terminalCounts"] == {"shipped": 2, "quarantined": 3}
+    assert sorted(p.name for p in (root / "archive").iterdir()) == [f"j{i}.json" for i in range(5)]
+    assert c.get_job("j3")["meta"]["state"] == "shipped"  # found by id in the archive
+    assert c.status()["counts"]["shipped"] == 2
+
+
+def test_archive_names_never_collide_on_case_insensitive_disks() -> None:
+    assert archive_name("Job") != archive_name("job")
+    assert archive_name("../x") is None
+
+
+def test_corrupt_state_is_a_clear_error_and_is_not_reset(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    coord_on(root, [1.0]).enqueue({"id": "a", "command": ["true"]})
+    (root / "state.json").write_text("{not json")
+    with pytest.raises(StateError) as info:
+        coord_on(root, [1.0]).status()
+    assert "state.json" in info.value.message
+    assert (root / "state.json").read_text() == "{not json"
+
+
+def test_a_crash_leftover_in_both_places_resolves_to_the_archive(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    now = [1.0]
+    c = coord_on(root, now)
+    c.enqueue({"id": "a", "command": ["true"]})
+    c.claim("f1", ())
+    hot_before = (root / "state.json").read_text()
+    c.report("a", "f1", 1, "shipped")
+    (root / "state.json").write_text(hot_before)  # as if we crashed after the archive write
+    now[0] += 100  # lease expired: the reaper requeues the stale copy...
+    assert c.claim("f2", ()) is None  # ...but the archive wins: it never runs again
+    assert c.get_job("a")["meta"]["state"] == "shipped"
+
+
+def test_seam_flock_and_filelock_exclude_each_other(tmp_path: Path) -> None:
+    lock_path = tmp_path / ".lock"
+    with flock(lock_path), pytest.raises(Timeout):
+        FileLock(str(lock_path), timeout=0).acquire()
+    with FileLock(str(lock_path)):
+        pass  # free again once released
