@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import signal
@@ -22,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from agent_queue.errors import AQError, ConfigError
+from agent_queue.fleet.transport import is_loopback_host
 from coordinator_stub.api import MAX_BODY, PREFIX, handle
 from coordinator_stub.core import Coordinator
 
@@ -31,18 +31,10 @@ _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: 
             413: "Content Too Large", 422: "Unprocessable Content", 500: "Internal Server Error"}
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def check_bind(host: str, token: str | None) -> None:
     """Refuse to expose an unauthenticated coordinator beyond this host."""
-    if not token and not is_loopback(host):
+    if not token and not is_loopback_host(host):
         raise ConfigError(f"serve --host {host}: not a loopback address, so AQ_FLEET_TOKEN must be set")
 
 
