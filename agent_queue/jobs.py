@@ -31,7 +31,7 @@ KNOWN_FIELDS = frozenset(
     {
         "id", "kind", "tool", "profile", "prompt", "command", "repo", "base", "verify",
         "ship", "requires", "priority", "budget", "parentId", "dependsOn", "children",
-        "phase", "notBefore", "env",
+        "phase", "env",
     }
 )
 
