@@ -475,7 +475,8 @@ class Coordinator:
                 tx.touch()
                 continue
             if self._ready(tx, rec, parents):
-                return rec
+                picked: dict[str, Any] = rec
+                return picked
         return None
 
     def _ready(self, tx: Tx, rec: dict[str, Any], parents: dict[str, dict[str, Any] | None]) -> bool:
