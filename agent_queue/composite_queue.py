@@ -183,7 +183,7 @@ def rollup(queue: LocalQueue, parent: Parent) -> dict[str, Any]:
     out = composite.rollup(family(queue, parent), parent.order, budget=parent.spec.get("budget"),
                            verify=parent.verify_state)
     if parent.verify_state == "failed" and parent.result.get("reason"):
-        out["reason"] = parent.result["reason"]
+        out["reason"] = f"{out['reason']}: {parent.result['reason']}"
     return {"id": parent.id, **out}
 
 
