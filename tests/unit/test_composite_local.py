@@ -192,3 +192,11 @@ def test_crash_between_parent_and_children_is_healed_by_enqueueing_again(setting
     service.enqueue(settings, spec, "spec")
     drain(settings)
     assert rollup(settings)["state"] == "shipped" and executions(runs) == ["a", "b"]
+
+
+def test_composite_dropped_into_inbox_is_quarantined_not_run(settings: Settings, runs: Path) -> None:
+    queue = LocalQueue(settings.root).init()
+    (queue.root / "inbox" / "epic.json").write_text(json.dumps(comp(child("a", runs))))
+    drain(settings)
+    assert executions(runs) == []
+    assert "agent-queue enqueue FILE" in result(settings.root, "quarantine", "epic")["reason"]
