@@ -148,6 +148,10 @@ def status(ctx: _Ctx, as_json: bool) -> None:
     for job in report["running"]:
         click.echo(f"running: {job['id']} (tool {job['tool']}, attempt {job['attempt']}, pid {job['pid']}, "
                    f"{job['elapsedS']}s)")
+    for comp in report.get("composites", []):
+        counts = ", ".join(f"{k} {n}" for k, n in comp["counts"].items() if n)
+        click.echo(f"composite: {comp['id']} {comp['state']} ({counts})"
+                   + (f": {comp['reason']}" if comp.get("reason") else ""))
     for key, value in report["settings"].items():
         click.echo(f"  {key}: {value}")
 
@@ -156,7 +160,7 @@ def status(ctx: _Ctx, as_json: bool) -> None:
 @click.argument("job_id", metavar="ID")
 @pass_ctx
 def requeue(ctx: _Ctx, job_id: str) -> None:
-    """Move a quarantined job back to the inbox with its attempts reset."""
+    """Move a quarantined job back to the inbox with its attempts reset (a composite: its quarantined children)."""
     service.requeue(ctx.settings(), job_id)
     click.echo(job_id)
 

@@ -9,10 +9,16 @@ an unknown dependency, a duplicate id or a cycle that would block work forever.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from agent_queue.errors import InvalidJob
-from agent_queue.jobs import Job
+
+# The coordinator's per-call seam path imports this module: typing and jobs only for the type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from agent_queue.jobs import Job
 
 
 def validate_graph(children: Sequence[Job], *, where: str = "composite") -> list[str]:
@@ -72,3 +78,138 @@ def _topological_order(by_id: dict[str, Job], where: str) -> list[str]:
             done.add(node)
             order.append(node)
     return order
+
+
+# ---------------------------------------------------------------- scheduling and rollup (shared)
+#
+# Both queues describe a composite's children as a "family": child id -> a plain
+# dict {"id", "state", "dependsOn", "phase", "spentS", "costUsd"} where state is
+# where the child record is (queued | running | shipped | quarantined). Plain
+# dicts keep this importable from the coordinator's per-call seam path cheaply.
+# The rollup is always computed from the children, never stored.
+
+SHIPPED = "shipped"
+QUARANTINED = "quarantined"
+ROLLUP_KEYS = ("queued", "running", "blocked", "shipped", "quarantined")
+
+
+def member(child_id: str, state: str, spec: Mapping[str, Any], spent_s: float = 0.0,
+           cost_usd: float = 0.0) -> dict[str, Any]:
+    """One family member from a stored child spec (wire form) and where its record is."""
+    return {"id": child_id, "state": state, "dependsOn": list(spec.get("dependsOn") or ()),
+            "phase": spec.get("phase"), "spentS": float(spent_s), "costUsd": float(cost_usd)}
+
+
+def blocker(child: Mapping[str, Any], family: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Why ``child`` may not start now (None: it may): a dependency or an earlier phase has not shipped."""
+    for dep in child.get("dependsOn", ()):
+        sib = family.get(dep)
+        if sib is None or sib["state"] != SHIPPED:
+            return f"waiting for {dep}"
+    phase = child.get("phase")
+    if phase is None:
+        return None
+    for sib in family.values():
+        if sib.get("phase") is not None and sib["phase"] < phase and sib["state"] != SHIPPED:
+            return f"phase {phase} waits for phase {sib['phase']} ({sib['id']})"
+    return None
+
+
+def statuses(family: Mapping[str, Mapping[str, Any]], stopped: bool = False) -> dict[str, str]:
+    """Each child's rollup status; a queued child that can never start is ``blocked``.
+
+    Blocked: a dependency (or an earlier-phase sibling) is quarantined or itself
+    blocked, or ``stopped`` (the parent's budget is spent). Propagation runs to a
+    fixed point, so the order of ``family`` does not matter.
+    """
+    out = {cid: {"leased": "running"}.get(m["state"], m["state"]) for cid, m in family.items()}
+    if stopped:
+        return {cid: "blocked" if st == "queued" else st for cid, st in out.items()}
+    dead = ("quarantined", "blocked")
+    changed = True
+    while changed:
+        changed = False
+        for cid, m in family.items():
+            if out[cid] != "queued":
+                continue
+            phase = m.get("phase")
+            if any(out.get(dep, "blocked") in dead for dep in m.get("dependsOn", ())) or (
+                phase is not None and any(
+                    s.get("phase") is not None and s["phase"] < phase and out[sid] in dead
+                    for sid, s in family.items()
+                )
+            ):
+                out[cid] = "blocked"
+                changed = True
+    return out
+
+
+def spent(family: Mapping[str, Mapping[str, Any]]) -> tuple[float, float]:
+    """(seconds, dollars) spent by every child's attempts so far."""
+    return (round(sum(float(m.get("spentS") or 0.0) for m in family.values()), 3),
+            round(sum(float(m.get("costUsd") or 0.0) for m in family.values()), 6))
+
+
+def budget_stop(budget: Mapping[str, Any] | None, family: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The quarantine reason when the children have spent more than the parent's budget, else None.
+
+    A parent's ``budget.timeoutS`` is the run time of all children together and
+    ``budget.costUsd`` their summed cost; ``maxAttempts`` applies to its verify.
+    """
+    if not budget:
+        return None
+    secs, cost = spent(family)
+    limit_s, limit_cost = budget.get("timeoutS"), budget.get("costUsd")
+    if limit_s is not None and secs > float(limit_s):
+        return f"over budget: children ran {secs:g}s, budget.timeoutS is {float(limit_s):g}s"
+    if limit_cost is not None and cost > float(limit_cost):
+        return f"over budget: children cost ${cost:.4f}, budget.costUsd is ${float(limit_cost):.4f}"
+    return None
+
+
+def rollup(family: Mapping[str, Mapping[str, Any]], order: Sequence[str] | None = None, *,
+           budget: Mapping[str, Any] | None = None, verify: str | None = None) -> dict[str, Any]:
+    """The parent's state, computed from its children (``verify``: None when it has no verify gate,
+    else pending | running | passed | failed).
+
+    shipped: every child shipped (and the parent's verify passed); quarantined: over
+    budget, verify failed, or a child quarantined and nothing else can run; blocked:
+    a child is quarantined or blocked while others still run; else running / queued.
+    """
+    stop = budget_stop(budget, family)
+    status = statuses(family, stopped=stop is not None)
+    ids = [cid for cid in (order or ()) if cid in status] + [cid for cid in status if cid not in (order or ())]
+    counts = dict.fromkeys(ROLLUP_KEYS, 0)
+    for st in status.values():
+        counts[st] += 1
+    state, reason = _rollup_state(status, counts, stop, verify)
+    secs, cost = spent(family)
+    out: dict[str, Any] = {
+        "state": state, "counts": counts, "children": [{"id": cid, "state": status[cid]} for cid in ids],
+        "budget": {"spentS": secs, "costUsd": cost},
+    }
+    if budget:
+        out["budget"].update(limit={k: budget[k] for k in ("timeoutS", "costUsd") if budget.get(k) is not None})
+    if verify is not None:
+        out["verify"] = verify
+    if reason is not None:
+        out["reason"] = reason
+    return out
+
+
+def _rollup_state(status: Mapping[str, str], counts: Mapping[str, int], stop: str | None,
+                  verify: str | None) -> tuple[str, str | None]:
+    if stop is not None:
+        return QUARANTINED, stop
+    if counts["shipped"] == len(status):
+        if verify in (None, "passed"):
+            return SHIPPED, None
+        if verify == "failed":
+            return QUARANTINED, "the parent's verify gate failed"
+        return ("running" if verify == "running" else "queued"), None
+    if counts["queued"] + counts["running"] == 0:
+        bad = sorted(cid for cid, st in status.items() if st == QUARANTINED)
+        return QUARANTINED, f"child {', '.join(bad)} quarantined" if bad else "no child can run"
+    if counts["blocked"] or counts["quarantined"]:
+        return "blocked", None
+    return ("running" if counts["running"] else "queued"), None

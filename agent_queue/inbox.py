@@ -199,6 +199,8 @@ class LocalQueue:
         with self._lock:
             try:
                 job = Job.from_dict(_read_loose(path), where=f"{path}")
+                if job.kind == "composite":
+                    raise InvalidJob(f"{path}: a composite job is added with `agent-queue enqueue FILE`")
                 self._refuse_duplicate(job.id)
             except (InvalidJob, Conflict) as exc:
                 return self._quarantine_file(path, exc.message)

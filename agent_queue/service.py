@@ -17,6 +17,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from agent_queue import composite_queue
 from agent_queue import log as aqlog
 from agent_queue.errors import StateError
 from agent_queue.fsutil import read_json, write_json_atomic
@@ -42,13 +43,22 @@ def enqueue(settings: Settings, spec: Any, where: str) -> str:
     if isinstance(spec, Mapping) and "id" not in spec:
         spec = {**spec, "id": new_job_id()}
     job = Job.from_dict(spec, where=where)
+    if job.kind == "composite":
+        composite_queue.enqueue(queue_for(settings), job,
+                                lambda j: check_known(j, settings.tools, settings.profiles))
+        return job.id
     check_known(job, settings.tools, settings.profiles)
     queue_for(settings).enqueue(job)
     return job.id
 
 
 def requeue(settings: Settings, job_id: str) -> None:
-    queue_for(settings).requeue(job_id)
+    queue = queue_for(settings)
+    parent = composite_queue.find_parent(queue, job_id)
+    if parent is not None:
+        composite_queue.requeue_parent(queue, parent)
+        return
+    queue.requeue(job_id)
 
 
 def run_daemon(settings: Settings, opts: RunOptions) -> int:
@@ -86,8 +96,8 @@ def status(settings: Settings) -> dict[str, Any]:
         running.append({"id": entry.job.id, "tool": entry.job.tool, "attempt": entry.result.get("attempt"),
                         "pid": entry.result.get("pid"),
                         "elapsedS": None if not started else round(now - parse_rfc3339(started), 1)})
-    return {"counts": queue.counts(), "running": running, "daemon": _daemon(queue),
-            "settings": settings.describe()}
+    return {"counts": queue.counts(), "running": running, "composites": composite_queue.rollups(queue),
+            "daemon": _daemon(queue), "settings": settings.describe()}
 
 
 def _daemon(queue: LocalQueue) -> dict[str, Any] | None:

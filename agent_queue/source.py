@@ -167,15 +167,22 @@ class LocalSource(Source):
                              "reason": record["reason"], "pid": None, "attempt": None, "startedAt": None})
             log.warning("recovered job left in running/ (attempt counted)", extra={"job_id": entry.job.id})
             recovered.append(entry.job.id)
-        return recovered
+        from agent_queue import composite_queue
+
+        return recovered + composite_queue.recover(self.queue)
 
     def next_claim(self) -> Claim | None:
+        from agent_queue import composite_queue
+
         self.queue.normalise_inbox()
+        gate = composite_queue.Gate(self.queue)  # composite children wait for dependencies, phases, budget
         for entry in self.queue.pending():
+            if not gate.allows(entry.job):
+                continue
             taken = self.queue.take(entry.job.id)
             if taken is not None:
                 return LocalClaim(self.queue, taken)
-        return None
+        return composite_queue.next_verify_claim(self.queue)
 
 
 def build_source(settings: Settings, queue: LocalQueue) -> Source:

@@ -475,30 +475,44 @@ class Coordinator:
                 tx.touch()
                 continue
             if self._ready(tx, rec, parents):
-                return rec
+                picked: dict[str, Any] = rec
+                return picked
         return None
 
     def _ready(self, tx: Tx, rec: dict[str, Any], parents: dict[str, dict[str, Any] | None]) -> bool:
-        """All ``dependsOn`` shipped, and (composite children) every child of an earlier phase shipped."""
+        """All ``dependsOn`` shipped; a composite child also passes its family's gates (phases, budget)."""
         spec = rec["spec"]
         if any(self._state_of(tx, dep) != JobState.SHIPPED.value for dep in spec.get("dependsOn", ())):
             return False
-        phase, parent_id = spec.get("phase"), spec.get("parentId")
-        if phase is None or parent_id is None:
+        parent_id = spec.get("parentId")
+        if parent_id is None:
             return True
         if parent_id not in parents:
             parents[parent_id] = tx.archived(parent_id)
         parent = parents[parent_id]
-        if parent is None:
+        if parent is None or parent.get("state") != JobState.COMPOSITE.value:
             return True
-        for sib in parent.get("childIds", ()):
-            sib_rec = tx.hot["jobs"].get(sib) or tx.archived(sib)
-            if sib_rec is None:
+        from agent_queue import composite
+
+        family = self._family(tx, parent)
+        if composite.budget_stop(parent["spec"].get("budget"), family) is not None:
+            return False
+        return composite.blocker(family[spec["id"]], family) is None
+
+    def _family(self, tx: Tx, parent: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The parent's children as ``agent_queue.composite`` family members (a missing record counts as queued)."""
+        from agent_queue import composite
+
+        family = {}
+        for cid in parent["childIds"]:
+            rec = tx.hot["jobs"].get(cid) or tx.archived(cid)
+            if rec is None:
+                family[cid] = composite.member(cid, "queued", {})
                 continue
-            sib_phase = sib_rec["spec"].get("phase")
-            if sib_phase is not None and sib_phase < phase and sib_rec["state"] != JobState.SHIPPED.value:
-                return False
-        return True
+            detail = rec.get("detail") or {}
+            family[cid] = composite.member(cid, rec["state"], rec["spec"], _num(detail.get("durationS")),
+                                           _num(detail.get("costUsd")))
+        return family
 
     # ------------------------------------------------------------ views (wire shapes)
 
@@ -523,45 +537,13 @@ class Coordinator:
         return out
 
     def _rollup(self, tx: Tx, parent: dict[str, Any]) -> dict[str, Any]:
-        """Children's states, with a queued child whose dependency or earlier phase can never ship as ``blocked``."""
-        recs = {cid: tx.hot["jobs"].get(cid) or tx.archived(cid) for cid in parent["childIds"]}
-        status: dict[str, str] = {}
-        for cid in parent.get("order", parent["childIds"]):
-            rec = recs[cid]
-            if rec is None:
-                status[cid] = "blocked"
-                continue
-            st = {"leased": "running"}.get(rec["state"], rec["state"])
-            if st == "queued" and self._blocked(rec, recs, status):
-                st = "blocked"
-            status[cid] = st
-        counts = {k: 0 for k in ("queued", "running", "blocked", "shipped", "quarantined")}
-        for st in status.values():
-            counts[st] += 1
-        n = len(status)
-        if counts["shipped"] == n:
-            state = "shipped"
-        elif counts["queued"] + counts["running"] == 0:
-            state = "quarantined"
-        elif counts["running"]:
-            state = "running"
-        else:
-            state = "queued"
-        return {"state": state, "counts": counts, "children": [{"id": k, "state": v} for k, v in status.items()]}
+        """Computed from the children by the rules shared with the local queue (``agent_queue.composite``)."""
+        from agent_queue import composite
 
-    @staticmethod
-    def _blocked(rec: dict[str, Any], recs: dict[str, Any], status: dict[str, str]) -> bool:
-        spec = rec["spec"]
-        if any(status.get(dep) in ("quarantined", "blocked") for dep in spec.get("dependsOn", ())):
-            return True
-        phase = spec.get("phase")
-        if phase is None:
-            return False
-        return any(
-            r is not None and r["spec"].get("phase") is not None and r["spec"]["phase"] < phase
-            and status.get(cid, r["state"]) in ("quarantined", "blocked")
-            for cid, r in recs.items()
-        )
+        # The parent's own verify gate is not run in fleet mode yet: it stays pending, never skipped.
+        verify = "pending" if parent["spec"].get("verify") else None
+        return composite.rollup(self._family(tx, parent), parent.get("order", parent["childIds"]),
+                                budget=parent["spec"].get("budget"), verify=verify)
 
 
 # ---------------------------------------------------------------- helpers
@@ -577,6 +559,11 @@ def _lease_wire(rec: Mapping[str, Any]) -> dict[str, Any]:
 def _max_attempts(rec: Mapping[str, Any]) -> int:
     """Fixed at enqueue (the job's budget, else the shared default), so no later default change moves it."""
     return int(rec["maxAttempts"])
+
+
+def _num(value: Any) -> float:
+    """A reported number (seconds, dollars), 0 when absent or not a number."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def _not_before(raw: Any, where: str) -> float | None:

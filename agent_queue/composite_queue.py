@@ -1,0 +1,305 @@
+"""Composite jobs in the local queue: the parent record, the claim gate, the parent's verify, the rollup.
+
+A composite parent is never executed by a tool. Its record lives once, in
+``<root>/composite/<id>/parent.json`` (its spec without the children's specs,
+plus ``childIds`` and a dependency order); each child is an ordinary job
+directory (``inbox/`` ... ``shipped/``) whose spec carries ``parentId``. The
+rollup is computed from the children each time it is asked for, with the
+rules shared with the coordinator (``agent_queue.composite``); the only state
+the parent owns is its verify gate's outcome (``result.json``).
+
+Crash safety: the parent record is written before its children, so a crash
+mid-enqueue leaves a parent with missing children, and enqueueing the same
+spec again (idempotent re-run) creates exactly the missing ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from agent_queue import composite
+from agent_queue.errors import Conflict, NotFound, StateError
+from agent_queue.fsutil import ensure_dir, read_json, write_json_atomic
+from agent_queue.inbox import Entry, LocalQueue, State, now
+from agent_queue.jobs import Budget, Job, validate_id
+from agent_queue.source import Claim, Record
+
+log = logging.getLogger(__name__)
+
+PARENT_FILE = "parent.json"
+RESULT_FILE = "result.json"
+ROLLUP_STATE = {State.INBOX: "queued", State.RUNNING: "running", State.SHIPPED: "shipped",
+                State.QUARANTINE: "quarantined"}
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A stored composite parent: its spec (no children), its children's ids and its verify state."""
+
+    spec: dict[str, Any]
+    child_ids: tuple[str, ...]
+    order: tuple[str, ...]
+    digest: str
+    result: dict[str, Any]
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return str(self.spec["id"])
+
+    @property
+    def verify_state(self) -> str | None:
+        """None (no verify gate) or pending | running | passed | failed."""
+        if not self.spec.get("verify"):
+            return None
+        return str(self.result.get("verify") or "pending")
+
+
+def parents_dir(queue: LocalQueue) -> Path:
+    return queue.root / "composite"
+
+
+def load(queue: LocalQueue, parent_id: str) -> Parent | None:
+    path = parents_dir(queue) / parent_id
+    if not (path / PARENT_FILE).is_file():
+        return None
+    try:
+        rec = read_json(path / PARENT_FILE)
+        result = read_json(path / RESULT_FILE) if (path / RESULT_FILE).exists() else {}
+        return Parent(rec["spec"], tuple(rec["childIds"]), tuple(rec["order"]), rec["digest"], result, path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StateError(f"{path}: unreadable composite parent ({exc})") from exc
+
+
+def all_parents(queue: LocalQueue) -> Iterator[Parent]:
+    base = parents_dir(queue)
+    for path in sorted(base.iterdir()) if base.is_dir() else []:
+        parent = load(queue, path.name)
+        if parent is not None:
+            yield parent
+
+
+# --- enqueue and requeue --------------------------------------------------------
+
+
+def enqueue(queue: LocalQueue, job: Job, check: Callable[[Job], None]) -> list[str]:
+    """Create the parent and each child (with parentId); the same spec again re-runs what has not shipped.
+
+    Validates everything (graph, each child's tool/profile, ids free) before
+    writing anything. Returns the child ids queued by this call.
+    """
+    order = composite.validate_graph(job.children, where=f"job {job.id}")
+    check(job)
+    for child in job.children:
+        check(child)
+        if child.id == job.id:
+            raise Conflict(f"job {job.id}: a child has the parent's id")
+    digest = _digest(job)
+    existing = load(queue, job.id)
+    if existing is not None and existing.digest != digest:
+        raise Conflict(f"job {job.id}: a composite with this id exists with a different spec")
+    if queue.find(job.id) is not None:
+        raise Conflict(f"job {job.id}: id already used by a leaf job")
+    if existing is None:
+        for child in job.children:
+            if queue.find(child.id) is not None:
+                raise Conflict(f"job {job.id}: child id {child.id!r} already used")
+        _write_parent(queue, job, order, digest)
+    queued = []
+    for child in job.children:
+        state = queue.find(child.id)
+        if state is None:
+            queue.enqueue(child)
+        elif state is State.QUARANTINE:
+            queue.requeue(child.id)
+        else:
+            continue  # shipped: never re-run; queued or running: already on its way
+        queued.append(child.id)
+    parent = load(queue, job.id)
+    if parent is not None and parent.verify_state == "failed":
+        _set_result(parent, verify="pending", reason=None)
+    log.info("composite enqueued", extra={"job_id": job.id, "queued": len(queued)})
+    return queued
+
+
+def requeue_parent(queue: LocalQueue, parent: Parent) -> list[str]:
+    """Re-run only the quarantined children (blocked ones then unblock) and a failed verify gate."""
+    requeued = [cid for cid in parent.child_ids if queue.find(cid) is State.QUARANTINE]
+    for cid in requeued:
+        queue.requeue(cid)
+    if parent.verify_state == "failed":
+        _set_result(parent, verify="pending", reason=None, attempts=0)
+    return requeued
+
+
+def _write_parent(queue: LocalQueue, job: Job, order: list[str], digest: str) -> None:
+    spec = job.to_dict()
+    spec.pop("children", None)
+    path = ensure_dir(parents_dir(queue) / job.id)
+    write_json_atomic(path / RESULT_FILE, {"jobId": job.id, "enqueuedAt": now(), "attempts": 0, "history": []})
+    write_json_atomic(path / PARENT_FILE, {"spec": spec, "childIds": [c.id for c in job.children],
+                                           "order": order, "digest": digest})
+
+
+def _digest(job: Job) -> str:
+    return hashlib.sha256(json.dumps(job.to_dict(), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _set_result(parent: Parent, **update: Any) -> dict[str, Any]:
+    result = {**parent.result, **update, "updatedAt": now()}
+    write_json_atomic(parent.path / RESULT_FILE, result)
+    return result
+
+
+# --- the family and its rollup ------------------------------------------------------
+
+
+def family(queue: LocalQueue, parent: Parent) -> dict[str, dict[str, Any]]:
+    """The children as shared family members: where each is, and what its attempts spent."""
+    out = {}
+    for cid in parent.child_ids:
+        try:
+            entry: Entry | None = queue.get(cid)
+        except (NotFound, StateError):
+            entry = None
+        if entry is None:
+            out[cid] = composite.member(cid, "queued", {})
+            continue
+        history = entry.result.get("history") or []
+        secs = sum(_num(r.get("durationS")) for r in history)
+        cost = sum(_num(r.get("costUsd")) for r in history)
+        out[cid] = composite.member(cid, ROLLUP_STATE[entry.state], entry.job.to_dict(), secs, cost)
+    return out
+
+
+def rollup(queue: LocalQueue, parent: Parent) -> dict[str, Any]:
+    """The parent's status, computed from its children (never stored)."""
+    out = composite.rollup(family(queue, parent), parent.order, budget=parent.spec.get("budget"),
+                           verify=parent.verify_state)
+    if parent.verify_state == "failed" and parent.result.get("reason"):
+        out["reason"] = f"{out['reason']}: {parent.result['reason']}"
+    return {"id": parent.id, **out}
+
+
+def rollups(queue: LocalQueue) -> list[dict[str, Any]]:
+    return [rollup(queue, p) for p in all_parents(queue)]
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+# --- scheduling -------------------------------------------------------------------------
+
+
+class Gate:
+    """Answers "may this inbox job start now?" for one pass of the source (parents read once per pass)."""
+
+    def __init__(self, queue: LocalQueue) -> None:
+        self.queue = queue
+        self._families: dict[str, tuple[Parent, dict[str, dict[str, Any]]] | None] = {}
+
+    def allows(self, job: Job) -> bool:
+        if job.parent_id is None:
+            return True
+        if job.parent_id not in self._families:
+            parent = load(self.queue, job.parent_id)
+            self._families[job.parent_id] = None if parent is None else (parent, family(self.queue, parent))
+        found = self._families[job.parent_id]
+        if found is None or job.id not in found[1]:
+            return True  # a child whose parent is not in this queue follows only its own dependsOn
+        parent, fam = found
+        if composite.budget_stop(parent.spec.get("budget"), fam) is not None:
+            return False
+        return composite.blocker(fam[job.id], fam) is None
+
+
+def next_verify_claim(queue: LocalQueue) -> Claim | None:
+    """The verify gate of a parent whose children all shipped, taken for one attempt (or None)."""
+    for parent in all_parents(queue):
+        if parent.verify_state != "pending":
+            continue
+        fam = family(queue, parent)
+        if any(m["state"] != composite.SHIPPED for m in fam.values()):
+            continue
+        if composite.budget_stop(parent.spec.get("budget"), fam) is not None:
+            continue
+        return VerifyClaim(parent)
+    return None
+
+
+def recover(queue: LocalQueue) -> list[str]:
+    """A verify gate a crashed daemon left running goes back to pending, the attempt counted."""
+    recovered = []
+    for parent in all_parents(queue):
+        if parent.verify_state == "running":
+            _set_result(parent, verify="pending", attempts=int(parent.result.get("attempts", 0)) + 1,
+                        reason="daemon stopped while the verify gate was running")
+            recovered.append(parent.id)
+    return recovered
+
+
+def verify_job(parent: Parent) -> Job:
+    """The parent's verify gate as a shell job in the parent's own workspace (its repo branch, if any)."""
+    spec = parent.spec
+    job = Job.from_dict({"id": spec["id"], "kind": "leaf", "tool": "shell", "profile": spec.get("profile", "default"),
+                         "command": spec["verify"], "ship": spec.get("ship") or [],
+                         **{k: spec[k] for k in ("repo", "base", "env") if spec.get(k) is not None}},
+                        where=f"job {spec['id']} verify")
+    attempts = (spec.get("budget") or {}).get("maxAttempts")
+    return replace(job, budget=Budget(max_attempts=attempts))
+
+
+class VerifyClaim(Claim):
+    """One attempt of a parent's verify gate; every ending is a rewrite of the parent's result.json."""
+
+    def __init__(self, parent: Parent) -> None:
+        self.parent = parent
+        self.job = verify_job(parent)
+        self.attempts_done = int(parent.result.get("attempts", 0))
+        self._result = dict(parent.result)
+
+    def _write(self, **update: Any) -> None:
+        self._result = {**self._result, **update, "updatedAt": now()}
+        write_json_atomic(self.parent.path / RESULT_FILE, self._result)
+
+    def begin(self, attempt: int) -> None:
+        self._write(verify="running", attempt=attempt, startedAt=now())
+
+    def note_ship_hook(self, outcome: Record) -> None:
+        self._write(shipHook=outcome)
+
+    def approve_ship(self, record: Record) -> None:
+        return None  # offline: this factory is the only authority
+
+    def shipped(self, record: Record) -> None:
+        self._end("passed", record)
+
+    def retry(self, record: Record) -> None:
+        self._end("pending", record)
+
+    def quarantine(self, record: Record) -> None:
+        self._end("failed", record)
+
+    def fenced(self, record: Record) -> None:
+        self._end("failed", record)
+
+    def give_back(self, reason: str) -> None:
+        self._write(verify="pending", reason=reason, attempt=None, startedAt=None)
+
+    def _end(self, verify: str, record: Record) -> None:
+        self._write(verify=verify, attempts=self.attempts_done + 1, reason=record.get("reason"),
+                    history=[*self._result.get("history", []), record], attempt=None, startedAt=None,
+                    finishedAt=now() if verify in ("passed", "failed") else None)
+        log.info("composite verify %s", verify, extra={"job_id": self.parent.id})
+
+
+def find_parent(queue: LocalQueue, job_id: str) -> Parent | None:
+    """The composite parent ``job_id``, or None when it names no composite."""
+    return load(queue, validate_id(job_id, "job id"))
