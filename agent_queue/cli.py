@@ -162,8 +162,7 @@ def doctor_cmd(ctx: _Ctx) -> None:
 
     checks = service.doctor(ctx.settings())
     click.echo(format_checks(checks))
-    if exit_code(checks):
-        raise click.exceptions.Exit(EXIT_FAILURE)
+    click.get_current_context().exit(exit_code(checks))
 
 
 @cli.command()
@@ -187,7 +186,7 @@ def logs(ctx: _Ctx, job_id: str, follow: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; the one place errors become exit codes and one-line messages."""
     try:
-        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+        code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)  # an int when a command called ctx.exit
     except AQError as exc:
         click.echo(f"{PROG}: {'; '.join(exc.message.splitlines())}", err=True)
         return exc.exit_code
@@ -201,4 +200,4 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
-    return EXIT_OK
+    return code if isinstance(code, int) else EXIT_OK
