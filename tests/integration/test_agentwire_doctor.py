@@ -35,3 +35,13 @@ def test_doctor_requires_the_tool_of_a_waiting_job(tmp_path: Path) -> None:
     assert aq(root, "enqueue", "-", stdin=json.dumps(spec), env=env).returncode == 0
     out = aq(root, "doctor", env=env)
     assert out.returncode == 1 and "claude not found on PATH" in out.stdout
+
+
+def test_deploy_env_file_uses_only_variables_settings_reads() -> None:
+    repo = Path(__file__).parents[2]
+    settings_src = (repo / "agent_queue" / "settings.py").read_text()
+    example = (repo / "deploy" / "env" / "agent-queue.env.example").read_text()
+    names = {line.lstrip("# ").split("=", 1)[0] for line in example.splitlines()
+             if line.lstrip("# ").startswith("AQ_") and "=" in line}
+    assert {"AQ_ROOT", "AQ_FACTORY_ID", "AQ_FLEET", "AQ_FLEET_API", "AQ_FLEET_TOKEN", "AQ_CAPABILITIES"} <= names
+    assert all(f'"{name}"' in settings_src for name in names), names

@@ -77,7 +77,7 @@ def test_repo_job_pushes_the_agents_change_and_a_second_ship_is_a_no_op(tmp_path
     sha = remote_branch(remote, "aq/fix-1")
     assert sha is not None and last["sha"] == sha and last["pushed"] is True and last["branch"] == "aq/fix-1"
     assert git("show", f"{sha}:AGENT_CHANGE.txt", cwd=remote) == "edited by fake claude"
-    assert f"Agent-Queue-Job: fix-1" in git("log", "-1", "--format=%B", sha, cwd=remote)
+    assert "Agent-Queue-Job: fix-1" in git("log", "-1", "--format=%B", sha, cwd=remote)
     assert (last["costUsd"], last["tokensIn"], last["tokensOut"], last["turns"], last["sessionId"]) == (
         0.05, 120, 50, 3, "sess-claude-1")
     transcript = json.loads(Path(last["transcript"]).read_text())

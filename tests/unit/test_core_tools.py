@@ -9,11 +9,11 @@ import pytest
 from agent_queue.adapters import BUILTIN_ADAPTERS
 from agent_queue.errors import ConfigError, InvalidJob
 from agent_queue.jobs import Job
-from agent_queue.tools import DEFAULT_PROFILE, Profile, check_known, host_env, invocation, parse_tools
+from agent_queue.tools import DEFAULT_PROFILE, Invocation, Profile, check_known, host_env, invocation, parse_tools
 
 
 def _inv(tmp_path: Path, tools_table: dict[str, object], job: Job, profile: Profile = DEFAULT_PROFILE,
-         host: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+         host: dict[str, str] | None = None) -> Invocation:
     tools = parse_tools(tools_table, "tools")
     return invocation(tools[job.tool], profile, job, workdir=tmp_path / "w", root=tmp_path, run_dir=tmp_path,
                       host=host or {"PATH": "/bin"})
