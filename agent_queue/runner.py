@@ -145,9 +145,13 @@ class Runner:
         log.info("job taken", extra={**ctx, "tool": job.tool, "profile": job.profile})
         try:
             plan = self._plan(job, attempt)
-            workdir = workspace.prepare(self.root, job)
-        except (Rejected, workspace.WorkspaceUnavailable) as exc:
+        except Rejected as exc:
             self._quarantine(claim, _record(attempt, "rejected", reason=str(exc)))
+            return
+        try:
+            workdir = workspace.prepare(self.root, job)
+        except workspace.WorkspaceUnavailable as exc:  # e.g. a fetch failed: may be transient, counts an attempt
+            self._finish(claim, plan, self.root, _record(attempt, "failed", reason=f"workspace: {exc}"))
             return
         claim.begin(attempt)
         self.control.lost_reason = None

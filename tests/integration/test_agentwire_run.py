@@ -175,3 +175,12 @@ def test_big_prompt_reaches_the_agent_through_stdin(tmp_path: Path, env: dict[st
     drain(root, env)
     last = result(root, "shipped", "big")["history"][-1]
     assert json.loads(Path(last["transcript"]).read_text())["fake_prompt_len"] == len(prompt.encode())
+
+
+def test_unreachable_repo_fails_attempts_then_quarantines(tmp_path: Path, env: dict[str, str]) -> None:
+    root = tmp_path / "r"
+    enqueue(root, env, {"id": "norepo", "tool": "codex", "prompt": "x", "repo": str(tmp_path / "missing.git"),
+                        "budget": {"maxAttempts": 2}})
+    drain(root, env)
+    res = result(root, "quarantine", "norepo")
+    assert res["attempts"] == 2 and res["reason"].startswith("workspace: repo ") and "clone" in res["reason"]
