@@ -121,6 +121,8 @@ def _spec_from_flags(opts: dict[str, Any], command: list[str] | None) -> dict[st
 @click.option("--poll", "poll_s", type=float, help="Seconds between inbox polls when idle (default 2).")
 @click.option("--max-jobs", type=click.IntRange(min=1), help="Exit after this many jobs.")
 @click.option("--grace", "grace_s", type=float, help="Seconds a running job gets at shutdown (default 30).")
+@click.option("--keep-worktrees", "keep_worktrees_days", type=float,
+              help="Days to keep worktrees of finished jobs (default 7; branches stay).")
 @click.option("--fleet/--no-fleet", default=None, help="Fleet mode [env AQ_FLEET; default off].")
 @click.option("--fleet-route/--no-fleet-route", default=None, help="Coordinator sources work [env AQ_FLEET_ROUTE].")
 @click.option("--fleet-shadow/--no-fleet-shadow", default=None, help="Shadow-compare [env AQ_FLEET_SHADOW].")
@@ -156,6 +158,17 @@ def status(ctx: _Ctx, as_json: bool) -> None:
         click.echo(f"  {key}: {value}")
 
 
+@cli.command("doctor")
+@pass_ctx
+def doctor_cmd(ctx: _Ctx) -> None:
+    """Check tools (on PATH, version, login), git, the root and the coordinator; exit 1 if a need is unmet."""
+    from agent_queue.doctor import exit_code, format_checks
+
+    checks = service.doctor(ctx.settings())
+    click.echo(format_checks(checks))
+    click.get_current_context().exit(exit_code(checks))
+
+
 @cli.command()
 @click.argument("job_id", metavar="ID")
 @pass_ctx
@@ -177,7 +190,7 @@ def logs(ctx: _Ctx, job_id: str, follow: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; the one place errors become exit codes and one-line messages."""
     try:
-        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+        code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)  # an int when a command called ctx.exit
     except AQError as exc:
         click.echo(f"{PROG}: {'; '.join(exc.message.splitlines())}", err=True)
         return exc.exit_code
@@ -191,4 +204,4 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
-    return EXIT_OK
+    return code if isinstance(code, int) else EXIT_OK

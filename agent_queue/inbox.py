@@ -28,7 +28,7 @@ from filelock import FileLock
 from agent_queue.errors import Conflict, InvalidJob, NotFound, StateError
 from agent_queue.fsutil import ensure_dir, fsync_dir, read_json, write_json_atomic
 from agent_queue.jobs import ID_RE, Job, validate_id
-from agent_queue.timeutil import to_rfc3339
+from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,15 @@ class LocalQueue:
         return {s.value: sum(1 for p in self.dir(s).iterdir() if p.is_dir()) if self.dir(s).is_dir() else 0
                 for s in State}
 
-    def pending(self) -> list[Entry]:
-        """Inbox jobs in the order they are taken: highest priority, then oldest."""
-        return sorted(self.entries(State.INBOX),
+    def pending(self, at: float | None = None) -> list[Entry]:
+        """Inbox jobs in the order they are taken: highest priority, then oldest.
+
+        A job put back after a tool's usage limit carries ``notBefore`` in its
+        result.json and is skipped until then (``at``: now).
+        """
+        at = time.time() if at is None else at
+        ready = [e for e in self.entries(State.INBOX) if not _deferred(e.result, at)]
+        return sorted(ready,
                       key=lambda e: (-e.job.priority, str(e.result.get("enqueuedAt", "")), e.job.id))
 
     def _load(self, path: Path, state: State) -> Entry:
@@ -227,6 +233,16 @@ class LocalQueue:
     def iter_all(self) -> Iterator[Entry]:
         for state in State:
             yield from self.entries(state)
+
+
+def _deferred(result: dict[str, Any], at: float) -> bool:
+    stamp = result.get("notBefore")
+    if not isinstance(stamp, str):
+        return False
+    try:
+        return parse_rfc3339(stamp) > at
+    except ValueError:
+        return False  # an unreadable stamp must not park the job forever
 
 
 def decode_spec(text: str, where: str) -> Any:

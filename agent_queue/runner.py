@@ -21,14 +21,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent_queue import process, tools, workspace
-from agent_queue.errors import AQError, Fenced
-from agent_queue.fsutil import append_line, ensure_dir, write_bytes_atomic
+from agent_queue import doctor, process, tools, workspace
+from agent_queue.adapters import AgentAdapter, assess
+from agent_queue.errors import AQError, BadInput, Fenced
+from agent_queue.fsutil import append_line, ensure_dir
+from agent_queue.gitrepo import GitFenced
 from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job
 from agent_queue.process import ProcResult
 from agent_queue.settings import Settings
 from agent_queue.source import Claim, Record, Source
-from agent_queue.timeutil import to_rfc3339
+from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class Rejected(Exception):
 class Plan:
     """Everything resolved for one attempt before anything runs."""
 
+    adapter: AgentAdapter
     argv: tuple[str, ...]
     env: dict[str, str]
     timeout_s: float
@@ -111,6 +114,7 @@ class Runner:
     def work(self, opts: RunOptions) -> int:
         """Run jobs until told to stop (or, with --once/--drain, until done); return how many ran."""
         self.source.recover()
+        workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(), startup=True)
         done, backoff = 0, self.settings.poll_s
         while not self.control.stopping:
             try:
@@ -127,6 +131,7 @@ class Runner:
                 self._idle(self.settings.poll_s)
                 continue
             self.process(claim)
+            workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(), startup=False)
             done += 1
             if opts.once or (opts.max_jobs is not None and done >= opts.max_jobs):
                 break
@@ -140,9 +145,13 @@ class Runner:
         log.info("job taken", extra={**ctx, "tool": job.tool, "profile": job.profile})
         try:
             plan = self._plan(job, attempt)
-            workdir = workspace.prepare(self.root, job)
-        except (Rejected, workspace.WorkspaceUnavailable) as exc:
+        except Rejected as exc:
             self._quarantine(claim, _record(attempt, "rejected", reason=str(exc)))
+            return
+        try:
+            workdir = workspace.prepare(self.root, job)
+        except workspace.WorkspaceUnavailable as exc:  # e.g. a fetch failed: may be transient, counts an attempt
+            self._finish(claim, plan, self.root, _record(attempt, "failed", reason=f"workspace: {exc}"))
             return
         claim.begin(attempt)
         self.control.lost_reason = None
@@ -162,34 +171,34 @@ class Runner:
         max_attempts = job.budget.max_attempts or profile.max_attempts or DEFAULT_MAX_ATTEMPTS
         if attempt > max_attempts:
             raise Rejected(f"attempts exhausted ({attempt - 1} of {max_attempts} used)")
-        prompt_file = self._prompt_file(job)
-        values = {"prompt": job.prompt or "", "prompt_file": str(prompt_file or ""), "job_id": job.id,
-                  "workdir": str(self.root / "work" / job.id), "root": str(self.root)}
-        argv = tools.render_argv(spec, profile, job, values)
-        env = tools.tool_env(self.settings.host_env, spec, profile, job)
-        if tools.find_program(argv[0], env) is None:
-            raise Rejected(f"tool {job.tool!r}: program {argv[0]!r} not found on PATH")
-        return Plan(argv=argv, env=env, timeout_s=job.budget.timeout_s or profile.timeout_s or DEFAULT_TIMEOUT_S,
+        try:
+            inv = tools.invocation(spec, profile, job, workdir=self.root / "work" / job.id, root=self.root,
+                                   run_dir=self._run_dir(job), host=self.settings.host_env)
+        except BadInput as exc:
+            raise Rejected(exc.message) from exc
+        if tools.find_program(inv.argv[0], inv.env) is None:
+            raise Rejected(f"tool {job.tool!r}: program {inv.argv[0]!r} not found on PATH")
+        return Plan(adapter=spec, argv=inv.argv, env=inv.env,
+                    timeout_s=job.budget.timeout_s or profile.timeout_s or DEFAULT_TIMEOUT_S,
                     max_attempts=max_attempts, verify=job.verify, ship=job.ship or profile.ship,
-                    stdin_path=prompt_file if spec.prompt_via == "stdin" else None)
+                    stdin_path=inv.stdin_path)
 
-    def _prompt_file(self, job: Job) -> Path | None:
-        """The prompt as a private file, so any size reaches the tool via stdin or a path."""
-        if job.prompt is None:
-            return None
-        path = ensure_dir(self.root / ".state" / "prompts") / f"{job.id}.txt"
-        write_bytes_atomic(path, job.prompt.encode("utf-8"))
-        return path
+    def _run_dir(self, job: Job) -> Path:
+        """Per-job private files: the prompt (fed as stdin or named by path) and the attempts' transcripts."""
+        return ensure_dir(self.root / ".state" / "jobs" / job.id)
 
     def _attempt(self, claim: Claim, plan: Plan, workdir: Path, attempt: int) -> Record:
         """Run the tool, then the verify gate if the tool succeeded; describe what happened."""
         started = time.time()
         self._log_header(claim.job, f"attempt {attempt} of {plan.max_attempts}: {_show(plan.argv)}")
         log.info("attempt started", extra={"job_id": claim.job.id, "attempt": attempt})
+        offset = self._log_size(claim.job)
         tool = self._run(claim.job, plan.argv, plan, workdir, stdin=plan.stdin_path, on_start=claim.note_pid)
         record = _record(attempt, "passed", exitCode=tool.exit_code, toolDurationS=round(tool.duration_s, 3),
                          startedAt=to_rfc3339(started))
         verdict = self._verdict("tool", tool, plan.timeout_s)
+        if verdict is None or verdict[0] == "failed" and tool.exit_code is not None and not tool.timed_out:
+            verdict = self._assess(claim.job, plan.adapter, tool, offset, record) or verdict
         if verdict is None and plan.verify:
             self._log_header(claim.job, f"verify: {_show(plan.verify)}")
             gate = self._run(claim.job, plan.verify, plan, workdir)
@@ -201,6 +210,28 @@ class Runner:
             record.update(outcome=verdict[0], reason=verdict[1])
         record.update(endedAt=to_rfc3339(time.time()), durationS=round(time.time() - started, 3))
         return record
+
+    def _assess(self, job: Job, adapter: AgentAdapter, tool: ProcResult, offset: int,
+                record: Record) -> tuple[str, str] | None:
+        """Read what the tool said (``adapters.assess``): usage limit, expired login, over budget, or plain.
+
+        Keeps the transcript with the job and puts the parsed fields
+        (costUsd, tokensIn, tokensOut, turns, sessionId) in the attempt record.
+        """
+        output = tools.attempt_output(self._log_path(job), offset)
+        record["transcript"] = str(tools.keep_transcript(self._run_dir(job), adapter, record["attempt"], output))
+        now = time.time()
+        a = assess(adapter, job, tool.exit_code if tool.exit_code is not None else -1, output, now)
+        record.update({k: v for k, v in a.report.items() if k not in ("tool", "exitCode")})
+        if a.verdict == "rate_limited":
+            record["notBefore"] = to_rfc3339(a.not_before or now)
+        elif a.verdict == "auth_expired":
+            doctor.record_auth_expired(self.root, adapter.name, now, job.id, a.reason)
+        elif a.verdict == "ok":
+            doctor.clear_auth_expired(self.root, adapter.name)
+        if a.verdict == "failed":  # a plain failure keeps the exit-status reason; exit 0 + is_error gets one here
+            return None if tool.exit_code else ("failed", f"tool: reported an error ({a.reason})")
+        return None if a.verdict == "ok" else (a.verdict, a.reason)
 
     def _run(self, job: Job, argv: tuple[str, ...], plan: Plan, workdir: Path, *, stdin: Path | None = None,
              on_start: Any = None) -> ProcResult:
@@ -228,6 +259,12 @@ class Runner:
             log.info("job given back (shutdown, attempt not counted)", extra=_ctx(claim, record))
         elif outcome == "passed":
             self._ship(claim, plan, workdir, record)
+        elif outcome == "rate_limited":
+            claim.defer(record, parse_rfc3339(record["notBefore"]))
+            log.warning("tool usage limit: job put back until notBefore (attempt not counted)",
+                        extra={**_ctx(claim, record), "notBefore": record["notBefore"]})
+        elif outcome in ("auth_expired", "over_budget"):
+            self._quarantine(claim, record)
         elif record["attempt"] < plan.max_attempts:
             claim.retry(record)
             log.info("attempt failed, will retry", extra={**_ctx(claim, record), "reason": record["reason"]})
@@ -243,10 +280,14 @@ class Runner:
             record.update(outcome="fenced", reason=f"ship refused: {exc.message}")
             self._fenced(claim, record)
             return
+        if claim.job.repo is not None and not self._push(claim, plan, workdir, record):
+            return
         record["outcome"] = "shipped"
         claim.shipped(record)
         log.info("shipped", extra=_ctx(claim, record))
-        if plan.ship:
+        if claim.job.repo is not None:
+            self._repo_ship_hook(claim, plan, workdir)
+        elif plan.ship:
             self._log_header(claim.job, f"ship hook: {_show(plan.ship)}")
             hook = self._run(claim.job, plan.ship, plan, workdir)
             claim.note_ship_hook({"exitCode": hook.exit_code, "timedOut": hook.timed_out, "error": hook.error})
@@ -254,13 +295,45 @@ class Runner:
                 log.warning("ship hook failed (job stays shipped)", extra={**_ctx(claim, record),
                                                                             "exitCode": hook.exit_code})
 
+    def _push(self, claim: Claim, plan: Plan, workdir: Path, record: Record) -> bool:
+        """Commit + fenced push of ``aq/<id>`` before the job counts as shipped; False: handled otherwise."""
+        try:
+            res = workspace.push(self.root, claim.job, workdir, factory_id=self.settings.factory_id,
+                                 epoch=claim.epoch)
+        except GitFenced as exc:
+            record.update(outcome="fenced", reason=f"push refused: {exc.message}")
+            self._fenced(claim, record)
+            return False
+        except AQError as exc:
+            record.update(outcome="failed", reason=f"ship: {exc.message}")
+            self._finish(claim, plan, workdir, record)
+            return False
+        record.update(branch=res.branch, sha=res.sha, pushed=res.pushed)
+        return True
+
+    def _repo_ship_hook(self, claim: Claim, plan: Plan, workdir: Path) -> None:
+        """A repo job's hook runs inside ship_worktree (placeholders {branch} {sha}), once; never here as well."""
+        if not plan.ship:
+            return
+        try:
+            workspace.run_ship_hook(self.root, claim.job, workdir, plan.ship, factory_id=self.settings.factory_id,
+                                    epoch=claim.epoch, env=plan.env)
+        except AQError as exc:
+            claim.note_ship_hook({"ok": False, "error": exc.message})
+            log.warning("ship hook failed (job stays shipped)", extra={"job_id": claim.job.id,
+                                                                        "error": exc.message})
+            return
+        claim.note_ship_hook({"ok": True, "exitCode": 0})
+
     def _quarantine(self, claim: Claim, record: Record) -> None:
         record["outcome"] = "quarantined" if record["outcome"] != "rejected" else "rejected"
+        workspace.finish(self.root, claim.job, "quarantined")
         claim.quarantine(record)
         log.warning("quarantined", extra={**_ctx(claim, record), "reason": record["reason"]})
 
     def _fenced(self, claim: Claim, record: Record) -> None:
         record["outcome"] = "fenced"
+        workspace.finish(self.root, claim.job, "fenced")
         claim.fenced(record)
         log.warning("fenced: not shipped", extra={**_ctx(claim, record), "reason": record["reason"]})
 
@@ -273,6 +346,10 @@ class Runner:
 
     def _log_path(self, job: Job) -> Path:
         return ensure_dir(self.root / "logs") / f"{job.id}.log"
+
+    def _log_size(self, job: Job) -> int:
+        path = self._log_path(job)
+        return path.stat().st_size if path.exists() else 0
 
     def _log_header(self, job: Job, text: str) -> None:
         append_line(self._log_path(job), f"=== {to_rfc3339(time.time())} {self.settings.factory_id} {job.id} {text}")

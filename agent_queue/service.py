@@ -31,7 +31,7 @@ from agent_queue.tools import check_known
 
 log = logging.getLogger(__name__)
 
-__all__ = ["decode_spec", "enqueue", "requeue", "run_daemon", "status", "stream_log"]
+__all__ = ["decode_spec", "doctor", "enqueue", "requeue", "run_daemon", "status", "stream_log"]
 
 
 def queue_for(settings: Settings) -> LocalQueue:
@@ -84,6 +84,43 @@ def run_daemon(settings: Settings, opts: RunOptions) -> int:
         return done
     finally:
         lock.release()
+
+
+def doctor(settings: Settings) -> list[Any]:
+    """``agent-queue doctor``: the checks of ``agent_queue.doctor`` for this host's settings and queue.
+
+    Required: every tool named in ``[tools.*]`` of the config or by a waiting /
+    running job, git when such a job has a repo, the root, and the coordinator
+    in fleet mode. The other built-in tools are shown, but only as warnings.
+    """
+    from agent_queue import doctor as checks
+
+    needed, needs_git = set(settings.configured_tools), False
+    queue = LocalQueue(settings.root)
+    for state in (State.INBOX, State.RUNNING):
+        for entry in queue.entries(state):
+            needed.add(entry.job.tool)
+            needs_git = needs_git or entry.job.repo is not None
+    return checks.run_checks(settings.root, settings.tools, needed_tools=needed, needs_git=needs_git,
+                             fleet_health=_fleet_health(settings) if settings.fleet else None,
+                             env=settings.host_env)
+
+
+def _fleet_health(settings: Settings) -> Callable[[], object]:
+    """A probe that raises when the coordinator is unreachable or unhealthy (the token stays in the transport)."""
+
+    def probe() -> object:
+        from agent_queue.errors import CoordinatorError
+        from agent_queue.fleet.client import FleetClient
+        from agent_queue.fleet.transport import make_transport
+
+        client = FleetClient(make_transport(settings.fleet_api_cmd, settings.fleet_api, settings.fleet_token, 5.0),
+                             settings.factory_id, settings.capabilities)
+        if not client.healthz():
+            raise CoordinatorError("coordinator did not answer healthz with ok (see the daemon log)")
+        return True
+
+    return probe
 
 
 def status(settings: Settings) -> dict[str, Any]:

@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from agent_queue.adapters import AgentAdapter
 from agent_queue.errors import ConfigError
-from agent_queue.tools import FORBIDDEN_ENV_PREFIX, MINIMAL_ENV, Profile, ToolSpec, parse_profiles, parse_tools
+from agent_queue.tools import Profile, configured_tools, host_env, parse_profiles, parse_tools
 
 CONFIG_NAME = "agent-queue.toml"
 LOG_FORMATS = ("text", "json")
 REDACTED = "<redacted>"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_TOP_KEYS = {"factory_id", "capabilities", "log_format", "poll_s", "grace_s", "tools", "profiles", "fleet"}
+_TOP_KEYS = {"factory_id", "capabilities", "log_format", "poll_s", "grace_s", "tools", "profiles", "fleet",
+             "keep_worktrees_days"}
 # [fleet] key -> (Settings field, env variable)
 _FLEET_KEYS = {
     "enabled": ("fleet", "AQ_FLEET"),
@@ -48,7 +50,9 @@ class Settings:
     poll_s: float = 2.0
     grace_s: float = 30.0
     capabilities: tuple[str, ...] = ()
-    tools: Mapping[str, ToolSpec] = field(default_factory=lambda: parse_tools(None, "tools"))
+    tools: Mapping[str, AgentAdapter] = field(default_factory=lambda: parse_tools(None, "tools"))
+    configured_tools: tuple[str, ...] = ()  # named in [tools.*] of the config: doctor requires them
+    keep_worktrees_days: float = 7.0  # worktrees of finished jobs are pruned after this long
     profiles: Mapping[str, Profile] = field(default_factory=lambda: parse_profiles(None, "profiles"))
     host_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     fleet: bool = False
@@ -84,6 +88,7 @@ class Settings:
             "capabilities": list(self.capabilities),
             "tools": sorted(self.tools),
             "profiles": sorted(self.profiles),
+            "keepWorktreesDays": self.keep_worktrees_days,
             "fleet": self.fleet,
             "fleetRoute": self.fleet_route,
             "fleetShadow": self.fleet_shadow,
@@ -119,6 +124,8 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         grace_s=_seconds(_pick(flags.get("grace_s"), None, cfg.get("grace_s"), 30.0), "grace_s"),
         capabilities=_capabilities(env.get("AQ_CAPABILITIES"), cfg.get("capabilities"), where),
         tools=tools,
+        configured_tools=configured_tools(cfg.get("tools")),
+        keep_worktrees_days=_days(_pick(flags.get("keep_worktrees_days"), None, cfg.get("keep_worktrees_days"), 7.0)),
         profiles=parse_profiles(cfg.get("profiles"), f"{where}: profiles"),
         host_env=_host_env(env, tools),
         **values,
@@ -229,6 +236,15 @@ def _capabilities(env_value: str | None, cfg_value: Any, where: str) -> tuple[st
     return tuple(cfg_value)
 
 
-def _host_env(env: Mapping[str, str], tools: Mapping[str, ToolSpec]) -> dict[str, str]:
-    names = set(MINIMAL_ENV).union(*(t.env_pass for t in tools.values()))
-    return {k: env[k] for k in sorted(names) if k in env and not k.startswith(FORBIDDEN_ENV_PREFIX)}
+def _host_env(env: Mapping[str, str], tools: Mapping[str, AgentAdapter]) -> dict[str, str]:
+    return host_env(env, tools)
+
+
+def _days(value: Any) -> float:
+    try:
+        days = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"keep_worktrees_days / --keep-worktrees: {str(value)[:40]!r} is not a number") from None
+    if not 0 <= days <= 3650:
+        raise ConfigError(f"keep_worktrees_days / --keep-worktrees: {days:g} is out of range [0, 3650]")
+    return days

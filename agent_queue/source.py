@@ -27,6 +27,12 @@ the tool starts. Then exactly one ending:
 - ``quarantine(record)``: give up on the job, with ``record["reason"]``.
 - ``fenced(record)``: the claim was lost; record it, ship nothing.
 - ``give_back(reason)``: shutdown; back to the queue, attempt NOT counted.
+- ``defer(record, not_before)``: the tool hit a usage/rate limit; back to the
+  queue, attempt NOT counted, not to be taken again before ``not_before``
+  (epoch seconds). The default falls back to ``give_back``.
+
+``epoch`` is the lease's fencing token (None offline); repo jobs stamp it on
+the ship commit.
 
 ``record`` is the attempt's result (attempt, exitCode, verifyExitCode,
 durationS, startedAt, endedAt, outcome, reason); a claim stores it in the
@@ -45,6 +51,7 @@ from agent_queue.errors import ConfigError
 from agent_queue.inbox import Entry, LocalQueue, State, now
 from agent_queue.jobs import Job
 from agent_queue.settings import Settings
+from agent_queue.timeutil import to_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ class Claim(ABC):
 
     job: Job
     attempts_done: int
+    epoch: int | None = None
 
     @abstractmethod
     def begin(self, attempt: int) -> None: ...
@@ -90,6 +98,10 @@ class Claim(ABC):
 
     @abstractmethod
     def give_back(self, reason: str) -> None: ...
+
+    def defer(self, record: Record, not_before: float) -> None:
+        """Usage limit: back to the queue until ``not_before``, attempt not counted."""
+        self.give_back(str(record.get("reason")))
 
 
 class Source(ABC):
@@ -142,12 +154,16 @@ class LocalClaim(Claim):
         self.queue.move(self.job.id, State.RUNNING, State.INBOX,
                         {"reason": reason, "pid": None, "attempt": None, "startedAt": None})
 
-    def _end(self, dst: State, record: Record, *, counted: bool) -> None:
+    def defer(self, record: Record, not_before: float) -> None:
+        # result.json keeps notBefore; LocalQueue.pending() skips the job until then.
+        self._end(State.INBOX, record, counted=False, extra={"notBefore": to_rfc3339(not_before)})
+
+    def _end(self, dst: State, record: Record, *, counted: bool, extra: Record | None = None) -> None:
         history = [*self._history, record]
         attempts = self.attempts_done + (1 if counted else 0)
         self.queue.move(self.job.id, State.RUNNING, dst,
                         {"attempts": attempts, "history": history, "reason": record.get("reason"),
-                         "pid": None, "attempt": None, "startedAt": None})
+                         "pid": None, "attempt": None, "startedAt": None, "notBefore": None, **(extra or {})})
 
 
 class LocalSource(Source):

@@ -1,12 +1,14 @@
-"""The tool table and profiles: what argv a job becomes, with which environment.
+"""The tool table and profiles: what one attempt runs, with which environment and stdin.
 
-A tool is data (``ToolSpec``): an argv template whose elements may hold the
-placeholders ``{prompt}``, ``{prompt_file}``, ``{workdir}``, ``{job_id}`` and
-``{root}``, substituted per element (never joined into a shell string), plus
-how the prompt is delivered and which host variables the tool may see. The
-built-in ``shell`` tool runs ``job.command`` as given. Profiles add env, extra
-args, a timeout, max attempts and a ship hook. ``agent_queue.adapters`` refines
-the agent templates later; keep this table small and data-like.
+Tools are ``adapters.AgentAdapter`` values: ``adapters.BUILTIN_ADAPTERS`` is the
+one table of built-in agents, and a ``[tools.NAME]`` table of agent-queue.toml
+merges over it through ``adapters.adapter_from_config`` (never a second copy of
+the templates here). Profiles add env, extra args, a timeout, max attempts and
+a ship hook. ``invocation`` turns (tool, profile, job) into the argv / env /
+stdin file of one attempt, delivering the prompt the adapter's way (stdin or a
+0600 file, so a 1 MB prompt never meets ARG_MAX). ``attempt_output`` and
+``keep_transcript`` give the runner what ``adapters.assess`` reads and what a
+post-mortem needs.
 """
 
 from __future__ import annotations
@@ -14,30 +16,29 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent_queue.adapters import (
+    BASE_ENV_NAMES,
+    BUILTIN_ADAPTERS,
+    PROMPT_FILE_NAME,
+    AgentAdapter,
+    adapter_from_config,
+    prepare_invocation,
+    tool_env,
+    transcript_name,
+)
 from agent_queue.errors import ConfigError, InvalidJob
+from agent_queue.fsutil import write_bytes_atomic
 from agent_queue.jobs import NAME_RE, Job
 
 SHELL = "shell"
-DELIVERIES = ("argv", "stdin")
-# The only host variables a tool sees unless its spec names more.
-MINIMAL_ENV = ("PATH", "HOME", "LANG", "TERM", "TMPDIR", "USER")
 # Never handed to a tool, whatever a spec or profile says: they steer the daemon and hold its secrets.
 FORBIDDEN_ENV_PREFIX = "AQ_"
-PLACEHOLDERS = ("{prompt}", "{prompt_file}", "{workdir}", "{job_id}", "{root}")
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """One agent CLI: its argv template, how it gets the prompt, what env it may see."""
-
-    name: str
-    argv: tuple[str, ...]
-    prompt_via: str = "argv"  # "argv": placeholders only; "stdin": the prompt is also piped in
-    env_pass: tuple[str, ...] = ()
+# Reading a multi-gigabyte transcript back into memory would stall the daemon; assess needs the end.
+MAX_OUTPUT_READ = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,38 +53,42 @@ class Profile:
     ship: tuple[str, ...] = ()
 
 
-# Prompts go through stdin (or a file) so a 1 MB prompt never meets ARG_MAX.
-BUILTIN_TOOLS: Mapping[str, ToolSpec] = {
-    SHELL: ToolSpec(SHELL, ()),
-    "claude": ToolSpec("claude", ("claude", "-p"), "stdin", ("ANTHROPIC_API_KEY", "CLAUDE_CODE_USE_BEDROCK")),
-    "codex": ToolSpec("codex", ("codex", "exec", "-"), "stdin", ("OPENAI_API_KEY", "CODEX_HOME")),
-    "gemini": ToolSpec("gemini", ("gemini",), "stdin", ("GEMINI_API_KEY", "GOOGLE_API_KEY")),
-    "aider": ToolSpec(
-        "aider", ("aider", "--yes-always", "--message-file", "{prompt_file}"), "argv",
-        ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"),
-    ),
-}
 DEFAULT_PROFILE = Profile("default")
 
 
-def parse_tools(table: Any, where: str) -> dict[str, ToolSpec]:
-    """Merge ``[tools.NAME]`` tables over the built-ins; refuse anything malformed."""
-    tools = dict(BUILTIN_TOOLS)
+@dataclass(frozen=True)
+class Invocation:
+    """One attempt's process: ``argv`` in ``cwd`` with ``env``; ``stdin_path`` is fed to it (None: /dev/null)."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    stdin_path: Path | None
+
+
+def parse_tools(table: Any, where: str) -> dict[str, AgentAdapter]:
+    """The built-in adapters with each ``[tools.NAME]`` table merged over them; refuse anything malformed."""
+    tools = dict(BUILTIN_ADAPTERS)
     for name, body in _table(table, where).items():
         w = f"{where}.{name}"
         _check_name(name, w)
         if name == SHELL:
             raise ConfigError(f"{w}: 'shell' is built in and cannot be redefined")
-        body = _table(body, w)
-        _no_unknown(body, {"argv", "prompt", "env"}, w)
-        argv = _strings(body.get("argv"), f"{w}.argv")
-        if not argv or not argv[0]:
-            raise ConfigError(f"{w}.argv: needs a non-empty list of strings, the program first")
-        via = body.get("prompt", "argv")
-        if via not in DELIVERIES:
-            raise ConfigError(f"{w}.prompt: {via!r} is not one of {', '.join(DELIVERIES)}")
-        tools[name] = ToolSpec(name, argv, via, _strings(body.get("env"), f"{w}.env"))
+        try:
+            tools[name] = adapter_from_config(name, _table(body, w))
+        except ConfigError as exc:  # name the file too: "<config>: tools: [tools.x].argv: ..."
+            raise ConfigError(f"{where}: {exc.message}") from None
     return tools
+
+
+def configured_tools(table: Any) -> tuple[str, ...]:
+    """The tool names a config file names explicitly (doctor requires these to be present)."""
+    return tuple(sorted(table)) if isinstance(table, dict) else ()
+
+
+def host_env(env: Mapping[str, str], tools: Mapping[str, AgentAdapter]) -> dict[str, str]:
+    """The snapshot of host variables any tool may ever see (read once at start-up); never AQ_*."""
+    patterns = BASE_ENV_NAMES + tuple(p for t in tools.values() for p in t.env_pass)
+    return tool_env(replace(BUILTIN_ADAPTERS[SHELL], env_pass=patterns), env)
 
 
 def parse_profiles(table: Any, where: str) -> dict[str, Profile]:
@@ -108,7 +113,7 @@ def parse_profiles(table: Any, where: str) -> dict[str, Profile]:
     return profiles
 
 
-def check_known(job: Job, tools: Mapping[str, ToolSpec], profiles: Mapping[str, Profile]) -> None:
+def check_known(job: Job, tools: Mapping[str, AgentAdapter], profiles: Mapping[str, Profile]) -> None:
     """Refuse a job naming a tool or profile this factory does not have."""
     if job.tool not in tools:
         raise InvalidJob(f"job {job.id}.tool: unknown tool {job.tool!r} (known: {', '.join(sorted(tools))})")
@@ -118,35 +123,40 @@ def check_known(job: Job, tools: Mapping[str, ToolSpec], profiles: Mapping[str, 
         )
 
 
-def render_argv(spec: ToolSpec, profile: Profile, job: Job, values: Mapping[str, str]) -> tuple[str, ...]:
-    """The argv of one attempt: ``job.command`` for shell, else the template plus profile args."""
-    if spec.name == SHELL:
-        return job.command
-    return tuple(_substitute(arg, values) for arg in spec.argv) + profile.args
+def invocation(adapter: AgentAdapter, profile: Profile, job: Job, *, workdir: Path, root: Path,
+               run_dir: Path, host: Mapping[str, str]) -> Invocation:
+    """argv / env / stdin of one attempt: the adapter's template + profile args, profile env under job env.
+
+    The prompt file (``run_dir/prompt.txt``, 0600) doubles as the stdin of a
+    stdin-fed tool, so any size reaches it without an in-memory pipe writer.
+    """
+    job_env = replace(job, env=(*profile.env, *job.env))
+    inv = prepare_invocation(adapter, job_env, workdir=workdir, root=root, run_dir=run_dir, base_env=host)
+    argv = inv.argv if job.tool == SHELL else inv.argv + profile.args
+    stdin_path = None
+    if inv.stdin is not None:
+        stdin_path = run_dir / PROMPT_FILE_NAME
+        if inv.prompt_file is None:
+            write_bytes_atomic(stdin_path, inv.stdin)
+    return Invocation(argv=argv, env=dict(inv.env), stdin_path=stdin_path)
 
 
-def _substitute(arg: str, values: Mapping[str, str]) -> str:
-    # One pass over the template, so a prompt containing "{root}" stays literal.
-    out, i = [], 0
-    while i < len(arg):
-        for ph in PLACEHOLDERS:
-            if arg.startswith(ph, i):
-                out.append(values[ph[1:-1]])
-                i += len(ph)
-                break
-        else:
-            out.append(arg[i])
-            i += 1
-    return "".join(out)
+def attempt_output(log_path: Path, offset: int) -> str:
+    """What the tool wrote to the job log from ``offset`` on (its stdout+stderr), at most the last 16 MB."""
+    try:
+        with open(log_path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, size - MAX_OUTPUT_READ))
+            return fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
 
 
-def tool_env(host_env: Mapping[str, str], spec: ToolSpec, profile: Profile, job: Job) -> dict[str, str]:
-    """Minimal env + the tool's pass-through + profile env + job env; never an AQ_* variable."""
-    names = MINIMAL_ENV + spec.env_pass
-    env = {k: host_env[k] for k in names if k in host_env}
-    env.update(profile.env)
-    env.update(job.env)
-    return {k: v for k, v in env.items() if not k.startswith(FORBIDDEN_ENV_PREFIX)}
+def keep_transcript(folder: Path, adapter: AgentAdapter, attempt: int, text: str) -> Path:
+    """Keep the attempt's full output for post-mortems: ``<folder>/attempt-<n>.<transcript name>`` (0600)."""
+    path = folder / f"attempt-{attempt}.{transcript_name(adapter)}"
+    write_bytes_atomic(path, text.encode("utf-8"))
+    return path
 
 
 def find_program(program: str, env: Mapping[str, str]) -> str | None:

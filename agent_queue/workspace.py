@@ -1,16 +1,29 @@
 """The directory a job's tool runs in: ``<root>/work/<id>``, a git worktree when ``job.repo`` is set.
 
-Git handling lives in ``agent_queue.gitrepo`` (another module, imported lazily
-so a build without it still runs plain jobs). Workspaces are kept after the
-job ends, for inspection: the runner deletes nothing.
+Git mechanics live in ``agent_queue.gitrepo``; this module is the runner's
+one door to them, so the runner never branches on "repo or not" more than
+once per step. Plain workspaces are kept for inspection. Worktrees of
+finished (shipped / quarantined / fenced) jobs are pruned after
+``keep_worktrees_days``, their branches stay; worktrees of unfinished jobs
+that are not in ``running/`` are removed at start-up (a crashed attempt).
+A job in ``running/`` is never touched.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
+from agent_queue import gitrepo
+from agent_queue.errors import AQError
 from agent_queue.fsutil import ensure_dir
 from agent_queue.jobs import Job
+
+log = logging.getLogger(__name__)
+
+RUNNING_DIR = "running"  # the local queue's running/ (inbox.State.RUNNING), where live jobs sit
 
 
 class WorkspaceUnavailable(Exception):
@@ -18,12 +31,67 @@ class WorkspaceUnavailable(Exception):
 
 
 def prepare(root: Path, job: Job) -> Path:
-    """Create (or reuse, on a retry) the job's workspace and return its path."""
+    """Create (or, on a new attempt, reset to its clean base) the job's workspace and return its path.
+
+    For a repo job, ``gitrepo.prepare_worktree`` fetches the cache and resets an
+    existing worktree (``reset --hard`` + ``clean -ffdx``), so no attempt sees
+    the leftovers of the previous one.
+    """
     if job.repo is None:
         return ensure_dir(root / "work" / job.id)
     try:
-        from agent_queue.gitrepo import prepare_worktree  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        raise WorkspaceUnavailable("git workspaces not available") from None
-    path: Path = prepare_worktree(root, job)
-    return path
+        return gitrepo.prepare_worktree(root, job)
+    except AQError as exc:
+        raise WorkspaceUnavailable(exc.message) from exc
+
+
+def push(root: Path, job: Job, workdir: Path, *, factory_id: str, epoch: int | None) -> gitrepo.ShipResult:
+    """Commit what the agent left and push ``aq/<id>`` (fenced); no hook. Idempotent.
+
+    Raises ``gitrepo.GitFenced`` when a newer attempt owns the branch, ``GitError`` otherwise.
+    """
+    return gitrepo.ship_worktree(root, replace(job, ship=()), workdir, factory_id=factory_id, epoch=epoch)
+
+
+def run_ship_hook(root: Path, job: Job, workdir: Path, hook: tuple[str, ...], *, factory_id: str,
+                  epoch: int | None, env: Mapping[str, str]) -> gitrepo.ShipResult:
+    """Run the ship hook of an already pushed repo job, once (a completed hook is never re-run).
+
+    Goes through ``ship_worktree`` again: the commit and push are already
+    there (no-ops), and it records ``hookDone`` so a re-ship skips the hook.
+    """
+    return gitrepo.ship_worktree(root, replace(job, ship=hook), workdir, factory_id=factory_id, epoch=epoch,
+                                 hook_env=env)
+
+
+def finish(root: Path, job: Job, outcome: str) -> None:
+    """A repo job reached an end here (quarantined / fenced): its worktree becomes prunable by age."""
+    if job.repo is None:
+        return
+    try:
+        gitrepo.mark_finished(root, job.id, outcome)
+    except AQError as exc:
+        log.warning("cannot mark worktree finished: %s", exc.message, extra={"job_id": job.id})
+
+
+def running_ids(root: Path) -> set[str]:
+    folder = root / RUNNING_DIR
+    return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+
+
+def housekeeping(root: Path, keep_days: float, now: float, *, startup: bool) -> list[str]:
+    """Remove orphaned worktrees (start-up only) and finished ones older than ``keep_days``; never running ones.
+
+    Failures are logged, never raised: cleaning up must not stop the daemon.
+    """
+    removed: list[str] = []
+    live = running_ids(root)
+    try:
+        if startup:
+            removed += gitrepo.clean_orphans(root, live)
+        removed += gitrepo.prune_worktrees(root, keep_days, live, now)
+    except (AQError, OSError) as exc:
+        log.warning("worktree clean-up failed: %s", getattr(exc, "message", exc))
+    if removed:
+        log.info("worktrees removed", extra={"jobs": removed})
+    return removed

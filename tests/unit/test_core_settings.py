@@ -88,8 +88,10 @@ def test_host_env_never_holds_aq_variables(tmp_path: Path) -> None:
         ("colour = 1\n", "colour"),
         ("[fleet]\nturbo = 1\n", "turbo"),
         ("[tools.shell]\nargv = ['x']\n", "shell"),
-        ("[tools.x]\nargv = 'x'\n", "tools.x.argv"),
-        ("[tools.x]\nargv = ['x']\nprompt = 'pigeon'\n", "tools.x.prompt"),
+        ("[tools.x]\nargv = 'x'\n", r"\[tools.x\].argv"),
+        ("[tools.x]\nargv = ['x']\nprompt_via = 'pigeon'\n", r"\[tools.x\].prompt_via"),
+        ("[tools.x]\nargv = ['x']\nprompt = 'stdin'\n", "unknown key"),
+        ("keep_worktrees_days = -1\n", "keep_worktrees_days"),
         ("[profiles.p]\ntimeout_s = -1\n", "profiles.p.timeout_s"),
         ("[profiles.p]\nmax_attempts = 1.5\n", "profiles.p.max_attempts"),
         ("[profiles.p]\nspeed = 1\n", "speed"),
@@ -104,7 +106,7 @@ def test_bad_config_is_named(tmp_path: Path, toml: str, needle: str) -> None:
 
 def test_profiles_and_tools_from_config(tmp_path: Path) -> None:
     (tmp_path / "agent-queue.toml").write_text(
-        '[tools.echoer]\nargv = ["echo", "{job_id}"]\nenv = ["ECHO_KEY"]\n'
+        '[tools.echoer]\nargv = ["echo", "{job_id}"]\nenv_pass = ["ECHO_KEY"]\n'
         '[profiles.fast]\nenv = {A = "1"}\nargs = ["--quick"]\ntimeout_s = 5\nmax_attempts = 1\nship = ["true"]\n'
     )
     s = load_settings({"root": str(tmp_path)}, {"ECHO_KEY": "e"})

@@ -89,7 +89,7 @@ def test_unknown_tool_dropped_in_inbox_is_quarantined(tmp_path: Path) -> None:
 
 def test_big_non_ascii_prompt_via_stdin_and_clean_env(tmp_path: Path) -> None:
     config = ('[tools.catter]\nargv = ["sh", "-c", "cat > got.txt; env > env.txt", "{job_id}"]\n'
-              'prompt = "stdin"\n')
+              'prompt_via = "stdin"\n')
     s = make_settings(tmp_path / "r", config=config, env={"AQ_OTHER": "x", "SECRET_SAUCE": "y"})
     prompt = "réparer le bogue ✓ 修复 " * 40_000  # > 1 MB of UTF-8
     assert len(prompt.encode()) > 1_000_000
