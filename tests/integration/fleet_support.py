@@ -23,7 +23,7 @@ RECORDING_SEAM = Path(__file__).resolve().parents[1] / "fakes" / "recording_seam
 def fleet_env(api_cmd: str | None = None, api: str | None = None, token: str | None = None,
               **extra: str) -> dict[str, str]:
     """The daemon's environment: fleet on, the given transport, nothing inherited from AQ_*."""
-    env = clean_env(AQ_FLEET="1", **extra)
+    env = clean_env(**{"AQ_FLEET": "1", **extra})
     if api_cmd is not None:
         env["AQ_FLEET_API_CMD"] = api_cmd
     if api is not None:
