@@ -61,6 +61,7 @@ class Settings:
     fleet_api_cmd: str | None = None
     fleet_api: str | None = None
     fleet_token: str | None = field(default=None, repr=False)
+    shadow_log_idle: bool = False  # run --shadow-log-idle: also log IDLE shadow verdicts
 
     @property
     def fleet_mode(self) -> str:
@@ -128,6 +129,7 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         keep_worktrees_days=_days(_pick(flags.get("keep_worktrees_days"), None, cfg.get("keep_worktrees_days"), 7.0)),
         profiles=parse_profiles(cfg.get("profiles"), f"{where}: profiles"),
         host_env=_host_env(env, tools),
+        shadow_log_idle=bool(flags.get("shadow_log_idle")),
         **values,
     )
 
