@@ -66,7 +66,7 @@ def leftovers(tmp_path: Path) -> list[str]:
 def verdict(out: str, key: str) -> str:
     found = re.findall(rf"^(PASS|FAIL) \({re.escape(key)}\) ", out, flags=re.M)
     assert len(found) == 1, f"no single verdict line for ({key}):\n{out}"
-    return found[0]
+    return str(found[0])
 
 
 def assert_clean(tmp_path: Path, out: str) -> None:
