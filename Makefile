@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(PY)
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) demo/offline-demo
+	$(PY) demo/two-factory-demo
 
 test: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -1,0 +1,149 @@
+"""The two-factory demo, run headless: stub mode, live mode (HTTP), broken coordinators, Ctrl-C.
+
+Each run starts real `agent-queue run` daemons and a real coordinator. The
+broken coordinators (tests/fakes/broken_*.py) prove the demo can FAIL: a demo
+that cannot fail proves nothing. Temp dirs go under tmp_path (TMPDIR).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from tests.stubutil import running_stub
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "demo" / "two-factory-demo"
+FAKES = REPO / "tests" / "fakes"
+RUN_TIMEOUT_S = 90.0
+# Smaller than the defaults, for the runs that only need to show one failure or the HTTP path.
+FAST = {"AQ_DEMO_JOBS": "2", "AQ_DEMO_JOB_SECONDS": "1", "AQ_DEMO_LEASE_TTL_S": "2"}
+
+
+def demo_env(tmp_path: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
+    env["TMPDIR"] = str(tmp_path)
+    env.update(extra or {})
+    return env
+
+
+def run_demo(tmp_path: Path, extra: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run the demo to the end; on a hang, SIGTERM it (it cleans up), then kill its group."""
+    proc = subprocess.Popen([sys.executable, str(DEMO)], env=demo_env(tmp_path, extra), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        finally:
+            _kill_group(proc.pid)
+        pytest.fail(f"demo did not finish in {RUN_TIMEOUT_S}s:\n{out}")
+    return proc.returncode, out
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    """Processes whose command line points into a demo temp dir under tmp_path."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], stdout=subprocess.PIPE, text=True, check=True).stdout
+    marker = str(tmp_path / "aq-two-factory-")
+    return [line for line in out.splitlines() if marker in line]
+
+
+def verdict(out: str, key: str) -> str:
+    found = re.findall(rf"^(PASS|FAIL) \({re.escape(key)}\) ", out, flags=re.M)
+    assert len(found) == 1, f"no single verdict line for ({key}):\n{out}"
+    return str(found[0])
+
+
+def assert_clean(tmp_path: Path, out: str) -> None:
+    assert leftovers(tmp_path) == [], out
+    assert list(tmp_path.glob("aq-two-factory-*")) == [], "temp dir not removed"
+
+
+def test_stub_mode_default_knobs_every_guarantee_holds(tmp_path: Path) -> None:
+    code, out = run_demo(tmp_path)
+    assert code == 0, out
+    for key in ("a", "b", "b'", "c"):
+        assert verdict(out, key) == "PASS", out
+    assert "mode stub (command seam)" in out
+    assert "-> 409" in out  # the late stale-epoch report was answered 409
+    assert "Timeline" in out and "ALL GUARANTEES HOLD" in out
+    assert_clean(tmp_path, out)
+
+
+def test_live_mode_over_http_with_a_token(tmp_path: Path) -> None:
+    token = "demo-test-token-5f1e"
+    with running_stub(tmp_path / "coord", token=token, lease_ttl_s=2) as stub:
+        code, out = run_demo(tmp_path, {**FAST, "AQ_FLEET_API": stub.url, "AQ_FLEET_TOKEN": token})
+    assert code == 0, out
+    for key in ("a", "b", "b'", "c"):
+        assert verdict(out, key) == "PASS", out
+    assert f"mode live {stub.url}" in out
+    assert "/v1/fleet/status samples" in out  # evidence from the API, not the stub's files
+    assert token not in out
+    assert_clean(tmp_path, out)
+
+
+def test_a_coordinator_without_fencing_fails_b(tmp_path: Path) -> None:
+    broken = f"{sys.executable} {FAKES / 'broken_nofence.py'}"
+    code, out = run_demo(tmp_path, {**FAST, "AQ_DEMO_STUB_CMD": broken})
+    assert code == 1, out
+    assert verdict(out, "b") == "FAIL", out
+    assert re.search(r"FAIL: dead worker's late report with stale epoch \d+ -> 200 accepted", out), out
+    assert "SOME GUARANTEE FAILED" in out
+    assert_clean(tmp_path, out)
+
+
+def test_a_coordinator_that_double_assigns_fails_a(tmp_path: Path) -> None:
+    broken = f"{sys.executable} {FAKES / 'broken_double.py'}"
+    code, out = run_demo(tmp_path, {**FAST, "AQ_DEMO_STUB_CMD": broken, "AQ_DEMO_KEEP": "1"})
+    assert code == 1, out
+    assert verdict(out, "a") == "FAIL", out
+    assert re.search(r"FAIL: demo-\w+-a\d: 2 execution\(s\) by ", out), out  # seen in the markers
+    assert leftovers(tmp_path) == [], out
+    kept = re.search(r"^kept \(AQ_DEMO_KEEP=1\): (\S+)", out, flags=re.M)
+    assert kept, out
+    base = Path(kept.group(1))
+    assert (base / "coordinator" / "events.jsonl").is_file() and (base / "mac-1" / "daemon.log").is_file()
+    assert len(list((base / "markers").iterdir())) >= 2
+
+
+def test_a_bad_knob_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    code, out = run_demo(tmp_path, {"AQ_DEMO_JOBS": "abc"})
+    assert code == 2 and "AQ_DEMO_JOBS='abc': not a number" in out
+    assert list(tmp_path.glob("aq-two-factory-*")) == []
+
+
+def test_ctrl_c_stops_every_process_and_removes_the_temp_dir(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, str(DEMO)], env=demo_env(tmp_path), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "enqueued" in line and "-a1" in line:
+                break
+        assert leftovers(tmp_path), "the daemons should be running now"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc.pid)
+            proc.wait()
+    assert proc.returncode == 130, "".join(seen) + out
+    assert_clean(tmp_path, out)
