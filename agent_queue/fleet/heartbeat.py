@@ -127,12 +127,13 @@ class Heartbeat:
             return None
         now = self._clock()
         expires = self._last_ok + self._valid_for
-        if now >= expires:
-            self._lose("lease expired: coordinator unreachable")
-            return None
+        # Past local expiry (e.g. this process was paused) the coordinator still has the last word: one
+        # short renew gets its verdict (a 409 when another factory took the job; the 409 is in its event
+        # log), and only an unreachable coordinator makes the local clock decide.
+        budget = min(self.call_deadline_s, expires - now) if now < expires else min(self.call_deadline_s, 2.0)
         sent = now
         try:
-            renewed = self._client.renew(self.current_lease, deadline_s=min(self.call_deadline_s, expires - now))
+            renewed = self._client.renew(self.current_lease, deadline_s=budget)
         except (Fenced, NotFound) as exc:
             self._lose(f"fenced: {exc.message}")
             return None

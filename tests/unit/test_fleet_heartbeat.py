@@ -183,3 +183,33 @@ def test_stop_interrupts_a_long_wait() -> None:
     hb.stop()
     assert hb._thread is not None and not hb._thread.is_alive()
     assert client.calls == []
+
+
+def test_after_a_pause_past_expiry_the_coordinators_409_decides() -> None:
+    """A frozen (SIGSTOP) factory wakes past its lease: it asks once and is fenced by the coordinator."""
+    clock = Clock()
+    client = FakeClient(Fenced("lease held by f2 at epoch 5"))
+    hb, lost = make(client, clock)
+    clock.now += TTL * 3  # the whole process was paused
+    assert hb.tick() is None
+    assert len(client.calls) == 1 and client.calls[0][1] is not None and client.calls[0][1] <= 2.0
+    assert lost.reasons == ["fenced: lease held by f2 at epoch 5"]
+
+
+def test_after_a_pause_past_expiry_an_unreachable_coordinator_means_lost() -> None:
+    clock = Clock()
+    client = FakeClient(TransportError("connection refused"))
+    hb, lost = make(client, clock)
+    clock.now += TTL * 3
+    assert hb.tick() is None
+    assert lost.reasons == ["lease expired: coordinator unreachable"]
+
+
+def test_after_a_pause_past_expiry_a_renewal_the_coordinator_grants_keeps_the_lease() -> None:
+    """The coordinator, not the local clock, is the authority while it can be asked."""
+    clock = Clock()
+    client = FakeClient()
+    hb, lost = make(client, clock)
+    clock.now += TTL * 3
+    assert hb.tick() == pytest.approx(hb.interval_s)
+    assert lost.reasons == [] and hb.current_lease.expires_at == LEASE.expires_at + TTL
