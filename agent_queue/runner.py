@@ -119,8 +119,10 @@ class Runner:
         while not self.control.stopping:
             try:
                 claim = self.source.next_claim()
-            except AQError as exc:
-                log.warning("source unavailable, backing off", extra={"error": exc.message, "backoffS": backoff})
+            except Exception as exc:  # coordinator down, disk full, a bug: back off, never die of it
+                message = exc.message if isinstance(exc, AQError) else f"{type(exc).__name__}: {exc}"
+                log.warning("source unavailable, backing off", extra={"error": message, "backoffS": backoff},
+                            exc_info=not isinstance(exc, AQError))
                 self._idle(backoff)
                 backoff = min(MAX_BACKOFF_S, max(backoff * 2, 0.5))
                 continue
@@ -130,7 +132,11 @@ class Runner:
                     break
                 self._idle(self.settings.poll_s)
                 continue
-            self.process(claim)
+            try:
+                self.process(claim)
+            except Exception as exc:  # an OS error or a bug must neither kill the daemon nor strand the job
+                self._salvage(claim, exc)
+                self._idle(self.settings.poll_s)
             workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(), startup=False)
             done += 1
             if opts.once or (opts.max_jobs is not None and done >= opts.max_jobs):
@@ -158,6 +164,20 @@ class Runner:
         with claim.keepalive(self.control.lose):
             record = self._attempt(claim, plan, workdir, attempt)
         self._finish(claim, plan, workdir, record)
+
+    def _salvage(self, claim: Claim, exc: Exception) -> None:
+        """Count the attempt and put the job back (or quarantine it when spent), so a bug cannot loop."""
+        attempt = claim.attempts_done + 1
+        log.error("job failed unexpectedly", exc_info=exc, extra={"job_id": claim.job.id, "attempt": attempt})
+        record = _record(attempt, "failed", reason=f"internal error: {type(exc).__name__}: {exc}")
+        try:
+            if attempt < (claim.job.budget.max_attempts or DEFAULT_MAX_ATTEMPTS):
+                claim.retry(record)
+            else:
+                self._quarantine(claim, record)
+        except Exception:
+            log.exception("could not put the job back; it stays in running/ until the next start-up recovery",
+                          extra={"job_id": claim.job.id})
 
     # --- steps ------------------------------------------------------------------
 

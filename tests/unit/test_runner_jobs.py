@@ -128,3 +128,38 @@ def test_once_and_max_jobs_bound_the_loop(tmp_path: Path) -> None:
     assert Runner(s, LocalSource(q)).work(RunOptions(once=True)) == 1
     assert Runner(s, LocalSource(q)).work(RunOptions(max_jobs=1, drain=True)) == 1
     assert q.counts()["inbox"] == 1
+
+
+def test_an_unexpected_error_neither_kills_the_daemon_nor_loses_the_job(tmp_path: Path, monkeypatch) -> None:
+    """Disk full (or a bug) while preparing a job: the attempt counts, the job comes back and ships."""
+    from agent_queue import workspace
+
+    real, calls = workspace.prepare, []
+
+    def flaky(root: Path, job: Job) -> Path:
+        calls.append(job.id)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real(root, job)
+
+    monkeypatch.setattr(workspace, "prepare", flaky)
+    s = make_settings(tmp_path / "r")
+    enqueue(s.root, shell_job("d", "true"))
+    drain(s)
+    res = result(s.root, "shipped", "d")
+    assert res["attempts"] == 2 and calls == ["d", "d"]
+    assert "internal error: OSError" in res["history"][0]["reason"]
+
+
+def test_a_job_that_always_hits_an_unexpected_error_is_quarantined_not_looped(tmp_path: Path, monkeypatch) -> None:
+    from agent_queue import workspace
+
+    def broken(root: Path, job: Job) -> Path:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(workspace, "prepare", broken)
+    s = make_settings(tmp_path / "r")
+    enqueue(s.root, shell_job("b", "true", budget={"maxAttempts": 2}))
+    drain(s)
+    res = result(s.root, "quarantine", "b")
+    assert res["attempts"] == 2 and "internal error: RuntimeError: bug" in res["reason"]
