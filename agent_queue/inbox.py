@@ -196,10 +196,35 @@ class LocalQueue:
     def normalise_inbox(self) -> list[str]:
         """Turn each ``inbox/*.json`` into a job directory, or quarantine it with the reason."""
         ids = []
-        for path in sorted(self.dir(State.INBOX).glob("*.json")):
-            if path.is_file():
+        for path in sorted(self.dir(State.INBOX).iterdir()):
+            if path.is_file() and path.suffix == ".json":
                 ids.append(self._adopt(path))
+            elif path.is_dir() and not path.name.startswith("."):
+                ids.extend(self._check_dir(path))
         return ids
+
+    def _check_dir(self, path: Path) -> list[str]:
+        """A job directory that cannot be read (bad name, corrupt job.json) is quarantined, never skipped."""
+        if ID_RE.fullmatch(path.name):
+            try:
+                self._load(path, State.INBOX)
+                return []
+            except StateError as exc:
+                reason = exc.message
+        else:
+            reason = f"{path}: {path.name[:40]!r} is not a valid job id"
+        with self._lock:
+            stem = path.name if ID_RE.fullmatch(path.name) else "bad-dir"
+            job_id = stem if not (self.dir(State.QUARANTINE) / stem).exists() else f"{stem}-{secrets.token_hex(3)}"
+            if (path / RESULT_FILE).exists():
+                os.rename(path / RESULT_FILE, path / "result.unreadable.json")  # kept, never deleted
+            write_json_atomic(path / RESULT_FILE, {**new_result(job_id, State.QUARANTINE), "reason": reason})
+            target = self.dir(State.QUARANTINE) / job_id
+            os.rename(path, target)
+            fsync_dir(target.parent)
+            fsync_dir(path.parent)
+        log.warning("inbox job %s quarantined: %s", path.name, reason, extra={"job_id": job_id})
+        return [job_id]
 
     def _adopt(self, path: Path) -> str:
         with self._lock:

@@ -95,3 +95,22 @@ def test_take_is_exclusive(queue: LocalQueue) -> None:
     queue.enqueue(shell_job("t", "true"))
     assert queue.take("t") is not None
     assert queue.take("t") is None
+
+
+def test_unreadable_job_directory_in_inbox_is_quarantined_not_skipped(queue: LocalQueue) -> None:
+    queue.enqueue(shell_job("good", "true"))
+    broken = queue.root / "inbox" / "broken"
+    broken.mkdir()
+    (broken / "job.json").write_text("{not json")
+    (broken / "result.json").write_text("{also bad")
+    odd = queue.root / "inbox" / "odd name"
+    odd.mkdir()
+    (odd / "job.json").write_text(json.dumps({"id": "odd", "command": ["true"]}))
+    assert sorted(queue.normalise_inbox()) == ["bad-dir", "broken"]
+    qdir = queue.root / "quarantine" / "broken"
+    assert "unreadable job" in json.loads((qdir / "result.json").read_text())["reason"]
+    assert (qdir / "job.json").read_text() == "{not json"  # the user's bytes are kept
+    assert (qdir / "result.unreadable.json").read_text() == "{also bad"
+    bad_dir = json.loads((queue.root / "quarantine" / "bad-dir" / "result.json").read_text())
+    assert "not a valid job id" in bad_dir["reason"]
+    assert [e.job.id for e in queue.pending()] == ["good"]
