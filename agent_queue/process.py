@@ -119,3 +119,31 @@ def _kill_group(proc: subprocess.Popen[bytes], exited: threading.Event) -> None:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def identity(pid: int) -> str | None:
+    """A fingerprint of a live process (its start time), so a recycled pid is never taken for it.
+
+    Linux reads /proc (exact start tick); elsewhere (macOS) ``ps -o lstart``.
+    """
+    proc = Path("/proc")
+    if proc.is_dir() and (proc / "self" / "stat").exists():
+        try:
+            return "proc:" + (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            return None
+    try:
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    started = out.stdout.strip()
+    return f"ps:{started}" if out.returncode == 0 and started else None
+
+
+def stop_leftover(pid: int, ident: str | None) -> bool:
+    """Kill the group of a tool a crashed daemon left running; only if ``pid`` is still that tool."""
+    if not ident or identity(pid) != ident:
+        return False
+    _signal_group(pid, signal.SIGKILL)
+    log.warning("killed the tool a crashed daemon left running (process group %d)", pid)
+    return True

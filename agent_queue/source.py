@@ -47,6 +47,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from agent_queue import process
 from agent_queue.inbox import Entry, LocalQueue, State, now
 from agent_queue.jobs import Job
 from agent_queue.settings import Settings
@@ -115,6 +116,13 @@ class Source(ABC):
         return None
 
 
+def stop_leftover_tool(entry: Entry) -> None:
+    """A crashed daemon's tool may still run in the job's workspace: stop it before anyone re-runs the job."""
+    pid = entry.result.get("pid")
+    if isinstance(pid, int) and pid > 1:
+        process.stop_leftover(pid, entry.result.get("pidStart"))
+
+
 class LocalClaim(Claim):
     """A job in running/ of the local queue; every ending is one directory rename."""
 
@@ -128,7 +136,7 @@ class LocalClaim(Claim):
         self.queue.update(self.job.id, State.RUNNING, {"attempt": attempt, "startedAt": now(), "pid": None})
 
     def note_pid(self, pid: int) -> None:
-        self.queue.update(self.job.id, State.RUNNING, {"pid": pid})
+        self.queue.update(self.job.id, State.RUNNING, {"pid": pid, "pidStart": process.identity(pid)})
 
     def note_ship_hook(self, outcome: Record) -> None:
         self.queue.update(self.job.id, State.SHIPPED, {"shipHook": outcome})
@@ -175,6 +183,7 @@ class LocalSource(Source):
         """running/ -> inbox/ for jobs a crashed daemon left behind, attempt counted."""
         recovered = []
         for entry in self.queue.entries(State.RUNNING):
+            stop_leftover_tool(entry)
             record = {"attempt": entry.attempts + 1, "outcome": "crashed", "endedAt": now(),
                       "reason": "daemon stopped while the job was running"}
             self.queue.move(entry.job.id, State.RUNNING, State.INBOX,

@@ -49,7 +49,7 @@ from agent_queue.fsutil import ensure_dir, fsync_dir, read_json, write_json_atom
 from agent_queue.inbox import RESULT_FILE, Entry, LocalQueue, State, now
 from agent_queue.jobs import Job, Lease
 from agent_queue.settings import Settings
-from agent_queue.source import Claim, LocalClaim, LocalSource, Record, Source
+from agent_queue.source import Claim, LocalClaim, LocalSource, Record, Source, stop_leftover_tool
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +304,7 @@ class FleetSource(Source):
 
     def _recover_one(self, entry: Entry, lease: Lease) -> None:
         ctx = {"job_id": entry.job.id, "epoch": lease.epoch}
+        stop_leftover_tool(entry)
         reason = "daemon stopped while the job was running"
         record: Record = {"attempt": entry.attempts + 1, "outcome": "crashed", "endedAt": now(), "reason": reason}
         update = {**_RETURN_FIELDS, "attempts": entry.attempts + 1,

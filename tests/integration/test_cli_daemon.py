@@ -93,13 +93,32 @@ def test_crashed_daemon_job_recovered_with_attempt_counted(tmp_path: Path,
     pid = wait_for(lambda: running_pid(root), "the tool to start")
     daemon.kill()
     daemon.wait(timeout=10)
-    kill_group(pid)  # the orphaned tool of the crashed daemon
-    assert (root / "running" / "c").is_dir()
-    again = aq(root, "run", "--drain")
-    assert again.returncode == 0, again.stderr
-    result = json.loads((root / "shipped" / "c" / "result.json").read_text())
-    assert result["attempts"] == 2
-    assert [h["outcome"] for h in result["history"]] == ["crashed", "shipped"]
+    try:
+        assert (root / "running" / "c").is_dir()
+        assert alive(pid)  # the crashed daemon's tool is still running in the workspace...
+        again = aq(root, "run", "--drain")
+        assert again.returncode == 0, again.stderr
+        assert wait_for(lambda: not alive(pid), "the leftover tool to be stopped")  # ...until recovery stops it
+        assert "killed the tool a crashed daemon left running" in again.stderr
+        result = json.loads((root / "shipped" / "c" / "result.json").read_text())
+        assert result["attempts"] == 2
+        assert [h["outcome"] for h in result["history"]] == ["crashed", "shipped"]
+    finally:
+        kill_group(pid)
+
+
+def alive(pid: int | None) -> bool:
+    """Running (a zombie waiting for its reaper does not count)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 def test_second_daemon_on_the_same_root_is_refused(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
