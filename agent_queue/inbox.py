@@ -233,6 +233,8 @@ def decode_spec(text: str, where: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidJob(f"{where}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise InvalidJob(f"{where}: JSON nested too deeply") from None
 
 
 def _read_loose(path: Path) -> Any:
