@@ -66,7 +66,7 @@ class LocalQueue:
         self.logs = root / "logs"
         self.state_dir = root / ".state"
         self._staging = self.state_dir / "staging"
-        self._lock = FileLock(str(self.state_dir / "queue.lock"))
+        self._lock = FileLock(str(self.state_dir / "queue.lock"), mode=0o600)
 
     def init(self) -> LocalQueue:
         for d in (*(self.dir(s) for s in State), self.work, self.logs, self._staging):

@@ -58,7 +58,7 @@ def run_daemon(settings: Settings, opts: RunOptions) -> int:
         log.warning(warning)
     queue = queue_for(settings)
     source = build_source(settings, queue)
-    lock = FileLock(str(queue.state_dir / "daemon.lock"))
+    lock = FileLock(str(queue.state_dir / "daemon.lock"), mode=0o600)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -91,7 +91,7 @@ def status(settings: Settings) -> dict[str, Any]:
 
 
 def _daemon(queue: LocalQueue) -> dict[str, Any] | None:
-    lock = FileLock(str(queue.state_dir / "daemon.lock"))
+    lock = FileLock(str(queue.state_dir / "daemon.lock"), mode=0o600)
     try:
         lock.acquire(timeout=0)
     except Timeout:
