@@ -37,7 +37,7 @@ bench-smoke: $(STAMP)
 	$(PY) benchmarks/run_all.py --smoke
 
 chaos: $(STAMP)
-	$(BIN)/pytest -q -m chaos --chaos-long tests/chaos
+	$(BIN)/pytest -q -s -m chaos --chaos-long --chaos-figures docs/reliability-figures.json tests/chaos
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -23,8 +23,21 @@ DIR_MODE = 0o700
 
 
 def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
-    """Create ``path`` (and parents) with private permissions if missing."""
-    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    """Create ``path`` (and parents) with private permissions if missing.
+
+    ``mkdir(parents=True)`` gives the parents the default mode (0755 under a
+    usual umask), so each missing ancestor is created here with ``mode`` too.
+    """
+    missing = []
+    cur = path
+    while not cur.exists() and cur != cur.parent:
+        missing.append(cur)
+        cur = cur.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=mode)
+    if not path.is_dir():
+        path.mkdir(exist_ok=True, mode=mode)  # raises the right error (e.g. a file is in the way)
     return path
 
 

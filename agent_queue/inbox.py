@@ -66,7 +66,7 @@ class LocalQueue:
         self.logs = root / "logs"
         self.state_dir = root / ".state"
         self._staging = self.state_dir / "staging"
-        self._lock = FileLock(str(self.state_dir / "queue.lock"))
+        self._lock = FileLock(str(self.state_dir / "queue.lock"), mode=0o600)
 
     def init(self) -> LocalQueue:
         for d in (*(self.dir(s) for s in State), self.work, self.logs, self._staging):
@@ -276,6 +276,8 @@ def decode_spec(text: str, where: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidJob(f"{where}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise InvalidJob(f"{where}: JSON nested too deeply") from None
 
 
 def _read_loose(path: Path) -> Any:

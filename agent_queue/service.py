@@ -69,7 +69,7 @@ def run_daemon(settings: Settings, opts: RunOptions) -> int:
     flags = resolve_flags(settings.fleet, settings.fleet_route, settings.fleet_shadow, log.warning)
     queue = queue_for(settings)
     source = build_source(settings, queue)
-    lock = FileLock(str(queue.state_dir / "daemon.lock"))
+    lock = FileLock(str(queue.state_dir / "daemon.lock"), mode=0o600)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -140,7 +140,7 @@ def status(settings: Settings) -> dict[str, Any]:
 
 
 def _daemon(queue: LocalQueue) -> dict[str, Any] | None:
-    lock = FileLock(str(queue.state_dir / "daemon.lock"))
+    lock = FileLock(str(queue.state_dir / "daemon.lock"), mode=0o600)
     try:
         lock.acquire(timeout=0)
     except Timeout:

@@ -95,6 +95,8 @@ def _parse_body(raw: bytes) -> Any:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"request body: malformed JSON ({exc})") from exc
+    except RecursionError:
+        raise BadInput("request body: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise BadInput("request body: must be a JSON object")
     return data

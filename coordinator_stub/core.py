@@ -346,6 +346,10 @@ class Coordinator:
         for rec in list(tx.hot["jobs"].values()):
             if lease_state(rec, now) is not LeaseState.EXPIRED:
                 continue
+            if tx.archived(rec["spec"]["id"]) is not None:  # crash leftover: the job already finished
+                del tx.hot["jobs"][rec["spec"]["id"]]
+                tx.touch()
+                continue
             lease = rec["lease"]
             who = {"jobId": rec["spec"]["id"], "factoryId": lease["factoryId"], "leaseEpoch": lease["leaseEpoch"]}
             ctx = _Ctx(tx, now, {"op": "reclaim", **who, "expiresAt": to_rfc3339(lease["expiresAt"])})
@@ -390,7 +394,8 @@ class Coordinator:
     def _list(self, c: _Ctx, state: str | None) -> list[dict[str, Any]]:
         recs: list[dict[str, Any]] = []
         if state is None or state in (JobState.QUEUED.value, JobState.LEASED.value):
-            recs.extend(r for r in c.tx.hot["jobs"].values() if state is None or r["state"] == state)
+            recs.extend(r for r in c.tx.hot["jobs"].values() if (state is None or r["state"] == state)
+                        and c.tx.archived(r["spec"]["id"]) is None)  # a crash leftover: the archive wins
         if state is None or state in TERMINAL or state == JobState.COMPOSITE.value:
             recs.extend(r for r in c.tx.iter_archived() if state is None or r["state"] == state)
         recs.sort(key=lambda r: r["seq"])

@@ -1,0 +1,320 @@
+"""The chaos run: N factory processes, M jobs, one coordinator, a seeded fault schedule, then the verdict.
+
+``run_chaos(cfg)`` returns the figures (also written as JSON) and never
+asserts: the test asserts on the figures, so a failing run still reports
+everything it saw. Faults: SIGKILL + restart of factories, SIGSTOP/SIGCONT
+pauses longer than the lease TTL, coordinator restarts (HTTP), and
+coordinator faults injected by a proxy (HTTP) or a seam wrapper
+(``faulty_seam.py``): 5xx, timeouts, slow answers, garbage bodies, dropped
+answers. Nothing here is part of the product.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from coordinator_stub.core import Coordinator
+from coordinator_stub.store import JsonStore
+from tests.stubutil import STUB_ARGV, RunningStub, running_stub
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TOKEN = "chaos-secret-token-5f0e8a"
+
+
+@dataclass
+class ChaosConfig:
+    seed: int = 1
+    factories: int = 3
+    jobs: int = 30
+    transport: str = "seam"  # seam | http
+    ttl_s: float = 2.0
+    rates: dict[str, float] = field(default_factory=lambda: {"5xx": 0.04, "drop": 0.04, "garbage": 0.03,
+                                                              "slow": 0.04, "timeout": 0.01})
+    kills: int = 6
+    pauses: int = 2
+    coord_restarts: int = 2
+    deadline_s: float = 150.0
+
+
+# ------------------------------------------------------------------ HTTP fault proxy
+
+
+class FaultProxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, rates: dict[str, float], seed: int) -> None:
+        self.upstream = ""
+        self.rates = rates
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.injected: Counter[str] = Counter()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return None  # clients reset connections on purpose here (timeouts); not worth a traceback
+
+    def draw(self) -> str | None:
+        with self.lock:
+            x = self.rng.random()
+            for name, p in sorted(self.rates.items()):
+                if x < p:
+                    self.injected[name] += 1
+                    return name
+                x -= p
+            return None
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FaultProxy
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return None
+
+    def do_GET(self) -> None:
+        self._relay("GET")
+
+    def do_POST(self) -> None:
+        self._relay("POST")
+
+    def _relay(self, method: str) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        kind = self.server.draw()
+        if kind == "5xx":
+            return self._answer(503, b'{"error": {"code": "unavailable", "message": "injected"}}')
+        if kind == "slow":
+            time.sleep(0.2)
+        if kind == "timeout":
+            time.sleep(1.5)  # past the client's read timeout
+            self.close_connection = True
+            return None
+        try:
+            host, port = self.server.upstream.removeprefix("http://").rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+            conn.request(method, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            status, data = resp.status, resp.read()
+            conn.close()
+        except OSError:  # the coordinator is restarting: the client sees a dropped connection
+            self.close_connection = True
+            return None
+        if kind == "drop":
+            self.close_connection = True  # it took effect; the answer is lost
+            return None
+        if kind == "garbage":
+            return self._answer(200, b"<html>garbage</html>")
+        return self._answer(status, data)
+
+    def _answer(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        if status != 204:
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if status != 204:
+            self.wfile.write(data)
+
+
+# ------------------------------------------------------------------ the run
+
+
+class ChaosRun:
+    def __init__(self, cfg: ChaosConfig, base: Path) -> None:
+        self.cfg, self.base = cfg, base
+        self.rng = random.Random(cfg.seed)
+        self.state = base / "coord"
+        self.shared = base / "shared"
+        for sub in ("markers", "ship"):
+            (self.shared / sub).mkdir(parents=True, exist_ok=True)
+        self.fault_log = base / "seam-faults.log"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stub_cm: Any = None
+        self.stub: RunningStub | None = None
+        self.proxy: FaultProxy | None = None
+        self.counts: Counter[str] = Counter()
+
+    # -- coordinator
+    def start_coordinator(self) -> None:
+        if self.cfg.transport == "http":
+            self.stub_cm = running_stub(self.state, token=TOKEN, lease_ttl_s=self.cfg.ttl_s)
+            self.stub = self.stub_cm.__enter__()
+            assert self.proxy is not None
+            self.proxy.upstream = self.stub.url
+
+    def stop_coordinator(self) -> None:
+        if self.stub_cm is not None:
+            self.stub_cm.__exit__(None, None, None)
+            self.stub_cm = self.stub = None
+
+    def api_args(self) -> list[str]:
+        if self.cfg.transport == "http":
+            assert self.proxy is not None
+            return ["--api", self.proxy.url]
+        seam = [*STUB_ARGV, "--state", str(self.state), "--lease-ttl", str(self.cfg.ttl_s), "call"]
+        wrapper = [sys.executable, str(HERE / "faulty_seam.py"), str(self.fault_log),
+                   json.dumps(self.cfg.rates), str(self.cfg.seed), "--", *seam]
+        return ["--api-cmd", shlex.join(wrapper)]
+
+    # -- factories
+    def start_factory(self, fid: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
+        env["PYTHONPATH"] = str(REPO)
+        if self.cfg.transport == "http":
+            env["AQ_FLEET_TOKEN"] = TOKEN
+        log = open(self.base / f"{fid}.stderr", "ab")  # noqa: SIM115 - the child owns it
+        self.procs[fid] = subprocess.Popen(
+            [sys.executable, str(HERE / "factory.py"), str(self.base / "factories" / fid), fid, str(self.shared),
+             *self.api_args()], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+
+    def signal(self, fid: str, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.procs[fid].pid, sig)
+
+    # -- the schedule
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.transport == "http":
+            self.proxy = FaultProxy(cfg.rates, cfg.seed)
+            threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
+        self.start_coordinator()
+        coord = Coordinator(JsonStore(self.state), time.time, cfg.ttl_s)
+        for i in range(cfg.jobs):
+            coord.enqueue({"id": f"job-{i:04d}", "tool": "shell", "budget": {"maxAttempts": 50},
+                           "command": ["sleep", f"{self.rng.uniform(0.2, 0.7):.2f}"], "verify": ["sleep", "0.05"]})
+        fids = [f"f{i}" for i in range(cfg.factories)]
+        started = time.monotonic()
+        try:
+            for fid in fids:
+                self.start_factory(fid)
+            actions = (["kill"] * cfg.kills + ["pause"] * cfg.pauses
+                       + (["restart"] * cfg.coord_restarts if cfg.transport == "http" else []))
+            self.rng.shuffle(actions)
+            for action in actions:
+                time.sleep(self.rng.uniform(0.15, 0.5))
+                if self.done(coord):
+                    break
+                self.act(action, self.rng.choice(fids))
+            while not self.done(coord) and time.monotonic() - started < cfg.deadline_s:
+                time.sleep(0.2)
+            self.settle_ships(fids, started)
+        finally:
+            for fid in fids:
+                self.signal(fid, signal.SIGCONT)
+                self.signal(fid, signal.SIGKILL)
+                self.procs[fid].wait()
+            if self.proxy is not None:
+                self.proxy.shutdown()
+                self.proxy.server_close()
+            self.stop_coordinator()
+        figures = self.verdict(fids)
+        figures["wallS"] = round(time.monotonic() - started, 1)
+        return figures
+
+    def act(self, action: str, fid: str) -> None:
+        self.counts[action] += 1
+        if action == "kill":
+            self.signal(fid, signal.SIGKILL)
+            self.procs[fid].wait()
+            time.sleep(0.1)
+            self.start_factory(fid)
+        elif action == "pause":
+            self.signal(fid, signal.SIGSTOP)
+            time.sleep(self.cfg.ttl_s * 1.5)
+            self.signal(fid, signal.SIGCONT)
+        elif action == "restart":
+            self.stop_coordinator()
+            time.sleep(0.3)
+            self.start_coordinator()
+
+    def done(self, coord: Coordinator) -> bool:
+        with contextlib.suppress(Exception):
+            return all(j["meta"]["state"] in ("shipped", "quarantined") for j in coord.list_jobs())
+        return False
+
+    def settle_ships(self, fids: list[str], started: float) -> None:
+        """Let factories finish ships whose report the coordinator already accepted."""
+        while time.monotonic() - started < self.cfg.deadline_s:
+            if not any(any((self.base / "factories" / f / "shipping").glob("*.json")) for f in fids):
+                return
+            time.sleep(0.1)
+
+    # -- the verdict
+    def verdict(self, fids: list[str]) -> dict[str, Any]:
+        coord = Coordinator(JsonStore(self.state), time.time, 3600)
+        jobs = {j["job"]["id"]: j for j in coord.list_jobs()}
+        counters = {i: (self.shared / "ship" / i).read_text().splitlines() if (self.shared / "ship" / i).exists()
+                    else [] for i in jobs}
+        fevents = [json.loads(line) for f in fids if (self.base / "factories" / f / "events.jsonl").exists()
+                   for line in (self.base / "factories" / f / "events.jsonl").read_text().splitlines()]
+        cevents = [json.loads(line) for line in (self.state / "events.jsonl").read_text().splitlines()]
+        fenced = {(e["jobId"], e["factoryId"], e["epoch"]) for e in fevents if e["ev"] == "fenced"}
+        ship_after_409 = sum(1 for i, lines in counters.items() for line in lines
+                             if (i, line.split()[0], int(line.split()[1])) in fenced)
+        local: dict[str, list[tuple[str, int]]] = {}
+        for f in fids:
+            for p in (self.base / "factories" / f / "shipped").glob("*.json"):
+                local.setdefault(p.stem, []).append((f, json.loads(p.read_text())["epoch"]))
+        agree = all(local.get(i) == [(ln.split()[0], int(ln.split()[1])) for ln in counters[i]] for i in jobs)
+        faults: Counter[str] = Counter(self.proxy.injected if self.proxy else Counter())
+        if self.fault_log.exists():
+            faults.update(self.fault_log.read_text().split())
+        executions = len(list((self.shared / "markers").iterdir()))
+        return {
+            "transport": self.cfg.transport, "seed": self.cfg.seed, "factories": len(fids), "jobs": len(jobs),
+            "shipped": sum(1 for j in jobs.values() if j["meta"]["state"] == "shipped"),
+            "executions": executions, "faults": dict(sorted(faults.items())),
+            "kills": self.counts["kill"], "pauses": self.counts["pause"], "coordRestarts": self.counts["restart"],
+            "conflicts409": sum(1 for e in cevents if e.get("status") == 409),
+            "bad409": bad_409s(cevents), "fencedReports": len(fenced),
+            "reclaims": sum(1 for e in cevents if e.get("op") == "reclaim"),
+            "doubleShips": sum(1 for lines in counters.values() if len(lines) > 1),
+            "lost": sum(1 for i, j in jobs.items() if j["meta"]["state"] != "shipped" or not counters[i]),
+            "shipAfter409": ship_after_409, "localAgrees": agree,
+        }
+
+
+def bad_409s(events: list[dict[str, Any]]) -> int:
+    """409s aimed at the live holder (same factory and epoch while its lease was current): must be 0."""
+    holder: dict[str, tuple[str, int]] = {}
+    bad = 0
+    for e in events:
+        job = e.get("jobId")
+        if e.get("op") == "claim" and e.get("status") == 200 and not e.get("dryRun") and job:
+            holder[job] = (e["factoryId"], e["leaseEpoch"])
+        elif e.get("status") == 409 and job:
+            if holder.get(job) == (e.get("factoryId"), e.get("leaseEpoch")):
+                bad += 1
+        elif e.get("op") in ("report", "release", "reclaim") and e.get("status") == 200 and job:
+            holder.pop(job, None)
+    return bad
+
+
+def summary_line(f: dict[str, Any]) -> str:
+    faults = " ".join(f"{k}={v}" for k, v in f["faults"].items())
+    return (f"chaos[{f['transport']} seed={f['seed']}]: jobs={f['jobs']} factories={f['factories']} "
+            f"executions={f['executions']} faults: {faults} kills={f['kills']} pauses={f['pauses']} "
+            f"coord-restarts={f['coordRestarts']} 409s={f['conflicts409']} reclaims={f['reclaims']} "
+            f"double-ships={f['doubleShips']} lost={f['lost']} ship-after-409={f['shipAfter409']} "
+            f"wall={f.get('wallS')}s")
