@@ -58,6 +58,8 @@ FENCED_DIR = "fenced"
 RELEASED_DIR = "released"
 TRANSPORT_TIMEOUT_S = 30.0
 # A daemon call gives up sooner than a one-shot CLI call: the runner's own backoff takes over.
+# How long a factory keeps replaying an unanswered report(shipped) (at least 3 lease TTLs).
+REPORT_CONFIRM_S = 120.0
 DAEMON_RETRY = RetryPolicy(max_attempts=5, deadline_s=15.0, base_delay_s=0.2, max_delay_s=3.0)
 _RETURN_FIELDS = {"pid": None, "attempt": None, "startedAt": None}
 
@@ -186,14 +188,35 @@ class FleetClaim(LocalClaim):
         lost = self._settle()
         if lost is not None:
             raise Fenced(f"lease lost: {lost}")
-        try:
-            self.client.report(self.lease, "shipped", _detail(record))
-        except (Fenced, NotLeased, NotFound, Conflict) as exc:
-            raise Fenced(exc.message) from None
-        except AQError as exc:
-            # Unconfirmed: it may or may not have been accepted, so shipping could double-ship.
-            raise Fenced(f"report not confirmed ({exc.message})") from None
+        self._confirm_report(_detail(record))
         log.info("coordinator accepted report(shipped)", extra=self._fields())
+
+    def _confirm_report(self, detail: dict[str, Any]) -> None:
+        """report(shipped) until the coordinator gives a definite answer, or Fenced.
+
+        A lost answer leaves the outcome unknown: shipping could double-ship, giving
+        up could lose a job the coordinator already counts as shipped. The coordinator
+        answers an exact replay of (job, factory, epoch, outcome) with the same 200, and
+        a report it never took with 409 once the lease is gone, so replaying until one
+        of the two arrives is safe. Only a coordinator unreachable for the whole
+        ``REPORT_CONFIRM_S`` window leaves the job unshipped here (recorded as fenced,
+        with ``reportUnconfirmed``), never shipped twice.
+        """
+        deadline = time.monotonic() + max(REPORT_CONFIRM_S, 3 * self.lease.ttl_s)
+        delay = 0.5
+        while True:
+            try:
+                self.client.report(self.lease, "shipped", detail)
+                return
+            except (Fenced, NotLeased, NotFound, Conflict) as exc:
+                raise Fenced(exc.message) from None
+            except AQError as exc:
+                if not is_retryable(exc) or time.monotonic() + delay > deadline:
+                    self.queue.update(self.job.id, State.RUNNING, {"reportUnconfirmed": True})
+                    raise Fenced(f"report not confirmed ({exc.message})") from None
+                log.warning("report(shipped) not confirmed, replaying it: %s", exc.message, extra=self._fields())
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def retry(self, record: Record) -> None:
         self._release(record, f"attempt failed: {record.get('reason')}", count_attempt=True)
