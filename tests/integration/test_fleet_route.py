@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import signal
+import time
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,14 +132,20 @@ def test_coordinator_down_and_back_nothing_lost_nothing_double_shipped(tmp_path:
     with running_stub(state, token="tok", lease_ttl_s=3, extra_args=args) as stub:
         daemon = ds.start(root, fleet_env(api=stub.url, token="tok"))
         wait_for(lambda: local_records(root, "running"), "a job running")
-    # Coordinator gone: the running job is abandoned as fenced, the daemon stays up.
-    wait_for(lambda: local_records(root, "fenced"), "the job abandoned as fenced", deadline_s=30)
+    # Coordinator gone for twice the lease TTL (the outage itself is the point: a deadline, not a check):
+    # the running job finishes but cannot ship (its report is unanswered), and the daemon stays up.
+    down_until = time.monotonic() + 6
+    wait_for(lambda: time.monotonic() > down_until, "the outage to last", deadline_s=10)
     assert daemon.poll() is None
+    assert shipped_lines(marker) == [] and local_records(root, "shipped") == []
     with running_stub(state, token="tok", lease_ttl_s=3, extra_args=args):
         wait_for(lambda: all(meta(state, j)["state"] == "shipped" for j in ("d1", "d2")), "both jobs shipped",
                  deadline_s=60)
         assert daemon.poll() is None
     assert sorted(shipped_lines(marker)) == ["d1", "d2"]  # each exactly once
+    # The replayed report of the attempt whose lease expired during the outage got a 409: fenced, not shipped.
+    [fenced] = local_records(root, "fenced")
+    assert "ship refused" in result_of(root / "fenced" / fenced)["reason"]
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(20) == 0
 
