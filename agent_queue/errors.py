@@ -77,6 +77,16 @@ class NotLeased(Fenced):
     code = "not_leased"
 
 
+class ReportPending(AQError):
+    """report(shipped) went unanswered: the outcome is unknown, so the job neither ships nor moves yet.
+
+    The job stays in running/ with its ``reportSent`` marker; the fleet source replays the
+    report until the coordinator answers (200: resume the ship; 409: fenced).
+    """
+
+    code = "report_pending"
+
+
 class TransportError(AQError):
     """The coordinator could not be reached or answered garbage; retryable."""
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from agent_queue import doctor, process, tools, workspace
 from agent_queue.adapters import AgentAdapter, assess
-from agent_queue.errors import AQError, BadInput, Fenced
+from agent_queue.errors import AQError, BadInput, Fenced, ReportPending
 from agent_queue.fsutil import append_line, ensure_dir
 from agent_queue.gitrepo import GitFenced
 from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job
@@ -35,6 +35,7 @@ from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 60.0
+PUSH_TRIES = 3  # fleet mode: pushes of a job the coordinator already accepted
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,9 @@ class Runner:
         """One job's life: plan, workspace, run + verify under keepalive, then ship / retry / quarantine."""
         job, attempt = claim.job, claim.attempts_done + 1
         ctx = {"job_id": job.id, "attempt": attempt}
+        if claim.resume_record is not None:
+            self._resume_ship(claim, claim.resume_record)
+            return
         log.info("job taken", extra={**ctx, "tool": job.tool, "profile": job.profile})
         try:
             plan = self._plan(job, attempt)
@@ -292,10 +296,29 @@ class Runner:
             record["reason"] = f"{record['reason']} (attempt {record['attempt']} of {plan.max_attempts})"
             self._quarantine(claim, record)
 
+    def _resume_ship(self, claim: Claim, record: Record) -> None:
+        """The coordinator accepted this attempt's report before we could ship it: ship it now.
+
+        No tool, no verify, no workspace reset: the attempt's work is in ``work/<id>`` as it was left.
+        """
+        log.warning("resuming the ship of an accepted report", extra={"job_id": claim.job.id,
+                                                                     "attempt": record.get("attempt")})
+        try:
+            plan = self._plan(claim.job, int(record.get("attempt") or claim.attempts_done + 1))
+        except Rejected as exc:  # this factory's config changed since; the job still counts as shipped
+            record.update(outcome="shipped", shipHook=f"not run: {exc}")
+            claim.shipped(record)
+            return
+        self._ship(claim, plan, self.root / "work" / claim.job.id, record)
+
     def _ship(self, claim: Claim, plan: Plan, workdir: Path, record: Record) -> None:
         """Ship only after the claim approves it: move to shipped/, then the ship hook."""
         try:
             claim.approve_ship(record)
+        except ReportPending as exc:
+            log.warning("report unanswered: the job waits in running/ until the coordinator answers",
+                        extra={**_ctx(claim, record), "reason": exc.message})
+            return
         except Fenced as exc:
             record.update(outcome="fenced", reason=f"ship refused: {exc.message}")
             self._fenced(claim, record)
@@ -306,7 +329,8 @@ class Runner:
         claim.shipped(record)
         log.info("shipped", extra=_ctx(claim, record))
         if claim.job.repo is not None:
-            self._repo_ship_hook(claim, plan, workdir)
+            if not record.get("pushPending"):
+                self._repo_ship_hook(claim, plan, workdir)
         elif plan.ship:
             self._log_header(claim.job, f"ship hook: {_show(plan.ship)}")
             hook = self._run(claim.job, plan.ship, plan, workdir)
@@ -316,19 +340,36 @@ class Runner:
                                                                             "exitCode": hook.exit_code})
 
     def _push(self, claim: Claim, plan: Plan, workdir: Path, record: Record) -> bool:
-        """Commit + fenced push of ``aq/<id>`` before the job counts as shipped; False: handled otherwise."""
-        try:
-            res = workspace.push(self.root, claim.job, workdir, factory_id=self.settings.factory_id,
-                                 epoch=claim.epoch)
-        except GitFenced as exc:
-            record.update(outcome="fenced", reason=f"push refused: {exc.message}")
-            self._fenced(claim, record)
-            return False
-        except AQError as exc:
-            record.update(outcome="failed", reason=f"ship: {exc.message}")
+        """Commit + fenced push of ``aq/<id>`` before the job counts as shipped; False: handled otherwise.
+
+        Offline a failed push is a failed attempt. In fleet mode the coordinator has already
+        accepted the job as shipped, so releasing it now would lose it: the push (idempotent) is
+        tried again a few times, then the job ships with ``pushPending`` and its commit in work/<id>.
+        """
+        tries = 1 if claim.epoch is None else PUSH_TRIES
+        for n in range(1, tries + 1):
+            try:
+                res = workspace.push(self.root, claim.job, workdir, factory_id=self.settings.factory_id,
+                                     epoch=claim.epoch)
+            except GitFenced as exc:
+                record.update(outcome="fenced", reason=f"push refused: {exc.message}")
+                self._fenced(claim, record)
+                return False
+            except AQError as exc:
+                error = exc.message
+                if n < tries:
+                    log.warning("push failed, trying again", extra={"job_id": claim.job.id, "error": error})
+                    self._idle(2.0 * n)
+                continue
+            record.update(branch=res.branch, sha=res.sha, pushed=res.pushed)
+            return True
+        if claim.epoch is None:
+            record.update(outcome="failed", reason=f"ship: {error}")
             self._finish(claim, plan, workdir, record)
             return False
-        record.update(branch=res.branch, sha=res.sha, pushed=res.pushed)
+        record.update(pushPending=True, pushError=error)
+        log.error("push failed after the coordinator accepted the job: shipped with pushPending; the commit "
+                  "waits in the job's worktree", extra={"job_id": claim.job.id, "error": error})
         return True
 
     def _repo_ship_hook(self, claim: Claim, plan: Plan, workdir: Path) -> None:

@@ -63,6 +63,10 @@ class Claim(ABC):
 
     job: Job
     attempts_done: int
+    # Set on a claim whose report(shipped) the coordinator accepted before this daemon stopped
+    # (or before an outage ended): the runner skips the tool and verify and resumes at the ship
+    # step with this attempt record.
+    resume_record: Record | None = None
     epoch: int | None = None
 
     @abstractmethod
@@ -179,10 +183,12 @@ class LocalSource(Source):
     def __init__(self, queue: LocalQueue) -> None:
         self.queue = queue
 
-    def recover(self) -> list[str]:
-        """running/ -> inbox/ for jobs a crashed daemon left behind, attempt counted."""
+    def recover(self, only: set[str] | None = None) -> list[str]:
+        """running/ -> inbox/ for jobs a crashed daemon left behind (all, or the ids in ``only``), attempt counted."""
         recovered = []
         for entry in self.queue.entries(State.RUNNING):
+            if only is not None and entry.job.id not in only:
+                continue
             stop_leftover_tool(entry)
             record = {"attempt": entry.attempts + 1, "outcome": "crashed", "endedAt": now(),
                       "reason": "daemon stopped while the job was running"}

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agent_queue.errors import AQError, Conflict, Fenced, NotFound, NotLeased, TransportError
+from agent_queue.errors import AQError, Conflict, Fenced, NotFound, NotLeased, ReportPending, TransportError
 from agent_queue.fleet.client import FleetClient, RetryPolicy, is_retryable
 from agent_queue.fleet.flags import ResolvedFlags, resolve_flags
 from agent_queue.fleet.heartbeat import Heartbeat
@@ -58,8 +58,6 @@ FENCED_DIR = "fenced"
 RELEASED_DIR = "released"
 TRANSPORT_TIMEOUT_S = 30.0
 # A daemon call gives up sooner than a one-shot CLI call: the runner's own backoff takes over.
-# How long a factory keeps replaying an unanswered report(shipped) (at least 3 lease TTLs).
-REPORT_CONFIRM_S = 120.0
 DAEMON_RETRY = RetryPolicy(max_attempts=5, deadline_s=15.0, base_delay_s=0.2, max_delay_s=3.0)
 _RETURN_FIELDS = {"pid": None, "attempt": None, "startedAt": None}
 
@@ -141,10 +139,12 @@ class FleetClaim(LocalClaim):
     coordinator and never raises: the runner must survive any answer.
     """
 
-    def __init__(self, queue: LocalQueue, entry: Entry, client: FleetClient, heartbeat: Heartbeat) -> None:
+    def __init__(self, queue: LocalQueue, entry: Entry, client: FleetClient, heartbeat: Heartbeat,
+                 on_pending: Callable[[str], None] | None = None) -> None:
         super().__init__(queue, entry)
         self.client = client
         self.heartbeat = heartbeat
+        self._on_pending = on_pending
         self.epoch = heartbeat.current_lease.epoch
         self._lock = threading.Lock()
         self._lost: str | None = None
@@ -184,39 +184,30 @@ class FleetClaim(LocalClaim):
     # --- endings ---------------------------------------------------------------------
 
     def approve_ship(self, record: Record) -> None:
-        """Only a 200 to report(shipped) with this epoch lets the job ship; anything else is Fenced."""
+        """Only a 200 to report(shipped) with this epoch lets the job ship.
+
+        A 409 (or a lost lease) raises Fenced. An answer that never came (the client's
+        retries spent) leaves the outcome unknown: shipping could double-ship, giving up
+        could lose a job the coordinator counts as shipped. So the job stays in running/
+        with its ``reportSent`` marker and ReportPending is raised; the source replays the
+        report (an exact replay gets the same 200, a report never taken a 409 once the
+        lease is gone) and resumes the ship or records it as fenced. The marker is written
+        first, so a crash at any point here is settled the same way at the next start.
+        """
         lost = self._settle()
         if lost is not None:
             raise Fenced(f"lease lost: {lost}")
-        self._confirm_report(_detail(record))
+        self.queue.update(self.job.id, State.RUNNING, {"reportSent": {"epoch": self.lease.epoch, "record": record}})
+        try:
+            self.client.report(self.lease, "shipped", _detail(record))
+        except (Fenced, NotLeased, NotFound, Conflict) as exc:
+            raise Fenced(exc.message) from None
+        except AQError as exc:
+            if self._on_pending is not None:
+                self._on_pending(self.job.id)
+            raise ReportPending(f"report(shipped) unanswered ({exc.message}); "
+                                "it is replayed until the coordinator answers") from None
         log.info("coordinator accepted report(shipped)", extra=self._fields())
-
-    def _confirm_report(self, detail: dict[str, Any]) -> None:
-        """report(shipped) until the coordinator gives a definite answer, or Fenced.
-
-        A lost answer leaves the outcome unknown: shipping could double-ship, giving
-        up could lose a job the coordinator already counts as shipped. The coordinator
-        answers an exact replay of (job, factory, epoch, outcome) with the same 200, and
-        a report it never took with 409 once the lease is gone, so replaying until one
-        of the two arrives is safe. Only a coordinator unreachable for the whole
-        ``REPORT_CONFIRM_S`` window leaves the job unshipped here (recorded as fenced,
-        with ``reportUnconfirmed``), never shipped twice.
-        """
-        deadline = time.monotonic() + max(REPORT_CONFIRM_S, 3 * self.lease.ttl_s)
-        delay = 0.5
-        while True:
-            try:
-                self.client.report(self.lease, "shipped", detail)
-                return
-            except (Fenced, NotLeased, NotFound, Conflict) as exc:
-                raise Fenced(exc.message) from None
-            except AQError as exc:
-                if not is_retryable(exc) or time.monotonic() + delay > deadline:
-                    self.queue.update(self.job.id, State.RUNNING, {"reportUnconfirmed": True})
-                    raise Fenced(f"report not confirmed ({exc.message})") from None
-                log.warning("report(shipped) not confirmed, replaying it: %s", exc.message, extra=self._fields())
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
     def retry(self, record: Record) -> None:
         self._release(record, f"attempt failed: {record.get('reason')}", count_attempt=True)
@@ -296,7 +287,8 @@ class FleetSource(Source):
         self.queue = queue
         self.client = client
         self.heartbeat_interval_s = heartbeat_interval_s
-        self._pending: list[Entry] = []
+        self._pending: list[Entry] = []  # running/ jobs to settle with the coordinator before new work
+        self._resume: list[Entry] = []  # report(shipped) accepted, ship not done yet
         self._recovered: list[str] = []
 
     def recover(self) -> list[str]:
@@ -307,13 +299,15 @@ class FleetSource(Source):
         return list(self._recovered)
 
     def _settle_pending(self) -> None:
-        """Release (or fence) each leftover fleet job; local leftovers go back to the inbox afterwards."""
+        """Settle each pending running/ job with the coordinator; local leftovers go back to the inbox."""
         still: list[Entry] = []
+        local: set[str] = set()
         failure: AQError | None = None
         for entry in self._pending:
             lease = read_lease(entry)
             if lease is None:
-                continue  # a local job from an offline run: LocalSource recovers it below
+                local.add(entry.job.id)  # a local job from an offline run: LocalSource recovers it below
+                continue
             try:
                 self._recover_one(entry, lease)
             except AQError as exc:
@@ -321,13 +315,22 @@ class FleetSource(Source):
                 failure = exc
         self._pending = still
         if failure is not None:
-            raise TransportError(f"crash recovery: coordinator unreachable, {len(still)} job(s) "
-                                 f"still in running/ ({failure.message})")
-        self._recovered += LocalSource(self.queue).recover()
+            raise TransportError(f"coordinator unreachable, {len(still)} job(s) waiting in running/ to be "
+                                 f"settled ({failure.message})")
+        if local:
+            self._recovered += LocalSource(self.queue).recover(only=local)
+
+    def _pend(self, job_id: str) -> None:
+        """A claim whose report went unanswered: settle it (replay) before taking new work."""
+        self._pending.append(self.queue.get(job_id))
 
     def _recover_one(self, entry: Entry, lease: Lease) -> None:
         ctx = {"job_id": entry.job.id, "epoch": lease.epoch}
         stop_leftover_tool(entry)
+        sent = entry.result.get("reportSent")
+        if isinstance(sent, dict) and sent.get("epoch") == lease.epoch:
+            self._replay_report(entry, lease, sent.get("record") or {})
+            return
         reason = "daemon stopped while the job was running"
         record: Record = {"attempt": entry.attempts + 1, "outcome": "crashed", "endedAt": now(), "reason": reason}
         update = {**_RETURN_FIELDS, "attempts": entry.attempts + 1,
@@ -346,9 +349,41 @@ class FleetSource(Source):
             log.warning("recovered job released to the coordinator (attempt counted)", extra=ctx)
         self._recovered.append(entry.job.id)
 
+    def _replay_report(self, entry: Entry, lease: Lease, record: Record) -> None:
+        """report(shipped) was sent (or about to be) and not answered: the coordinator decides now."""
+        ctx = {"job_id": entry.job.id, "epoch": lease.epoch}
+        try:
+            self.client.report(lease, "shipped", _detail(record))
+        except (Fenced, NotLeased, NotFound, Conflict) as exc:
+            archive(self.queue, entry.job.id, FENCED_DIR, lease.epoch,
+                    {**_RETURN_FIELDS, "reason": f"ship refused: the replayed report was answered {exc.message}"})
+            log.warning("replayed report(shipped) refused: fenced, not shipped", extra=ctx)
+            self._recovered.append(entry.job.id)
+            return
+        except AQError as exc:
+            if not is_retryable(exc):
+                raise TransportError(exc.message) from None
+            raise
+        log.warning("coordinator had accepted report(shipped): resuming the ship", extra=ctx)
+        self._resume.append(self.queue.get(entry.job.id))
+
+    def _resume_claim(self, entry: Entry) -> Claim | None:
+        lease = read_lease(entry)
+        sent = entry.result.get("reportSent")
+        if lease is None or not isinstance(sent, dict):
+            return None
+        claim = FleetClaim(self.queue, entry, self.client, Heartbeat(self.client, lease, lambda reason: None),
+                           self._pend)
+        claim.resume_record = dict(sent.get("record") or {"attempt": entry.attempts + 1, "outcome": "passed"})
+        return claim
+
     def next_claim(self) -> Claim | None:
         if self._pending:
             self._settle_pending()
+        while self._resume:
+            claim = self._resume_claim(self._resume.pop(0))
+            if claim is not None:
+                return claim
         sent = time.monotonic()
         got = self.client.claim()
         if got is None:
@@ -378,7 +413,7 @@ class FleetSource(Source):
             with contextlib.suppress(AQError):
                 self.client.release(lease, reason, retry=True, count_attempt=True)
             return None
-        claim = FleetClaim(self.queue, entry, self.client, heartbeat)
+        claim = FleetClaim(self.queue, entry, self.client, heartbeat, self._pend)
         holder.append(claim)
         if heartbeat.lost:
             claim.on_heartbeat_lost("lease lost before the job started")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import shlex
 import signal
-import time
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from fleet_support import (
     daemons,
     fleet_env,
     local_records,
+    recorded,
+    recording_command,
     result_of,
     steal_script,
 )
@@ -204,3 +206,20 @@ def test_sigterm_gives_the_job_back_without_counting_an_attempt(tmp_path: Path, 
     assert (m["state"], m["attempts"]) == ("queued", 0)
     assert local_records(root, "released") == ["t1.1"] and local_records(root, "running") == []
     assert shipped_lines(marker) == []
+
+
+def test_report_applied_but_its_answers_lost_ships_exactly_once_after_the_replay(tmp_path: Path, ds: Daemons) -> None:
+    """The coordinator took report(shipped) but 8 answers in a row are lost (more than the client's retries):
+    the job waits in running/, the replay gets the same 200, and the ship happens once, tool not re-run."""
+    state, root, marker, log = tmp_path / "coord", tmp_path / "r", tmp_path / "m", tmp_path / "calls.jsonl"
+    runs = tmp_path / "runs"
+    coord_enqueue(state, job("lr", f"echo run >> {shlex.quote(str(runs))}", marker))
+    env = fleet_env(api_cmd=recording_command(state, log, ttl=5), AQ_TEST_LOSE_REPORTS="8")
+    ds.start(root, env)
+    wait_for(lambda: shipped_lines(marker), "the ship hook", deadline_s=60)
+    assert local_records(root, "shipped") == ["lr"]
+    assert shipped_lines(marker) == ["lr"] and runs.read_text() == "run\n"
+    assert meta(state, "lr")["state"] == "shipped"
+    reports = [c for c in recorded(log) if c["path"].endswith("/report")]
+    assert len(reports) >= 9 and {r["body"]["leaseEpoch"] for r in reports} == {1}
+    assert result_of(root / "shipped" / "lr")["reportSent"]["epoch"] == 1

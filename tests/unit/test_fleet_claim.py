@@ -1,17 +1,17 @@
-"""FleetClaim's endings against a scripted fake client: ship only after a definite 200, never twice."""
+"""FleetClaim and FleetSource against a scripted fake client: ship only after a definite 200, never twice."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent_queue.errors import CoordinatorError, Fenced, NotLeased, TransportError
-from agent_queue.fleet import source as fleet_source
+from agent_queue.errors import Fenced, NotLeased, ReportPending, TransportError
 from agent_queue.fleet.heartbeat import Heartbeat
-from agent_queue.fleet.source import FleetClaim
+from agent_queue.fleet.source import FleetClaim, FleetSource
 from agent_queue.inbox import LocalQueue, State
 from agent_queue.jobs import Job, Lease
 
@@ -40,46 +40,78 @@ class FakeClient:
     def renew(self, lease: Lease, *, deadline_s: float | None = None) -> Lease:
         return lease
 
+    def claim(self, dry_run: bool = False, factory_id: str | None = None) -> None:
+        self.calls.append(("claim", {}))
+        return None
 
-def make_claim(tmp_path: Path, client: FakeClient) -> FleetClaim:
+
+def make_claim(tmp_path: Path, client: FakeClient, on_pending: Any = None) -> FleetClaim:
     queue = LocalQueue(tmp_path / "root").init()
     lease = Lease("j1", "f1", 3, time.time() + 60, 1.0)
     entry = queue.materialize(Job.from_dict({"id": "j1", "command": ["true"]}), {"leaseEpoch": 3})
     heartbeat = Heartbeat(client, lease, lambda reason: None)  # type: ignore[arg-type]
-    return FleetClaim(queue, entry, client, heartbeat)  # type: ignore[arg-type]
+    return FleetClaim(queue, entry, client, heartbeat, on_pending)  # type: ignore[arg-type]
 
 
-@pytest.fixture(autouse=True)
-def fast_replay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fleet_source.time, "sleep", lambda s: None)
-
-
-def test_a_lost_report_answer_is_replayed_until_the_coordinator_confirms(tmp_path: Path) -> None:
-    client = FakeClient(TransportError("read timed out"), CoordinatorError("boom", 503), None)
+def test_a_definite_200_approves_the_ship_and_leaves_a_replay_marker(tmp_path: Path) -> None:
+    client = FakeClient(None)
     claim = make_claim(tmp_path, client)
-    claim.approve_ship({"attempt": 1})  # no exception: the ship may go ahead
-    assert [c[0] for c in client.calls] == ["report"] * 3
-    assert {c[1]["epoch"] for c in client.calls} == {3}
+    claim.approve_ship({"attempt": 1, "exitCode": 0})
+    assert client.calls == [("report", {"epoch": 3, "outcome": "shipped"})]
+    sent = claim.queue.get("j1").result["reportSent"]  # written BEFORE the report left
+    assert sent == {"epoch": 3, "record": {"attempt": 1, "exitCode": 0}}
 
 
-def test_a_replayed_report_refused_with_409_never_ships(tmp_path: Path) -> None:
-    client = FakeClient(TransportError("connection reset"), NotLeased("the job is queued"))
-    claim = make_claim(tmp_path, client)
+def test_a_409_never_ships(tmp_path: Path) -> None:
+    claim = make_claim(tmp_path, FakeClient(NotLeased("the job is queued")))
     with pytest.raises(Fenced, match="queued"):
         claim.approve_ship({"attempt": 1})
 
 
-def test_a_report_never_answered_within_the_window_is_fenced_and_marked(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fleet_source, "REPORT_CONFIRM_S", 0.0)
-    clock = iter(range(0, 10_000, 10))  # every look at the clock is 10 s later
-    monkeypatch.setattr(fleet_source.time, "monotonic", lambda: float(next(clock)))
-    client = FakeClient(*[TransportError("down")] * 50)
-    claim = make_claim(tmp_path, client)
-    with pytest.raises(Fenced, match="not confirmed"):
+def test_an_unanswered_report_leaves_the_job_pending_in_running(tmp_path: Path) -> None:
+    pending: list[str] = []
+    client = FakeClient(TransportError("read timed out"))
+    claim = make_claim(tmp_path, client, on_pending=pending.append)
+    with pytest.raises(ReportPending):
         claim.approve_ship({"attempt": 1})
-    assert claim.queue.get("j1").result["reportUnconfirmed"] is True
+    assert pending == ["j1"]
     assert claim.queue.get("j1").state is State.RUNNING
+
+
+def settle(tmp_path: Path, *script: Exception | None) -> tuple[FleetSource, FakeClient, LocalQueue]:
+    """A job left in running/ after an unanswered report; a FleetSource settles it with ``script``."""
+    claim = make_claim(tmp_path, FakeClient(TransportError("down")))
+    with pytest.raises(ReportPending):
+        claim.approve_ship({"attempt": 1, "exitCode": 0})
+    (claim.queue.root / "running" / "j1" / "lease.json").write_text(json.dumps(claim.lease.to_dict()))
+    client = FakeClient(*script)
+    source = FleetSource(claim.queue, client)  # type: ignore[arg-type]
+    source.recover()
+    return source, client, claim.queue
+
+
+def test_replayed_report_accepted_resumes_the_ship_without_rerunning_the_tool(tmp_path: Path) -> None:
+    source, client, queue = settle(tmp_path, None, None)
+    claim = source.next_claim()
+    assert claim is not None and claim.resume_record == {"attempt": 1, "exitCode": 0}
+    claim.approve_ship(claim.resume_record)  # the replay is idempotent at the coordinator: 200 again
+    claim.shipped({**claim.resume_record, "outcome": "shipped"})
+    assert queue.get("j1").state is State.SHIPPED
+    assert [c[0] for c in client.calls] == ["report", "report"]
+
+
+def test_replayed_report_refused_is_fenced_and_never_shipped(tmp_path: Path) -> None:
+    source, client, queue = settle(tmp_path, Fenced("lease expired; held by f2"))
+    assert (queue.root / "fenced" / "j1.3").is_dir() and not (queue.root / "running" / "j1").exists()
+    assert "ship refused" in json.loads((queue.root / "fenced" / "j1.3" / "result.json").read_text())["reason"]
+    assert source.next_claim() is None and client.calls[-1][0] == "claim"
+
+
+def test_replay_while_the_coordinator_is_still_down_keeps_the_job_and_takes_no_new_work(tmp_path: Path) -> None:
+    source, client, queue = settle(tmp_path, TransportError("down"), TransportError("still down"))
+    with pytest.raises(TransportError, match="waiting in running"):
+        source.next_claim()
+    assert queue.get("j1").state is State.RUNNING
 
 
 def test_defer_releases_without_counting_an_attempt_and_with_not_before(tmp_path: Path) -> None:
