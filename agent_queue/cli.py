@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo(f"{PROG}: aborted", err=True)
         return EXIT_FAILURE
+    except OSError as exc:  # a root that cannot be created, a full disk: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"{PROG}: {where}{exc.strerror or exc}", err=True)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
     return code if isinstance(code, int) else EXIT_OK

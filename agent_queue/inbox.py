@@ -151,6 +151,8 @@ class LocalQueue:
             result = read_json(path / RESULT_FILE) if (path / RESULT_FILE).exists() else new_result(path.name, state)
         except (OSError, ValueError, InvalidJob) as exc:
             raise StateError(f"{path}: unreadable job ({exc})") from exc
+        if job.id != path.name:  # it could never be taken (every move is by id): refuse it loudly
+            raise StateError(f"{path}: job.json says id {job.id!r}, but the directory is {path.name!r}")
         return Entry(job, result, state, path)
 
     # --- moving ------------------------------------------------------------
@@ -285,6 +287,8 @@ def _read_loose(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidJob(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:  # unreadable (permissions, I/O error): quarantined, never a stuck queue
+        raise InvalidJob(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     return decode_spec(text, str(path))
 
 

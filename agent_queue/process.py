@@ -76,9 +76,13 @@ def run(
         watch.wake.set()
 
     threading.Thread(target=wait_child, name=f"reap-{proc.pid}", daemon=True).start()
-    if on_start is not None:
-        on_start(proc.pid)
-    timed_out, aborted = _wait(exited, watch, start + timeout_s)
+    try:
+        if on_start is not None:
+            on_start(proc.pid)
+        timed_out, aborted = _wait(exited, watch, start + timeout_s)
+    except BaseException:  # e.g. recording the pid failed (disk full): never leave the tool unwatched
+        _kill_group(proc, exited)
+        raise
     if timed_out or aborted:
         _kill_group(proc, exited)
     else:

@@ -114,8 +114,11 @@ class Runner:
 
     def work(self, opts: RunOptions) -> int:
         """Run jobs until told to stop (or, with --once/--drain, until done); return how many ran."""
-        self.source.recover()
-        workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(), startup=True)
+        try:
+            self.source.recover()
+            workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(), startup=True)
+        except Exception:  # what stays in running/ is settled again later; the daemon must come up
+            log.exception("start-up recovery incomplete; continuing")
         done, backoff = 0, self.settings.poll_s
         while not self.control.stopping:
             try:

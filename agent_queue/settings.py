@@ -9,6 +9,7 @@ AQ_*). The fleet token is kept out of ``repr`` and redacted in ``describe``.
 
 from __future__ import annotations
 
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ LOG_FORMATS = ("text", "json")
 REDACTED = "<redacted>"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+MIN_POLL_S = 0.05  # a 0 poll would spin a core while idle
 _TOP_KEYS = {"factory_id", "capabilities", "log_format", "poll_s", "grace_s", "tools", "profiles", "fleet",
              "keep_worktrees_days"}
 # [fleet] key -> (Settings field, env variable)
@@ -115,13 +117,13 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             values[name] = parse_bool(raw, var) if name in _BOOL_FIELDS else _nonempty(raw, var)
     return Settings(
         root=root,
-        factory_id=str(_pick(flags.get("factory_id"), env.get("AQ_FACTORY_ID"), cfg.get("factory_id"),
-                             short_hostname())),
+        factory_id=_factory_id(_pick(flags.get("factory_id"), env.get("AQ_FACTORY_ID"), cfg.get("factory_id"),
+                                     short_hostname())),
         config_path=config_path,
         log_format=_log_format(_pick(flags.get("log_format"), env.get("AQ_LOG_FORMAT"), cfg.get("log_format"),
                                      "text")),
         verbose=bool(flags.get("verbose")),
-        poll_s=_seconds(_pick(flags.get("poll_s"), None, cfg.get("poll_s"), 2.0), "poll_s"),
+        poll_s=max(MIN_POLL_S, _seconds(_pick(flags.get("poll_s"), None, cfg.get("poll_s"), 2.0), "poll_s")),
         grace_s=_seconds(_pick(flags.get("grace_s"), None, cfg.get("grace_s"), 30.0), "grace_s"),
         capabilities=_capabilities(env.get("AQ_CAPABILITIES"), cfg.get("capabilities"), where),
         tools=tools,
@@ -216,6 +218,14 @@ def _log_format(value: Any) -> str:
     if value not in LOG_FORMATS:
         raise ConfigError(f"AQ_LOG_FORMAT / --log-format: {str(value)[:40]!r} is not one of text, json")
     return str(value)
+
+
+def _factory_id(value: Any) -> str:
+    """It names this host in leases, commit trailers and `<id>-shadow`: the coordinator's id rules apply."""
+    text = str(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,118}", text):
+        raise ConfigError(f"factory id {text[:40]!r}: use letters, digits, '.', '_', '-' (at most 119 characters)")
+    return text
 
 
 def _seconds(value: Any, name: str) -> float:

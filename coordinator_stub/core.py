@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 DEFAULT_LEASE_TTL_S = 60.0
-VERDICTS = ("AGREE", "DIVERGE", "COORD_EMPTY", "LOCAL_EMPTY")
+VERDICTS = ("AGREE", "DIVERGE", "COORD_EMPTY", "LOCAL_EMPTY", "IDLE")  # IDLE: only with --shadow-log-idle
 
 
 class JobState(StrEnum):

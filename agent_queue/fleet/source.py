@@ -410,8 +410,10 @@ class FleetSource(Source):
             heartbeat.stop()
             reason = f"factory {lease.factory_id} cannot hold the job locally: {exc}"
             log.error(reason, extra={"job_id": job.id, "epoch": lease.epoch})
+            # A local leftover with the same id (e.g. waiting to be settled) is this factory's problem,
+            # not the job's: give it back without spending one of its attempts.
             with contextlib.suppress(AQError):
-                self.client.release(lease, reason, retry=True, count_attempt=True)
+                self.client.release(lease, reason, retry=True, count_attempt=not isinstance(exc, Conflict))
             return None
         claim = FleetClaim(self.queue, entry, self.client, heartbeat, self._pend)
         holder.append(claim)

@@ -106,7 +106,12 @@ def test_unreadable_job_directory_in_inbox_is_quarantined_not_skipped(queue: Loc
     odd = queue.root / "inbox" / "odd name"
     odd.mkdir()
     (odd / "job.json").write_text(json.dumps({"id": "odd", "command": ["true"]}))
-    assert sorted(queue.normalise_inbox()) == ["bad-dir", "broken"]
+    other = queue.root / "inbox" / "dirname"
+    other.mkdir()
+    (other / "job.json").write_text(json.dumps({"id": "otherid", "command": ["true"]}))
+    assert sorted(queue.normalise_inbox()) == ["bad-dir", "broken", "dirname"]
+    mismatch = json.loads((queue.root / "quarantine" / "dirname" / "result.json").read_text())["reason"]
+    assert "says id 'otherid'" in mismatch
     qdir = queue.root / "quarantine" / "broken"
     assert "unreadable job" in json.loads((qdir / "result.json").read_text())["reason"]
     assert (qdir / "job.json").read_text() == "{not json"  # the user's bytes are kept
