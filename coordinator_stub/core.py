@@ -136,7 +136,7 @@ class Coordinator:
         self, job_id: str, factory_id: str, epoch: int, reason: str = "", retry: bool = True,
         count_attempt: bool = True, not_before: float | None = None,
     ) -> dict[str, Any]:
-        """End a lease without shipping: back to queued, or quarantined when ``retry`` is false or attempts are spent."""
+        """End a lease without shipping: back to queued, or quarantined (``retry`` false, or attempts spent)."""
         return self._run(
             "release", lambda c: self._release(c, job_id, factory_id, epoch, reason, retry, count_attempt, not_before),
             jobId=job_id, factoryId=factory_id, leaseEpoch=epoch, reason=reason,
@@ -461,7 +461,7 @@ class Coordinator:
 
     def _pick(self, tx: Tx, caps: frozenset[str], now: float) -> dict[str, Any] | None:
         """Highest priority, then oldest enqueue, among queued jobs this caller may take now."""
-        candidates = [
+        candidates: list[dict[str, Any]] = [
             r for r in tx.hot["jobs"].values()
             if r["state"] == JobState.QUEUED.value and (r["notBefore"] is None or r["notBefore"] <= now)
             and caps.issuperset(r["spec"].get("requires", ()))

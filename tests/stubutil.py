@@ -141,8 +141,10 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def seam_call(state_dir: Path, method: str, path: str, body: bytes | str = b"",
-              extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def seam_call(
+    state_dir: Path, method: str, path: str, body: bytes | str = b"",
+    extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     """Run one ``coordinator-stub --state DIR call METHOD PATH`` process (body on stdin)."""
     data = body.encode() if isinstance(body, str) else body
     argv = [*STUB_ARGV, "--state", str(state_dir), *extra_args, "call", method, path]

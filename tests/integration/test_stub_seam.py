@@ -51,7 +51,8 @@ def test_ignore_dry_run_hands_out_a_real_lease(tmp_path: Path) -> None:
 
 def test_fast_path_imports_neither_click_nor_requests(tmp_path: Path) -> None:
     code = (
-        "import sys, runpy; sys.argv = ['coordinator-stub', '--state', sys.argv[1], 'call', 'GET', '/v1/fleet/status']\n"
+        "import sys, runpy\n"
+        "sys.argv = ['coordinator-stub', '--state', sys.argv[1], 'call', 'GET', '/v1/fleet/status']\n"
         "try:\n    runpy.run_module('coordinator_stub', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
         "print(sorted(m for m in ('click', 'requests', 'filelock', 'dataclasses') if m in sys.modules))"

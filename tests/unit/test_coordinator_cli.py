@@ -1,0 +1,35 @@
+"""coordinator-stub's click commands: parsing, output and exit codes (in process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coordinator_stub.cli import main
+
+
+def test_enqueue_status_and_reap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"id": "z", "command": ["true"]}))
+    state = str(tmp_path / "c")
+    assert main(["--state", state, "enqueue", str(spec)]) == 0
+    assert main(["--state", state, "enqueue", str(spec)]) == 0
+    assert main(["--state", state, "status", "--json"]) == 0
+    assert main(["--state", state, "reap"]) == 0
+    out = capsys.readouterr().out
+    assert "enqueued z" in out and "already enqueued z" in out
+    assert '"queued": 1' in out
+
+
+def test_errors_become_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("AQ_STUB_STATE", raising=False)
+    assert main(["status"]) == 2
+    assert main(["--state", str(tmp_path), "--lease-ttl", "0", "status"]) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert main(["--state", str(tmp_path / "c"), "enqueue", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("coordinator-stub: ") for line in err)
