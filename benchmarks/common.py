@@ -173,7 +173,6 @@ def seam_call(state: Path, method: str, path: str, body: dict[str, Any] | None =
 
 def enqueue_true(state: Path, n: int, prefix: str = "job") -> list[str]:
     """Enqueue ``n`` trivial jobs (command ``true``) in-process through the core, one transaction each."""
-    sys.path.insert(0, str(ROOT))
     from coordinator_stub.core import Coordinator
     from coordinator_stub.store import JsonStore
 
@@ -182,6 +181,100 @@ def enqueue_true(state: Path, n: int, prefix: str = "job") -> list[str]:
     for job_id in ids:
         coord.enqueue({"id": job_id, "command": ["true"]})
     return ids
+
+
+def _setup_store() -> Any:
+    from coordinator_stub.store import MemoryStore, Tx
+
+    class NoCopyTx(Tx):
+        """Shares the hot document instead of deep-copying it per operation (no rollback: set-up only)."""
+
+        def __init__(self, store: MemoryStore) -> None:
+            super().__init__(store.hot)
+            self._store = store
+
+        def _load_archived(self, job_id: str) -> dict[str, Any] | None:
+            return self._store.archive.get(job_id)
+
+        def iter_archived(self) -> Iterator[dict[str, Any]]:
+            yield from {**self._store.archive, **self.pending_archive}.values()
+
+    class SetupStore(MemoryStore):
+        @contextmanager
+        def transaction(self) -> Iterator[Tx]:
+            tx = NoCopyTx(self)
+            yield tx
+            self.archive.update(tx.pending_archive)
+            self.hot = tx.hot
+            self.events.extend(tx.events)
+
+    return SetupStore()
+
+
+class History:
+    """Builds coordinator state fast: real core operations on a MemoryStore, then dumped to a state dir.
+
+    Going through the core keeps every record exactly what the stub would
+    write; the in-memory store skips the per-operation fsync, which would
+    turn 100k jobs of set-up into many minutes. ``dump`` writes plain files
+    (set-up data, not state anyone depends on).
+    """
+
+    def __init__(self) -> None:
+        from coordinator_stub.core import Coordinator
+
+        self.store = _setup_store()
+        self.clock = [time.time()]
+        self.coord = Coordinator(self.store, lambda: self.clock[0])
+        self.seq = 0
+
+    def terminal(self, n: int) -> None:
+        """Add ``n`` shipped jobs: enqueue, claim, report each.
+
+        Queued jobs are set aside meanwhile: every claim scans the queue, and
+        100k claims over 1k queued jobs would make set-up quadratic.
+        """
+        jobs = self.store.hot["jobs"]
+        self.store.hot["jobs"] = {}
+        try:
+            for _ in range(n):
+                job_id = self._enqueue("done")
+                view = self.coord.claim("history", [])
+                assert view is not None and view["job"]["id"] == job_id, view
+                self.coord.report(job_id, "history", view["lease"]["leaseEpoch"], "shipped")
+        finally:
+            self.store.hot["jobs"] = {**jobs, **self.store.hot["jobs"]}
+        self.store.events.clear()
+
+    def queued(self, n: int, prefix: str = "q", priority: int = 0) -> list[str]:
+        ids = [self._enqueue(prefix, priority) for _ in range(n)]
+        self.store.events.clear()
+        return ids
+
+    def finish_first(self, n: int) -> None:
+        """Claim and ship the ``n`` jobs first in claim order (mirrors what a measurement did on disk)."""
+        for _ in range(n):
+            view = self.coord.claim("history", [])
+            assert view is not None
+            self.coord.report(view["job"]["id"], "history", view["lease"]["leaseEpoch"], "shipped")
+        self.store.events.clear()
+
+    def _enqueue(self, prefix: str, priority: int = 0) -> str:
+        self.seq += 1
+        job_id = f"{prefix}-{self.seq:07d}"
+        self.coord.enqueue({"id": job_id, "command": ["true"], "priority": priority})
+        return job_id
+
+    def dump(self, state: Path) -> None:
+        """Write the hot document and every archive file not yet written into ``state``."""
+        from coordinator_stub.store import JsonStore, archive_name
+
+        store = JsonStore(state)
+        for job_id, rec in self.store.archive.items():
+            path = store.archive_dir / str(archive_name(job_id))
+            if not path.exists():
+                path.write_text(json.dumps(rec), encoding="utf-8")
+        store.state_path.write_text(json.dumps(self.store.hot), encoding="utf-8")
 
 
 def ratio(a: float, b: float) -> float:
