@@ -39,7 +39,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "stub"
         common.enqueue_true(state, cycles)
-        floor, ops = [], {"claim": [], "renew": [], "report": []}
+        floor: list[float] = []
+        ops: dict[str, list[float]] = {"claim": [], "renew": [], "report": []}
         for _ in range(cycles):
             floor += common.timed(lambda: subprocess.run([common.PYTHON, "-c", "pass"], check=True), 1)
             t0 = time.perf_counter()

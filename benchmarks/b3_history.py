@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> None:
     levels, queued, per_level = ([10, 100], 20, 3) if args.smoke else ([100, 1000, 10_000, 100_000], 1000, 20)
     history = common.History()
     history.queued(queued)
-    rows = []
+    rows: list[dict[str, Any]] = []
     shm = Path("/dev/shm")
     base_dir = str(shm) if shm.is_dir() else None  # tmpfs: 100k set-up files in seconds, and no fsync noise
     with tempfile.TemporaryDirectory(dir=base_dir) as tmp:

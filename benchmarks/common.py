@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +99,13 @@ def spawn(argv: list[str], env: dict[str, str] | None = None, **kw: Any) -> subp
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
     """Signal the child's group, wait, escalate to SIGKILL; always reaped."""
     if proc.poll() is None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
     return int(proc.returncode)
 
@@ -279,3 +275,57 @@ class History:
 
 def ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("inf")
+
+
+def fill_local_inbox(root: Path, n: int, command: Sequence[str] = ("true",)) -> None:
+    """Enqueue ``n`` jobs into an offline root in-process (200 CLI spawns would dwarf the figure)."""
+    from agent_queue.inbox import LocalQueue
+    from agent_queue.jobs import Job
+
+    queue = LocalQueue(root).init()
+    for i in range(n):
+        queue.enqueue(Job.from_dict({"id": f"j-{i:05d}", "command": list(command)}, where="bench"))
+
+
+def fleet_unavailable(tmp: Path) -> str | None:
+    """Why this build's daemon cannot run in fleet mode (None: it can)."""
+    state = tmp / "probe-stub"
+    env = bench_env(AQ_FLEET="1", AQ_FLEET_API_CMD=f"{STUB} --state {state} call")
+    res = subprocess.run([AQ, "--root", str(tmp / "probe-root"), "--factory-id", "probe", "run", "--once"],
+                         env=env, capture_output=True, timeout=60, check=False)
+    if res.returncode != 0:
+        return res.stderr.decode(errors="replace").strip().splitlines()[-1][:200]
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid`` plus its reaped children (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / ticks  # utime stime cutime cstime
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size in MB (``ps``, which macOS and Linux both have)."""
+    res = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    try:
+        return int(res.stdout.strip()) / 1024
+    except ValueError:
+        return None
+
+
+def events(state: Path) -> list[dict[str, Any]]:
+    """The stub's events.jsonl, parsed (empty when absent)."""
+    try:
+        text = (state / "events.jsonl").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def fleet_env(state: Path, ttl: float | None = None) -> dict[str, str]:
+    ttl_arg = f" --lease-ttl {ttl}" if ttl else ""
+    return bench_env(AQ_FLEET="1", AQ_FLEET_API_CMD=f"{STUB} --state {state}{ttl_arg} call")
