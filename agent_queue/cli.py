@@ -16,6 +16,8 @@ import click
 
 from agent_queue import service
 from agent_queue.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AQError, BadInput
+from agent_queue.fleet import ops as fleet_ops
+from agent_queue.fleet import shadow
 from agent_queue.runner import RunOptions
 from agent_queue.settings import Settings, load_settings
 
@@ -71,8 +73,9 @@ class _EnqueueCommand(click.Command):
 @click.option("--verify", help='Verify gate argv, split like a shell: --verify "pytest -q".')
 @click.option("--timeout", type=float, help="Timeout per attempt, seconds.")
 @click.option("--max-attempts", type=int, help="Attempts before quarantine.")
+@click.option("--fleet", "to_fleet", is_flag=True, help="Send the job to the coordinator, not the local inbox.")
 @click.pass_context
-def enqueue(ctx: click.Context, /, file: str | None, **opts: Any) -> None:
+def enqueue(ctx: click.Context, /, file: str | None, to_fleet: bool, **opts: Any) -> None:
     """Add a job: a JSON spec from FILE (or - for stdin), or built from flags and -- CMD ARGS..."""
     command = ctx.meta.get("aq_command")
     settings = ctx.obj.settings()
@@ -82,7 +85,7 @@ def enqueue(ctx: click.Context, /, file: str | None, **opts: Any) -> None:
         spec, where = _read_spec(file)
     else:
         spec, where = _spec_from_flags(opts, command), "enqueue flags"
-    click.echo(service.enqueue(settings, spec, where))
+    click.echo((fleet_ops.enqueue if to_fleet else service.enqueue)(settings, spec, where))
 
 
 def _read_spec(file: str) -> tuple[Any, str]:
@@ -124,6 +127,7 @@ def _spec_from_flags(opts: dict[str, Any], command: list[str] | None) -> dict[st
 @click.option("--fleet/--no-fleet", default=None, help="Fleet mode [env AQ_FLEET; default off].")
 @click.option("--fleet-route/--no-fleet-route", default=None, help="Coordinator sources work [env AQ_FLEET_ROUTE].")
 @click.option("--fleet-shadow/--no-fleet-shadow", default=None, help="Shadow-compare [env AQ_FLEET_SHADOW].")
+@click.option("--shadow-log-idle", is_flag=True, default=None, help="Shadow mode: also log IDLE verdicts.")
 @pass_ctx
 def run(ctx: _Ctx, /, once: bool, drain: bool, max_jobs: int | None, **flags: Any) -> None:
     """The daemon: take jobs, run them, verify, ship or quarantine. SIGTERM/SIGINT stop it."""
@@ -168,6 +172,25 @@ def requeue(ctx: _Ctx, job_id: str) -> None:
 def logs(ctx: _Ctx, job_id: str, follow: bool) -> None:
     """Print a job's log (tool output, verify and ship hook, one header per attempt)."""
     service.stream_log(ctx.settings(), job_id, follow, lambda text: click.echo(text, nl=False))
+
+
+@cli.command("fleet-status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def fleet_status(ctx: _Ctx, as_json: bool) -> None:
+    """The coordinator's counts, leases (holder, epoch, time left), factories, and the resolved fleet flags."""
+    report = fleet_ops.fleet_status(ctx.settings())
+    click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else fleet_ops.format_status(report))
+
+
+@cli.command("fleet-shadow-report")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--since", help="Only verdicts since TIME (RFC 3339, or a duration back: 15m, 2h, 7d).")
+@pass_ctx
+def fleet_shadow_report(ctx: _Ctx, as_json: bool, since: str | None) -> None:
+    """Shadow-mode verdicts from this factory's log: counts, agreement rate, recent divergences."""
+    summary = fleet_ops.shadow_report(ctx.settings(), since)
+    click.echo(shadow.summary_to_json(summary) if as_json else shadow.format_summary(summary))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from filelock import FileLock, Timeout
 
 from agent_queue import log as aqlog
 from agent_queue.errors import StateError
+from agent_queue.fleet.flags import resolve_flags
 from agent_queue.fsutil import read_json, write_json_atomic
 from agent_queue.inbox import LocalQueue, State, decode_spec
 from agent_queue.jobs import Job, new_job_id
@@ -54,8 +55,8 @@ def requeue(settings: Settings, job_id: str) -> None:
 def run_daemon(settings: Settings, opts: RunOptions) -> int:
     """Start-up checks, lock, then the runner loop; returns the number of jobs processed."""
     aqlog.setup(settings.log_format, settings.verbose, settings.factory_id)
-    for warning in settings.fleet_warnings():
-        log.warning(warning)
+    # Resolved once; each precedence warning (ROUTE wins over SHADOW...) is given once per process.
+    flags = resolve_flags(settings.fleet, settings.fleet_route, settings.fleet_shadow, log.warning)
     queue = queue_for(settings)
     source = build_source(settings, queue)
     lock = FileLock(str(queue.state_dir / "daemon.lock"))
@@ -67,7 +68,8 @@ def run_daemon(settings: Settings, opts: RunOptions) -> int:
         write_json_atomic(queue.state_dir / "daemon.json", {"pid": os.getpid(), "factoryId": settings.factory_id,
                                                             "startedAt": to_rfc3339(time.time())})
         runner = Runner(settings, source)
-        log.info("daemon started", extra={"root": str(settings.root), "fleetMode": settings.fleet_mode})
+        log.info("daemon started", extra={"root": str(settings.root), "fleetMode": settings.fleet_mode,
+                                            "fleetFlags": flags.describe()})
         with runner.signals():
             done = runner.work(opts)
         log.info("daemon stopped", extra={"jobs": done})

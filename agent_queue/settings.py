@@ -57,6 +57,7 @@ class Settings:
     fleet_api_cmd: str | None = None
     fleet_api: str | None = None
     fleet_token: str | None = field(default=None, repr=False)
+    shadow_log_idle: bool = False  # run --shadow-log-idle: also log IDLE shadow verdicts
 
     @property
     def fleet_mode(self) -> str:
@@ -121,6 +122,7 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         tools=tools,
         profiles=parse_profiles(cfg.get("profiles"), f"{where}: profiles"),
         host_env=_host_env(env, tools),
+        shadow_log_idle=bool(flags.get("shadow_log_idle")),
         **values,
     )
 

@@ -41,7 +41,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from agent_queue.errors import ConfigError
 from agent_queue.inbox import Entry, LocalQueue, State, now
 from agent_queue.jobs import Job
 from agent_queue.settings import Settings
@@ -181,5 +180,7 @@ class LocalSource(Source):
 def build_source(settings: Settings, queue: LocalQueue) -> Source:
     """The one place that picks the Source from the fleet flags."""
     if settings.fleet:
-        raise ConfigError("fleet mode: not available in this build (set AQ_FLEET=0 or drop --fleet)")
+        from agent_queue.fleet.source import build_fleet_source  # fleet code loads only in fleet mode
+
+        return build_fleet_source(settings, queue)
     return LocalSource(queue)

@@ -68,7 +68,7 @@ def test_enqueue_file_and_stdin(root: Path, tmp_path: Path) -> None:
         (["enqueue", "spec.json", "--id", "x"], None, "not both"),
         (["enqueue", "/no/such/file.json"], None, "cannot read"),
         (["run", "--once", "--drain"], None, "exclude"),
-        (["run", "--fleet"], None, "fleet mode: not available"),
+        (["run", "--fleet"], None, "fleet mode needs AQ_FLEET_API_CMD or AQ_FLEET_API"),
         (["requeue", "ghost"], None, "not found"),
         (["logs", "ghost"], None, "not found"),
         (["status", "--bogus"], None, "--bogus"),

@@ -1,0 +1,63 @@
+"""The fleet CLI operations (``enqueue --fleet``, ``fleet-status``, ``fleet-shadow-report``): data in, data out.
+
+Like ``service.py`` for the local commands: cli.py parses and prints only.
+These are one-shot calls made by a person, so they use the client's default
+retry policy and close the transport when done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from agent_queue.fleet import shadow
+from agent_queue.fleet.source import fleet_flags, make_client
+from agent_queue.jobs import Job, new_job_id
+from agent_queue.settings import Settings
+
+
+def enqueue(settings: Settings, spec: Any, where: str) -> str:
+    """Validate ``spec`` locally, send it to the coordinator; return the job id (idempotent for the same spec)."""
+    if isinstance(spec, Mapping) and "id" not in spec:
+        spec = {**spec, "id": new_job_id()}
+    job = Job.from_dict(spec, where=where)  # InvalidJob before anything is sent
+    client = make_client(settings)
+    try:
+        client.enqueue(job.to_dict())
+    finally:
+        client.transport.close()
+    return job.id
+
+
+def fleet_status(settings: Settings) -> dict[str, Any]:
+    """The coordinator's counts, leases and factories, plus this factory's resolved fleet flags."""
+    flags = fleet_flags(settings)
+    client = make_client(settings)
+    try:
+        coord = client.status()
+    finally:
+        client.transport.close()
+    return {"flags": flags.to_dict(), "mode": settings.fleet_mode, "factoryId": settings.factory_id,
+            "counts": coord.get("counts", {}), "leases": coord.get("leases", []),
+            "factories": coord.get("factories", [])}
+
+
+def format_status(report: Mapping[str, Any]) -> str:
+    flags = report["flags"]
+    lines = [f"flags: fleet={int(flags['fleet'])} route={int(flags['route'])} shadow={int(flags['shadow'])} "
+             f"(mode {report['mode']}, factory {report['factoryId']})"]
+    lines += [f"warning: {w}" for w in flags["warnings"]]
+    lines.append("jobs: " + "  ".join(f"{k}: {v}" for k, v in report["counts"].items()))
+    for lease in report["leases"]:
+        lines.append(f"lease: {lease.get('jobId')} holder {lease.get('factoryId')} epoch {lease.get('leaseEpoch')} "
+                     f"left {lease.get('timeLeftS')}s")
+    for factory in report["factories"]:
+        lines.append(f"factory: {factory.get('factoryId')} last seen {factory.get('lastSeen')}")
+    return "\n".join(lines)
+
+
+def shadow_report(settings: Settings, since: str | None) -> shadow.ShadowSummary:
+    """Summarize ``<root>/.state/fleet-shadow.log``; ``since`` is RFC 3339 or a duration (15m, 2h, 7d)."""
+    start = None if since is None else shadow.parse_since(since, time.time())
+    return shadow.summarize(shadow.shadow_log_path(settings.root), since=start)
