@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from agent_queue.errors import StateError
-from agent_queue.fsutil import append_line, ensure_dir, write_json_atomic
+from agent_queue.fsutil import append_line, ensure_dir, write_bytes_atomic, write_json_atomic
 
 TYPE_CHECKING = False  # typing stays unimported on the seam's per-call path
 if TYPE_CHECKING:
@@ -263,7 +263,10 @@ class JsonStore(Store):
                 if name is None:
                     raise StateError(f"archive: {job_id[:40]!r} is not a storable id")
                 write_json_atomic(self.archive_dir / name, rec)
-            write_json_atomic(self.state_path, tx.hot)
+            # Compact, not fsutil's indented form: indent forces json's pure-Python encoder, 3.5x slower,
+            # and the hot file is rewritten by every operation (benchmark B3: 25 ms -> 7 ms at 1k queued).
+            hot = json.dumps(tx.hot, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            write_bytes_atomic(self.state_path, (hot + "\n").encode("utf-8"))
         for path, lines in ((self.events_path, tx.events), (self.shadow_path, tx.shadows)):
             if lines:
                 append_line(path, "\n".join(json.dumps(x, sort_keys=True) for x in lines))

@@ -1,0 +1,139 @@
+"""B2: operations per second over HTTP, keep-alive ``requests.Session``, 1 and 4 concurrent clients.
+
+Three servers, same client code, same run: the stdlib echo server (the
+floor), ``coordinator-stub serve`` answering ``GET /healthz`` (its HTTP layer
+alone), and ``coordinator-stub serve`` doing claim + report pairs (the real
+figure: each is a durable state change, lock plus fsync). Each client is a
+thread with its own Session; each configuration runs for a fixed time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def rate(clients: int, seconds: float, make_op: Callable[[int], Callable[[], int]]) -> float:
+    """Operations per second of ``clients`` threads, each looping its op until time is up."""
+    counts = [0] * clients
+    stop_at = [0.0]
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        op = make_op(i)
+        try:
+            while time.perf_counter() < stop_at[0]:
+                counts[i] += op()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"B2 client failed: {errors[0]!r}")
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def echo_op(url: str) -> Callable[[int], Callable[[], int]]:
+    import requests
+
+    def make(i: int) -> Callable[[], int]:
+        s = requests.Session()
+
+        def op() -> int:
+            r = s.post(url + "/v1/fleet/claim", json={"factoryId": f"c{i}"}, timeout=10)
+            r.raise_for_status()
+            return 1
+        return op
+    return make
+
+
+def healthz_op(url: str) -> Callable[[int], Callable[[], int]]:
+    import requests
+
+    def make(i: int) -> Callable[[], int]:
+        s = requests.Session()
+
+        def op() -> int:
+            s.get(url + "/v1/fleet/healthz", timeout=10).raise_for_status()
+            return 1
+        return op
+    return make
+
+
+def claim_report_op(url: str) -> Callable[[int], Callable[[], int]]:
+    import requests
+
+    def make(i: int) -> Callable[[], int]:
+        s = requests.Session()
+        fid = f"b2-{i}"
+
+        def op() -> int:
+            r = s.post(url + "/v1/fleet/claim", json={"factoryId": fid}, timeout=30)
+            if r.status_code == 204:
+                raise RuntimeError("B2: queue ran dry; enqueue more jobs")
+            r.raise_for_status()
+            lease = r.json()["lease"]
+            s.post(url + f"/v1/fleet/jobs/{lease['jobId']}/report",
+                   json={"factoryId": fid, "leaseEpoch": lease["leaseEpoch"], "outcome": "shipped", "detail": {}},
+                   timeout=30).raise_for_status()
+            return 2
+        return op
+    return make
+
+
+def main() -> None:
+    args = common.parse_args(__doc__)
+    seconds, jobs = (0.3, 200) if args.smoke else (3.0, 600)
+    out: dict[str, dict[str, float]] = {}
+    port = common.free_port()
+    with common.running([common.PYTHON, str(Path(__file__).parent / "echo_server.py"), str(port)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+        url = f"http://127.0.0.1:{port}"
+        common.wait_for(lambda: _up(url), 20, "echo server")
+        out["echo"] = {str(c): rate(c, seconds, echo_op(url)) for c in (1, 4)}
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "stub"
+        h = common.History()
+        h.queued(jobs)
+        h.dump(state)
+        proc, url = common.serve_stub(state)
+        try:
+            out["stub_healthz"] = {str(c): rate(c, seconds, healthz_op(url)) for c in (1, 4)}
+            out["stub_claim_report"] = {str(c): rate(c, seconds, claim_report_op(url)) for c in (1, 4)}
+        finally:
+            common.stop(proc)
+    ratios = {k: {c: common.ratio(v[c], out["echo"][c]) for c in v} for k, v in out.items() if k != "echo"}
+    headline = {"ops_s_1": round(out["stub_claim_report"]["1"], 1), "ops_s_4": round(out["stub_claim_report"]["4"], 1),
+                "floor_ops_s_1": round(out["echo"]["1"], 1), "ratio_1": ratios["stub_claim_report"]["1"],
+                "ratio_4": ratios["stub_claim_report"]["4"], "http_layer_ratio_1": ratios["stub_healthz"]["1"],
+                "target": ">= 0.5"}
+    common.save(args.out, "b2_http", {"headline": headline, "ops_per_s": out, "ratios": ratios,
+                                      "seconds_per_config": seconds, "queued_at_start": jobs}, args.smoke)
+
+
+def _up(url: str) -> bool:
+    import requests
+
+    try:
+        requests.get(url + "/", timeout=0.5)
+        return True
+    except requests.RequestException:
+        return False
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Print the performance table (markdown) from the results JSON: the figures in docs/ come from here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ROWS = [  # name, figure, how to show it
+    ("b1_seam", "B1 seam op (median of claim/renew/report)"),
+    ("b2_http", "B2 HTTP claim+report ops/s (1 / 4 clients)"),
+    ("b3_history", "B3 op latency at max history vs 100 terminal"),
+    ("b4_e2e", "B4 end to end, overhead per job"),
+    ("b5_idle", "B5 idle daemon"),
+    ("b6_failover", "B6 failover"),
+    ("b7_fairness", "B7 8 factories on one seam stub"),
+]
+
+
+def _ms(s: dict[str, Any]) -> str:
+    return f"{s['median'] * 1e3:.1f} ms ({s['min'] * 1e3:.1f}-{s['max'] * 1e3:.1f})"
+
+
+def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(figure, floor, ratio, target) of one result document."""
+    h = d["headline"]
+    if name == "b1_seam":
+        return _ms(d["op_s"]), "python -c pass " + _ms(d["floor_s"]), f"{h['ratio']}x", h["target"]
+    if name == "b2_http":
+        o = d["ops_per_s"]
+        return (f"{o['stub_claim_report']['1']:.0f} / {o['stub_claim_report']['4']:.0f} ops/s "
+                f"(healthz {o['stub_healthz']['1']:.0f} / {o['stub_healthz']['4']:.0f})",
+                f"echo {o['echo']['1']:.0f} / {o['echo']['4']:.0f} ops/s",
+                f"{h['ratio_1']}x / {h['ratio_4']}x (HTTP layer {h['http_layer_ratio_1']}x)", h["target"])
+    if name == "b3_history":
+        lv = d["levels"]
+        return (" / ".join(f"{r['terminal']}: {r['op_s']['median'] * 1e3:.1f}" for r in lv) + " ms",
+                f"{lv[0]['terminal']} terminal: {_ms(lv[0]['op_s'])}", f"{h['ratio_at_max']}x", h["target"])
+    if name == "b4_e2e":
+        return (f"{h['jobs_per_s']} jobs/s, {h['overhead_ms_per_job']} ms/job overhead, "
+                f"{h['factories_busy']} factory busy ({h['mode']})",
+                f"bash -c true {h['floor_ms_per_job']} ms/job", "-", h["target"])
+    if name == "b5_idle":
+        parts = [f"offline {h['offline_cpu_s_per_min']} CPU-s/min, {h['offline_rss_mb']} MB"]
+        parts.append(f"fleet {h['fleet_cpu_s_per_min']} CPU-s/min, {h['fleet_rss_mb']} MB"
+                     if "fleet_cpu_s_per_min" in h else "fleet: unavailable in this build")
+        return "; ".join(parts), "-", "-", h["target"]
+    if name == "b6_failover":
+        if h.get("status") == "unavailable":
+            return "unavailable in this build (no fleet daemon)", f"TTL {h['ttl_s']} s", "-", h["target"]
+        return f"{h['failover_s']} s", f"TTL {h['ttl_s']} s, bound {h['bound_s']} s", "-", h["target"]
+    if name == "b7_fairness":
+        return (f"{h['claims_per_s']} claims/s, p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, "
+                f"per factory {h['min_share']}-{h['max_share']}, starved {h['starved']}", "B1", "-", h["target"])
+    raise ValueError(name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    out = ap.parse_args().out
+    print("| # | figure (median, min-max) | floor, same run | ratio | target |")
+    print("|---|---|---|---|---|")
+    meta = None
+    for name, title in ROWS:
+        path = out / f"{name}.json"
+        if not path.exists():
+            print(f"| {title} | missing | | | |")
+            continue
+        d = json.loads(path.read_text(encoding="utf-8"))
+        meta = meta or d["machine"]
+        fig, floor, ratio, target = cells(name, d)
+        print(f"| {title} | {fig} | {floor} | {ratio} | {target} |")
+    if meta:
+        print(f"\n{meta['cores']} cores, {meta['platform']}, Python {meta['python']}")
+
+
+if __name__ == "__main__":
+    main()
