@@ -188,7 +188,7 @@ class HttpTransport:
         self.read_timeout_s = read_timeout_s
         self.__token = token or None
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        self._sessions: dict[threading.Thread, requests.Session] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -204,7 +204,11 @@ class HttpTransport:
                 session.auth = _Bearer(self.__token)
             self._local.session = session
             with self._lock:
-                self._sessions.append(session)
+                # One session per thread (a heartbeat renews from its own); a finished job's heartbeat
+                # thread is gone, so close its session here instead of keeping one socket per job forever.
+                for thread in [t for t in self._sessions if not t.is_alive()]:
+                    self._sessions.pop(thread).close()
+                self._sessions[threading.current_thread()] = session
         return session
 
     def request(
@@ -252,7 +256,8 @@ class HttpTransport:
 
     def close(self) -> None:
         with self._lock:
-            sessions, self._sessions = self._sessions, []
+            sessions, self._sessions = list(self._sessions.values()), {}
+        self._local = threading.local()
         for session in sessions:
             session.close()
 

@@ -173,3 +173,20 @@ def test_plain_http_to_remote_host_warns(caplog: pytest.LogCaptureFixture) -> No
     caplog.set_level(logging.WARNING, logger="agent_queue.fleet.transport")
     make_transport(None, "http://10.1.2.3:8080", SECRET, 5.0)
     assert "unencrypted" in caplog.text and SECRET not in caplog.text
+
+
+def test_sessions_of_finished_threads_are_closed_not_kept_one_per_job() -> None:
+    """Each job's heartbeat thread gets its own keep-alive session; when it is gone, so is its session."""
+    import threading
+
+    from agent_queue.fleet.transport import HttpTransport
+
+    transport = HttpTransport("http://127.0.0.1:9", None, 1.0, 1.0)
+    for _ in range(5):  # five jobs, each with its own heartbeat thread
+        t = threading.Thread(target=transport._session)
+        t.start()
+        t.join()
+    transport._session()  # the main thread's session sweeps the finished ones
+    assert list(transport._sessions) == [threading.current_thread()]
+    transport.close()
+    assert transport._sessions == {}
