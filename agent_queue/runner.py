@@ -46,7 +46,12 @@ class RunOptions:
 
 
 class Rejected(Exception):
-    """This factory cannot run the job at all (unknown tool, tool not on PATH...): quarantine it."""
+    """The job cannot run here. ``here_only``: another factory might (its tool, profile or program
+    is missing on this one), so a fleet claim passes it on instead of quarantining it fleet-wide."""
+
+    def __init__(self, message: str, here_only: bool = False) -> None:
+        super().__init__(message)
+        self.here_only = here_only
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,12 @@ class Runner:
         try:
             plan = self._plan(job, attempt)
         except Rejected as exc:
-            self._quarantine(claim, _record(attempt, "rejected", reason=str(exc)))
+            record = _record(attempt, "rejected", reason=str(exc))
+            if exc.here_only and claim.can_pass_on:
+                claim.retry(record)  # fleet: released (attempt counted) for a factory that can run it
+                log.warning("job passed on: this factory cannot run it", extra={**ctx, "reason": str(exc)})
+            else:
+                self._quarantine(claim, record)
             return
         try:
             workdir = workspace.prepare(self.root, job)
@@ -192,9 +202,9 @@ class Runner:
         spec = self.settings.tools.get(job.tool)
         profile = self.settings.profiles.get(job.profile)
         if spec is None:
-            raise Rejected(f"unknown tool {job.tool!r} on factory {self.settings.factory_id}")
+            raise Rejected(f"unknown tool {job.tool!r} on factory {self.settings.factory_id}", here_only=True)
         if profile is None:
-            raise Rejected(f"unknown profile {job.profile!r} on factory {self.settings.factory_id}")
+            raise Rejected(f"unknown profile {job.profile!r} on factory {self.settings.factory_id}", here_only=True)
         max_attempts = job.budget.max_attempts or profile.max_attempts or DEFAULT_MAX_ATTEMPTS
         if attempt > max_attempts:
             raise Rejected(f"attempts exhausted ({attempt - 1} of {max_attempts} used)")
@@ -204,7 +214,8 @@ class Runner:
         except BadInput as exc:
             raise Rejected(exc.message) from exc
         if tools.find_program(inv.argv[0], inv.env) is None:
-            raise Rejected(f"tool {job.tool!r}: program {inv.argv[0]!r} not found on PATH")
+            raise Rejected(f"tool {job.tool!r}: program {inv.argv[0]!r} not found on PATH of factory "
+                           f"{self.settings.factory_id}", here_only=True)
         return Plan(adapter=spec, argv=inv.argv, env=inv.env,
                     timeout_s=job.budget.timeout_s or profile.timeout_s or DEFAULT_TIMEOUT_S,
                     max_attempts=max_attempts, verify=job.verify, ship=job.ship or profile.ship,

@@ -67,6 +67,8 @@ class Claim(ABC):
     # (or before an outage ended): the runner skips the tool and verify and resumes at the ship
     # step with this attempt record.
     resume_record: Record | None = None
+    # Whether another factory could take the job if this one cannot run it (fleet: yes).
+    can_pass_on: bool = False
     epoch: int | None = None
 
     @abstractmethod

@@ -145,6 +145,7 @@ class FleetClaim(LocalClaim):
         self.client = client
         self.heartbeat = heartbeat
         self._on_pending = on_pending
+        self.can_pass_on = True
         self.epoch = heartbeat.current_lease.epoch
         self._lock = threading.Lock()
         self._lost: str | None = None

@@ -223,3 +223,16 @@ def test_report_applied_but_its_answers_lost_ships_exactly_once_after_the_replay
     reports = [c for c in recorded(log) if c["path"].endswith("/report")]
     assert len(reports) >= 9 and {r["body"]["leaseEpoch"] for r in reports} == {1}
     assert result_of(root / "shipped" / "lr")["reportSent"]["epoch"] == 1
+
+
+def test_a_job_this_factory_cannot_run_is_passed_on_not_quarantined_fleet_wide(tmp_path: Path, ds: Daemons) -> None:
+    """Its program is missing here: released (attempt counted) for another factory; the coordinator
+    quarantines it only when every attempt was spent."""
+    state, root = tmp_path / "coord", tmp_path / "r"
+    spec = {"id": "nx", "command": ["aq-no-such-program"], "budget": {"maxAttempts": 2}}
+    coord_enqueue(state, spec)
+    ds.start(root, fleet_env(api_cmd=seam_command(state, lease_ttl_s=5)))
+    wait_for(lambda: meta(state, "nx")["state"] == "quarantined", "the coordinator to quarantine it", deadline_s=30)
+    wait_for(lambda: local_records(root, "released") == ["nx.1", "nx.2"], "both local records")
+    assert "not found on PATH of factory f1" in result_of(root / "released" / "nx.1")["reason"]
+    assert local_records(root, "quarantine") == [] and meta(state, "nx")["attempts"] == 2
