@@ -71,7 +71,7 @@ def run_daemon(settings: Settings, opts: RunOptions) -> int:
     source = build_source(settings, queue)
     lock = FileLock(str(queue.state_dir / "daemon.lock"), mode=0o600)
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=1.0)  # not 0: `status` takes this lock for an instant to see if a daemon runs
     except Timeout:
         raise StateError(f"{settings.root}: another agent-queue daemon is running on this root") from None
     try:
