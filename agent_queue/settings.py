@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from agent_queue.adapters import AgentAdapter
 from agent_queue.errors import ConfigError
+from agent_queue.fleet.flags import ResolvedFlags, resolve_flags
 from agent_queue.tools import Profile, configured_tools, host_env, parse_profiles, parse_tools
 
 CONFIG_NAME = "agent-queue.toml"
@@ -66,18 +67,17 @@ class Settings:
     shadow_log_idle: bool = False  # run --shadow-log-idle: also log IDLE shadow verdicts
 
     @property
-    def fleet_mode(self) -> str:
-        """offline | route | local | shadow (ROUTE wins over SHADOW, see fleet_warnings)."""
-        if not self.fleet:
-            return "offline"
-        if self.fleet_route:
-            return "route"
-        return "shadow" if self.fleet_shadow else "local"
+    def fleet_flags(self) -> ResolvedFlags:
+        """The three fleet flags after precedence; the daemon prints their warnings, once, at start-up."""
+        return resolve_flags(self.fleet, self.fleet_route, self.fleet_shadow, None)
 
-    def fleet_warnings(self) -> list[str]:
-        if self.fleet and self.fleet_route and self.fleet_shadow:
-            return ["AQ_FLEET_ROUTE=1 and AQ_FLEET_SHADOW=1: ROUTE wins, shadow mode is off"]
-        return []
+    @property
+    def fleet_mode(self) -> str:
+        """offline | route | local | shadow."""
+        flags = self.fleet_flags
+        if not flags.fleet:
+            return "offline"
+        return "route" if flags.route else "shadow" if flags.shadow else "local"
 
     def describe(self) -> dict[str, Any]:
         """What `status` shows: every resolved setting, secrets redacted."""
@@ -130,7 +130,7 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         configured_tools=configured_tools(cfg.get("tools")),
         keep_worktrees_days=_days(_pick(flags.get("keep_worktrees_days"), None, cfg.get("keep_worktrees_days"), 7.0)),
         profiles=parse_profiles(cfg.get("profiles"), f"{where}: profiles"),
-        host_env=_host_env(env, tools),
+        host_env=host_env(env, tools),
         shadow_log_idle=bool(flags.get("shadow_log_idle")),
         **values,
     )
@@ -246,10 +246,6 @@ def _capabilities(env_value: str | None, cfg_value: Any, where: str) -> tuple[st
     if not isinstance(cfg_value, list) or not all(isinstance(c, str) for c in cfg_value):
         raise ConfigError(f"config file {where}: capabilities must be a list of strings")
     return tuple(cfg_value)
-
-
-def _host_env(env: Mapping[str, str], tools: Mapping[str, AgentAdapter]) -> dict[str, str]:
-    return host_env(env, tools)
 
 
 def _days(value: Any) -> float:

@@ -35,8 +35,6 @@ from agent_queue.fsutil import write_bytes_atomic
 from agent_queue.jobs import NAME_RE, Job
 
 SHELL = "shell"
-# Never handed to a tool, whatever a spec or profile says: they steer the daemon and hold its secrets.
-FORBIDDEN_ENV_PREFIX = "AQ_"
 # Reading a multi-gigabyte transcript back into memory would stall the daemon; assess needs the end.
 MAX_OUTPUT_READ = 16 * 1024 * 1024
 

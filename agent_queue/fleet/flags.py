@@ -166,9 +166,10 @@ OFFLINE = ResolvedFlags(fleet=False, route=False, shadow=False)
 
 
 def resolve_flags(
-    fleet: bool | None, route: bool | None, shadow: bool | None, warn: Callable[[str], None]
+    fleet: bool | None, route: bool | None, shadow: bool | None, warn: Callable[[str], None] | None
 ) -> ResolvedFlags:
-    """Apply defaults and precedence; give each precedence warning at most once per process.
+    """Apply defaults and precedence; give each precedence warning at most once per process
+    (``warn=None``: resolve only, warn nothing and mark nothing as warned).
 
     ``warnings`` on the result lists every rule that applied, even when its
     warning was already given, so ``status`` can show it every time.
@@ -185,9 +186,10 @@ def resolve_flags(
     return ResolvedFlags(True, route_on, shadow_asked and not route_on)
 
 
-def _warn(key: str, warn: Callable[[str], None]) -> str:
+def _warn(key: str, warn: Callable[[str], None] | None) -> str:
     message = _MESSAGES[key]
-    warn_once(key, message, warn)
+    if warn is not None:
+        warn_once(key, message, warn)
     return message
 
 

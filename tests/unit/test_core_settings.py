@@ -72,7 +72,7 @@ def test_fleet_table_env_and_flags(tmp_path: Path) -> None:
     assert d["fleetToken"] == "<redacted>"
     assert "pw" not in d["fleetApi"] and "coord:8080" in d["fleetApi"]
     flagged = load_settings({"root": str(tmp_path), "fleet_route": True}, {})
-    assert flagged.fleet_mode == "route" and flagged.fleet_warnings()
+    assert flagged.fleet_mode == "route" and flagged.fleet_flags.warnings
 
 
 def test_host_env_never_holds_aq_variables(tmp_path: Path) -> None:
