@@ -100,9 +100,8 @@ def verify_spec(parent: Mapping[str, Any]) -> dict[str, Any]:
     parent's repo branch, else a plain directory) and the usual verify-less tool run.
     """
     spec: dict[str, Any] = {"id": parent["id"], "kind": "leaf", "tool": "shell",
-                            "profile": parent.get("profile", "default"), "command": list(parent["verify"]),
-                            "ship": list(parent.get("ship") or [])}
-    spec.update({k: parent[k] for k in ("repo", "base", "env") if parent.get(k) is not None})
+                            "profile": parent.get("profile", "default"), "command": list(parent["verify"])}
+    spec.update({k: parent[k] for k in ("repo", "base", "env", "ship") if parent.get(k)})
     attempts = (parent.get("budget") or {}).get("maxAttempts")
     if attempts is not None:
         spec["budget"] = {"maxAttempts": attempts}
