@@ -175,9 +175,14 @@ def doctor_cmd(ctx: _Ctx) -> None:
 
 @cli.command()
 @click.argument("job_id", metavar="ID")
+@click.option("--fleet", "to_fleet", is_flag=True, help="Requeue at the coordinator, not in the local queue.")
 @pass_ctx
-def requeue(ctx: _Ctx, job_id: str) -> None:
+def requeue(ctx: _Ctx, job_id: str, to_fleet: bool) -> None:
     """Move a quarantined job back to the inbox with its attempts reset (a composite: its quarantined children)."""
+    if to_fleet:
+        requeued = fleet_ops.requeue(ctx.settings(), job_id)
+        click.echo(f"{job_id}: requeued {', '.join(requeued) or 'nothing'}")
+        return
     service.requeue(ctx.settings(), job_id)
     click.echo(job_id)
 

@@ -93,6 +93,21 @@ QUARANTINED = "quarantined"
 ROLLUP_KEYS = ("queued", "running", "blocked", "shipped", "quarantined")
 
 
+def verify_spec(parent: Mapping[str, Any]) -> dict[str, Any]:
+    """The parent's verify gate as a leaf spec (wire form): a shell job with the parent's id, repo and ship.
+
+    Both queues run it as an ordinary job, so it gets the parent's workspace (the
+    parent's repo branch, else a plain directory) and the usual verify-less tool run.
+    """
+    spec: dict[str, Any] = {"id": parent["id"], "kind": "leaf", "tool": "shell",
+                            "profile": parent.get("profile", "default"), "command": list(parent["verify"])}
+    spec.update({k: parent[k] for k in ("repo", "base", "env", "ship") if parent.get(k)})
+    attempts = (parent.get("budget") or {}).get("maxAttempts")
+    if attempts is not None:
+        spec["budget"] = {"maxAttempts": attempts}
+    return spec
+
+
 def member(child_id: str, state: str, spec: Mapping[str, Any], spent_s: float = 0.0,
            cost_usd: float = 0.0) -> dict[str, Any]:
     """One family member from a stored child spec (wire form) and where its record is."""

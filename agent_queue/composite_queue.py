@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from agent_queue import composite
 from agent_queue.errors import Conflict, NotFound, StateError
 from agent_queue.fsutil import ensure_dir, read_json, write_json_atomic
 from agent_queue.inbox import Entry, LocalQueue, State, now
-from agent_queue.jobs import Budget, Job, validate_id
+from agent_queue.jobs import Job, validate_id
 from agent_queue.source import Claim, Record
 
 log = logging.getLogger(__name__)
@@ -247,13 +247,7 @@ def recover(queue: LocalQueue) -> list[str]:
 
 def verify_job(parent: Parent) -> Job:
     """The parent's verify gate as a shell job in the parent's own workspace (its repo branch, if any)."""
-    spec = parent.spec
-    job = Job.from_dict({"id": spec["id"], "kind": "leaf", "tool": "shell", "profile": spec.get("profile", "default"),
-                         "command": spec["verify"], "ship": spec.get("ship") or [],
-                         **{k: spec[k] for k in ("repo", "base", "env") if spec.get(k) is not None}},
-                        where=f"job {spec['id']} verify")
-    attempts = (spec.get("budget") or {}).get("maxAttempts")
-    return replace(job, budget=Budget(max_attempts=attempts))
+    return Job.from_dict(composite.verify_spec(parent.spec), where=f"job {parent.id} verify")
 
 
 class VerifyClaim(Claim):

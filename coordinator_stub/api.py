@@ -207,6 +207,10 @@ def _report(r: _Request) -> Response:
     return 200, r.coord.report(r.job_id, _factory(b), _epoch(b), outcome, detail)
 
 
+def _requeue(r: _Request) -> Response:
+    return 200, r.coord.requeue(r.job_id)
+
+
 def _reap(r: _Request) -> Response:
     return 200, {"reclaimed": r.coord.reap()}
 
@@ -229,6 +233,7 @@ _ROUTES: dict[str, dict[str, Callable[[_Request], Response]]] = {
     "jobs/{id}/renew": {"POST": _renew},
     "jobs/{id}/release": {"POST": _release},
     "jobs/{id}/report": {"POST": _report},
+    "jobs/{id}/requeue": {"POST": _requeue},
     "claim": {"POST": _claim},
     "reap": {"POST": _reap},
     "shadow-reports": {"POST": _shadow},

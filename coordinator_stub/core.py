@@ -15,6 +15,14 @@ Records (the hot document's ``jobs`` values, and archived ones)::
      "notBefore": t|null, "reason": str|null, "outcome": str|null, "detail": {}|null,
      "finishedAt": t|null, "lastEnd": null | {"op", "factoryId", "leaseEpoch", "outcome", "result"}}
 
+A composite parent (archived, state ``composite``) adds ``childIds``, ``order`` and,
+once its verify gate ran, ``verify: {"state": passed|failed, "round", "leaseEpoch",
+"attempts", "reason", "finishedAt"}``. While that gate waits or runs, the hot document
+holds a *verify record* under the parent's id: an ordinary leaf record (the spec of
+``agent_queue.composite.verify_spec``) plus ``verifyOf`` and ``verifyRound``. It is
+leased, renewed, released and reported like any job; its ending writes a new version
+of the parent (the old one goes to ``archive/history/``), never a second archive file.
+
 Times in records are epoch seconds (floats); on the wire they are RFC 3339.
 """
 
@@ -152,6 +160,13 @@ class Coordinator:
         return self._run("report", lambda c: self._report(c, job_id, factory_id, epoch, outcome, detail_copy),
                          jobId=job_id, factoryId=factory_id, leaseEpoch=epoch, outcome=outcome)
 
+    def requeue(self, job_id: str) -> dict[str, Any]:
+        """Re-run a quarantined job, or a composite's quarantined children and failed verify (attempts reset).
+
+        Leases are not touched: nothing leased or queued changes, so fencing is as before.
+        """
+        return self._run("requeue", lambda c: self._requeue_op(c, job_id), jobId=job_id)
+
     def reap(self) -> list[dict[str, Any]]:
         """Return every expired lease's job to queued (or quarantine it when attempts are spent)."""
         return self._run("reap", lambda c: c.reclaimed)
@@ -195,7 +210,9 @@ class Coordinator:
         job's most recent lease gets that op's result again: its first answer may have
         been lost in transit, and the caller must still learn that it took effect.
         """
-        rec = self._find(tx, job_id)
+        rec = self._find_opt(tx, job_id, lease=True)
+        if rec is None:
+            raise NotFound(f"job {job_id}: no such job")
         last = rec.get("lastEnd")
         if (
             op != "renew" and last is not None and last["op"] == op and last["factoryId"] == factory_id
@@ -221,6 +238,8 @@ class Coordinator:
         if existing is not None:
             if existing.get("digest") != digest:
                 raise Conflict(f"job {job.id}: already exists with a different spec")
+            if existing["state"] == JobState.COMPOSITE.value:  # idempotent re-run: what did not ship runs again
+                c.ev["requeued"] = self._rerun(c, existing)
             c.ev["status"] = 200
             return False, self._view(c.tx, existing, c.now, full=True)
         if job.kind == "composite":
@@ -346,7 +365,7 @@ class Coordinator:
         for rec in list(tx.hot["jobs"].values()):
             if lease_state(rec, now) is not LeaseState.EXPIRED:
                 continue
-            if tx.archived(rec["spec"]["id"]) is not None:  # crash leftover: the job already finished
+            if self._stale(tx, rec):  # crash leftover: the job already finished
                 del tx.hot["jobs"][rec["spec"]["id"]]
                 tx.touch()
                 continue
@@ -395,11 +414,11 @@ class Coordinator:
         recs: list[dict[str, Any]] = []
         if state is None or state in (JobState.QUEUED.value, JobState.LEASED.value):
             recs.extend(r for r in c.tx.hot["jobs"].values() if (state is None or r["state"] == state)
-                        and c.tx.archived(r["spec"]["id"]) is None)  # a crash leftover: the archive wins
+                        and not self._stale(c.tx, r))  # a crash leftover: the archive wins
         if state is None or state in TERMINAL or state == JobState.COMPOSITE.value:
             recs.extend(r for r in c.tx.iter_archived() if state is None or r["state"] == state)
         recs.sort(key=lambda r: r["seq"])
-        return [self._view(c.tx, r, c.now) for r in recs]
+        return [self._view(c.tx, r, c.now, full=True) for r in recs]
 
     # ------------------------------------------------------------ state changes shared by operations
 
@@ -409,10 +428,103 @@ class Coordinator:
         rec.update(state=state.value, lease=None, reason=reason, finishedAt=c.now,
                    outcome=end.get("outcome") or state.value)
         result = self._view(c.tx, rec, c.now)
+        if rec.get("verifyOf"):
+            self._finish_verify(c, rec, state, reason, {**end, "result": result})
+            return result
         rec["lastEnd"] = {**end, "result": result}
         c.tx.hot["terminalCounts"][state.value] = c.tx.hot["terminalCounts"].get(state.value, 0) + 1
         c.tx.archive(rec["spec"]["id"], rec)
+        parent_id = rec["spec"].get("parentId")
+        if parent_id and state is JobState.SHIPPED:
+            self._maybe_verify(c, parent_id)
         return result
+
+    # ------------------------------------------------------------ composite: the parent's verify, re-runs
+
+    def _maybe_verify(self, c: _Ctx, parent_id: str, force: bool = False) -> None:
+        """Queue the parent's verify gate once every child shipped (``force``: again after it failed)."""
+        parent = c.tx.archived(parent_id)
+        if parent is None or parent.get("state") != JobState.COMPOSITE.value or not parent["spec"].get("verify"):
+            return
+        live = c.tx.hot["jobs"].get(parent_id)
+        if live is not None and not self._stale(c.tx, live):
+            return
+        outcome = parent.get("verify") or {}
+        if outcome.get("state") == "passed" or (outcome.get("state") == "failed" and not force):
+            return
+        from agent_queue import composite
+
+        family = self._family(c.tx, parent)
+        if any(m["state"] != JobState.SHIPPED.value for m in family.values()):
+            return
+        if composite.budget_stop(parent["spec"].get("budget"), family) is not None:
+            return
+        rec = self._new_record(c, composite.verify_spec(parent["spec"]), None, "")
+        # Epochs continue across rounds, so a zombie of an earlier round is always fenced.
+        rec.update(verifyOf=parent_id, verifyRound=int(outcome.get("round", 0)) + 1,
+                   leaseEpoch=int(outcome.get("leaseEpoch", 0)))
+        c.tx.hot["jobs"][parent_id] = rec
+        c.tx.touch()
+        c.ev["verifyQueued"] = parent_id
+
+    def _finish_verify(self, c: _Ctx, rec: dict[str, Any], state: JobState, reason: str,
+                       last_end: dict[str, Any]) -> None:
+        """The verify gate ended: a new version of the parent records it (and answers exact replays)."""
+        parent_id = rec["verifyOf"]
+        parent = c.tx.archived(parent_id)
+        if parent is None:  # cannot happen: the parent is archived before its children exist
+            raise NotFound(f"job {parent_id}: composite parent missing")
+        verify = {"state": "passed" if state is JobState.SHIPPED else "failed", "round": rec["verifyRound"],
+                  "leaseEpoch": rec["leaseEpoch"], "attempts": rec["attempts"],
+                  "reason": None if state is JobState.SHIPPED else reason, "finishedAt": c.now,
+                  "detail": rec.get("detail")}
+        c.tx.supersede(parent_id, {**parent, "verify": verify, "lastEnd": last_end})
+        del c.tx.hot["jobs"][parent_id]
+        c.tx.touch()
+
+    def _rerun(self, c: _Ctx, parent: dict[str, Any]) -> list[str]:
+        """Quarantined children back to queued (attempts reset); a failed verify queued again."""
+        requeued = []
+        for cid in parent["childIds"]:
+            rec = c.tx.archived(cid)
+            if rec is not None and rec["state"] == JobState.QUARANTINED.value:
+                self._revive(c, rec)
+                requeued.append(cid)
+        if (parent.get("verify") or {}).get("state") == "failed":
+            self._maybe_verify(c, parent["spec"]["id"], force=True)
+            if c.ev.get("verifyQueued"):
+                requeued.append(parent["spec"]["id"])
+        return requeued
+
+    def _revive(self, c: _Ctx, rec: dict[str, Any]) -> None:
+        """A quarantined job runs again: its archived version goes to history, a fresh attempt count to hot.
+
+        ``leaseEpoch`` keeps counting (a late report of an old lease stays fenced);
+        what the earlier attempts spent is kept for the parent's budget.
+        """
+        job_id = rec["spec"]["id"]
+        c.tx.supersede(job_id)
+        detail = rec.get("detail") or {}
+        rec.update(state=JobState.QUEUED.value, attempts=0, lease=None, notBefore=None, reason="requeued",
+                   outcome=None, detail=None, finishedAt=None,
+                   priorS=_num(rec.get("priorS")) + _num(detail.get("durationS")),
+                   priorUsd=_num(rec.get("priorUsd")) + _num(detail.get("costUsd")))
+        c.tx.hot["jobs"][job_id] = rec
+        counts = c.tx.hot["terminalCounts"]
+        counts[JobState.QUARANTINED.value] = max(0, counts.get(JobState.QUARANTINED.value, 0) - 1)
+        c.tx.touch()
+
+    def _requeue_op(self, c: _Ctx, job_id: str) -> dict[str, Any]:
+        rec = self._find(c.tx, job_id)
+        if rec["state"] == JobState.COMPOSITE.value:
+            requeued = self._rerun(c, rec)
+        elif rec["state"] == JobState.QUARANTINED.value:
+            self._revive(c, rec)
+            requeued = [job_id]
+        else:
+            raise Conflict(f"job {job_id}: is {rec['state']}; only a quarantined job or a composite can be requeued")
+        c.ev["requeued"] = requeued
+        return {**self._view(c.tx, self._find(c.tx, job_id), c.now, full=True), "requeued": requeued}
 
     def _requeue(
         self, c: _Ctx, rec: dict[str, Any], reason: str, not_before: float | None, end: dict[str, Any]
@@ -435,16 +547,31 @@ class Coordinator:
 
     # ------------------------------------------------------------ lookups
 
-    def _find_opt(self, tx: Tx, job_id: str) -> dict[str, Any] | None:
-        """The record of ``job_id``; the archive wins over a stale hot copy left by a crash (which is dropped)."""
+    def _find_opt(self, tx: Tx, job_id: str, lease: bool = False) -> dict[str, Any] | None:
+        """The record of ``job_id``; the archive wins over a stale hot copy left by a crash (which is dropped).
+
+        A composite parent's id names two records while its verify gate waits or runs:
+        the parent (archived) and the verify record (hot); ``lease`` asks for the latter.
+        """
         arch = tx.archived(job_id)
-        if arch is not None:
-            if job_id in tx.hot["jobs"]:
-                del tx.hot["jobs"][job_id]
-                tx.touch()
-            return arch
-        rec: dict[str, Any] | None = tx.hot["jobs"].get(job_id)
-        return rec
+        hot: dict[str, Any] | None = tx.hot["jobs"].get(job_id)
+        if arch is None:
+            return hot
+        if hot is not None:
+            if not self._stale(tx, hot):
+                return hot if lease else arch
+            del tx.hot["jobs"][job_id]
+            tx.touch()
+        return arch
+
+    def _stale(self, tx: Tx, rec: dict[str, Any]) -> bool:
+        """A hot record the archive already supersedes (a crash between the two writes)."""
+        arch = tx.archived(rec["spec"]["id"])
+        if arch is None:
+            return False
+        if rec.get("verifyOf"):  # live unless its round's outcome is already recorded in the parent
+            return int((arch.get("verify") or {}).get("round", 0)) >= int(rec["verifyRound"])
+        return True
 
     def _find(self, tx: Tx, job_id: str) -> dict[str, Any]:
         rec = self._find_opt(tx, job_id)
@@ -475,7 +602,7 @@ class Coordinator:
         parents: dict[str, dict[str, Any] | None] = {}
         for rec in candidates:
             job_id = rec["spec"]["id"]
-            if tx.archived(job_id) is not None:  # crash leftover: the archive is authoritative
+            if self._stale(tx, rec):  # crash leftover: the archive is authoritative
                 del tx.hot["jobs"][job_id]
                 tx.touch()
                 continue
@@ -515,8 +642,9 @@ class Coordinator:
                 family[cid] = composite.member(cid, "queued", {})
                 continue
             detail = rec.get("detail") or {}
-            family[cid] = composite.member(cid, rec["state"], rec["spec"], _num(detail.get("durationS")),
-                                           _num(detail.get("costUsd")))
+            family[cid] = composite.member(cid, rec["state"], rec["spec"],
+                                           _num(detail.get("durationS")) + _num(rec.get("priorS")),
+                                           _num(detail.get("costUsd")) + _num(rec.get("priorUsd")))
         return family
 
     # ------------------------------------------------------------ views (wire shapes)
@@ -529,7 +657,7 @@ class Coordinator:
         for key in ("notBefore", "finishedAt"):
             if rec.get(key) is not None:
                 meta[key] = to_rfc3339(rec[key])
-        for key in ("reason", "outcome", "detail"):
+        for key in ("reason", "outcome", "detail", "verifyOf"):
             if rec.get(key) is not None:
                 meta[key] = rec[key]
         out: dict[str, Any] = {"job": rec["spec"], "meta": meta}
@@ -545,10 +673,19 @@ class Coordinator:
         """Computed from the children by the rules shared with the local queue (``agent_queue.composite``)."""
         from agent_queue import composite
 
-        # The parent's own verify gate is not run in fleet mode yet: it stays pending, never skipped.
-        verify = "pending" if parent["spec"].get("verify") else None
-        return composite.rollup(self._family(tx, parent), parent.get("order", parent["childIds"]),
-                                budget=parent["spec"].get("budget"), verify=verify)
+        outcome = parent.get("verify") or {}
+        verify = None
+        if parent["spec"].get("verify"):
+            live = tx.hot["jobs"].get(parent["spec"]["id"])
+            if live is not None and live.get("verifyOf") and not self._stale(tx, live):
+                verify = "running" if live["state"] == JobState.LEASED.value else "pending"
+            else:
+                verify = outcome.get("state") or "pending"
+        out = composite.rollup(self._family(tx, parent), parent.get("order", parent["childIds"]),
+                               budget=parent["spec"].get("budget"), verify=verify)
+        if verify == "failed" and outcome.get("reason") and out.get("reason"):
+            out["reason"] = f"{out['reason']}: {outcome['reason']}"
+        return out
 
 
 # ---------------------------------------------------------------- helpers

@@ -11,7 +11,8 @@ exits normally and discards its changes when it raises.
 
     DIR/state.json            hot document, replaced atomically (tmp, fsync, rename, fsync dir)
     DIR/.lock                 one exclusive lock per operation (flock(2); never held across a spawn)
-    DIR/archive/<id>.json     one write-once file per terminal job or composite parent
+    DIR/archive/<id>.json     one write-once file per terminal job or composite parent (its current version)
+    DIR/archive/history/<id>.<n>.json  superseded versions (a re-run job, a parent after its verify): kept
     DIR/events.jsonl          one JSON line per operation (see docs/fleet-api.md)
     DIR/shadow-reports.jsonl  one JSON line per shadow report
 
@@ -69,6 +70,7 @@ class Tx(ABC):
         self.events: list[dict[str, Any]] = []
         self.shadows: list[dict[str, Any]] = []
         self.pending_archive: dict[str, dict[str, Any]] = {}
+        self.pending_history: set[str] = set()
 
     def touch(self) -> None:
         self.dirty = True
@@ -77,7 +79,22 @@ class Tx(ABC):
         """The archived record of ``job_id`` (also one archived earlier in this transaction)."""
         if job_id in self.pending_archive:
             return self.pending_archive[job_id]
+        if job_id in self.pending_history:
+            return None
         return self._load_archived(job_id)
+
+    def supersede(self, job_id: str, record: dict[str, Any] | None = None) -> None:
+        """Move the current archived version of ``job_id`` to history (kept, never deleted) at commit.
+
+        With ``record``, that becomes the new current version (a parent after its
+        verify); without, the id lives in the hot document only (a job re-run).
+        """
+        if self.archived(job_id) is None:
+            raise StateError(f"archive: {job_id!r} is not archived, nothing to supersede")
+        self.pending_history.add(job_id)
+        if record is not None:
+            self.pending_archive[job_id] = record
+        self.touch()
 
     def archive(self, job_id: str, record: dict[str, Any]) -> None:
         """Move ``job_id`` out of the hot document into the write-once archive (at commit)."""
@@ -137,6 +154,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self.hot: dict[str, Any] = empty_hot()
         self.archive: dict[str, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.shadow_reports: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -147,6 +165,8 @@ class MemoryStore(Store):
             tx = _MemoryTx(self)
             yield tx
             if tx.dirty:
+                for job_id in tx.pending_history:
+                    self.history.append(self.archive.pop(job_id))
                 self.archive.update(tx.pending_archive)
                 self.hot = tx.hot
             self.events.extend(tx.events)
@@ -228,6 +248,7 @@ class JsonStore(Store):
         self.state_path = self.root / "state.json"
         self.lock_path = self.root / ".lock"
         self.archive_dir = self.root / "archive"
+        self.history_dir = self.archive_dir / "history"
         self.events_path = self.root / "events.jsonl"
         self.shadow_path = self.root / "shadow-reports.jsonl"
         self._lock_factory = lock
@@ -258,6 +279,8 @@ class JsonStore(Store):
 
     def _commit(self, tx: Tx) -> None:
         if tx.dirty:
+            for job_id in sorted(tx.pending_history):  # copy first: a crash from here on loses no version
+                self._keep_history(job_id)
             for job_id, rec in tx.pending_archive.items():
                 name = archive_name(job_id)
                 if name is None:
@@ -267,9 +290,28 @@ class JsonStore(Store):
             # and the hot file is rewritten by every operation (benchmark B3: 25 ms -> 7 ms at 1k queued).
             hot = json.dumps(tx.hot, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
             write_bytes_atomic(self.state_path, (hot + "\n").encode("utf-8"))
+            for job_id in sorted(tx.pending_history - set(tx.pending_archive)):
+                # Back in the hot document: the current file goes (its copy is in history). A crash
+                # before this line leaves both; the archive wins, so the re-run simply did not happen.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.archive_dir / str(archive_name(job_id)))
         for path, lines in ((self.events_path, tx.events), (self.shadow_path, tx.shadows)):
             if lines:
                 append_line(path, "\n".join(json.dumps(x, sort_keys=True) for x in lines))
+
+
+    def _keep_history(self, job_id: str) -> None:
+        """Copy ``archive/<id>.json`` to the first free ``archive/history/<id>.<n>.json``."""
+        name = archive_name(job_id)
+        if name is None:
+            raise StateError(f"archive: {job_id[:40]!r} is not a storable id")
+        rec = _read_json_file(self.archive_dir / name)
+        ensure_dir(self.history_dir)
+        stem = name[: -len(".json")]
+        n = 1
+        while (self.history_dir / f"{stem}.{n}.json").exists():
+            n += 1
+        write_json_atomic(self.history_dir / f"{stem}.{n}.json", rec)
 
 
 def _read_json_file(path: Path) -> Any:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 OUTCOMES = ("shipped", "quarantined")
-JOB_STATES = ("queued", "leased", "shipped", "quarantined")
+JOB_STATES = ("queued", "leased", "shipped", "quarantined", "composite")
 _MESSAGE_LIMIT = 300
 
 
@@ -132,6 +132,15 @@ class FleetClient:
                 raise BadInput(f"list_jobs: state {state[:40]!r} is not one of {', '.join(JOB_STATES)}")
             path += "?" + urlencode({"state": state})
         return self._call("GET", path, None, lambda r: _list_field(r, "jobs"))
+
+    def requeue(self, job_id: str) -> dict[str, Any]:
+        """Re-run a quarantined job, or a composite's quarantined (and so blocked) children and failed verify.
+
+        Returns the view plus ``requeued`` (ids queued again). Safe to retry for a
+        composite (a repeat finds nothing quarantined); a leaf's repeat is a ``Conflict``.
+        """
+        path = f"/v1/fleet/jobs/{_path_id(job_id)}/requeue"
+        return self._call("POST", path, {}, lambda r: _require_body(r, path))
 
     # -- leases -----------------------------------------------------------
 

@@ -11,9 +11,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from agent_queue import composite
 from agent_queue.fleet import shadow
 from agent_queue.fleet.source import fleet_flags, make_client
-from agent_queue.jobs import Job, new_job_id
+from agent_queue.jobs import Job, new_job_id, validate_id
 from agent_queue.settings import Settings
 
 
@@ -22,6 +23,8 @@ def enqueue(settings: Settings, spec: Any, where: str) -> str:
     if isinstance(spec, Mapping) and "id" not in spec:
         spec = {**spec, "id": new_job_id()}
     job = Job.from_dict(spec, where=where)  # InvalidJob before anything is sent
+    if job.kind == "composite":
+        composite.validate_graph(job.children, where=f"job {job.id}")  # exit 2 naming the cycle / id, nothing sent
     client = make_client(settings)
     try:
         client.enqueue(job.to_dict())
@@ -36,11 +39,28 @@ def fleet_status(settings: Settings) -> dict[str, Any]:
     client = make_client(settings)
     try:
         coord = client.status()
+        parents = client.list_jobs("composite")
     finally:
         client.transport.close()
     return {"flags": flags.to_dict(), "mode": settings.fleet_mode, "factoryId": settings.factory_id,
             "counts": coord.get("counts", {}), "leases": coord.get("leases", []),
-            "factories": coord.get("factories", [])}
+            "factories": coord.get("factories", []), "composites": [_rollup_of(v) for v in parents]}
+
+
+def _rollup_of(view: Mapping[str, Any]) -> dict[str, Any]:
+    """One composite's line in fleet-status: its id and the rollup the coordinator computed."""
+    return {"id": (view.get("job") or {}).get("id"), **(view.get("rollup") or {})}
+
+
+def requeue(settings: Settings, job_id: str) -> list[str]:
+    """``requeue ID --fleet``: the coordinator re-runs the job, or a composite's quarantined/blocked part."""
+    validate_id(job_id, "job id")
+    client = make_client(settings)
+    try:
+        answer = client.requeue(job_id)
+    finally:
+        client.transport.close()
+    return [str(x) for x in answer.get("requeued") or []]
 
 
 def format_status(report: Mapping[str, Any]) -> str:
@@ -54,6 +74,11 @@ def format_status(report: Mapping[str, Any]) -> str:
                      f"left {lease.get('timeLeftS')}s")
     for factory in report["factories"]:
         lines.append(f"factory: {factory.get('factoryId')} last seen {factory.get('lastSeen')}")
+    for comp in report.get("composites", []):
+        counts = ", ".join(f"{k} {n}" for k, n in (comp.get("counts") or {}).items() if n)
+        verify = f", verify {comp['verify']}" if comp.get("verify") else ""
+        lines.append(f"composite: {comp.get('id')} {comp.get('state')} ({counts}{verify})"
+                     + (f": {comp['reason']}" if comp.get("reason") else ""))
     return "\n".join(lines)
 
 

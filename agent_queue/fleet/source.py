@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 LEASE_FILE = "lease.json"
 FENCED_DIR = "fenced"
 RELEASED_DIR = "released"
+RERUN_DIR = "rerun"
 TRANSPORT_TIMEOUT_S = 30.0
 # A daemon call gives up sooner than a one-shot CLI call: the runner's own backoff takes over.
 DAEMON_RETRY = RetryPolicy(max_attempts=5, deadline_s=15.0, base_delay_s=0.2, max_delay_s=3.0)
@@ -110,6 +111,27 @@ def archive(queue: LocalQueue, job_id: str, kind: str, epoch: int, update: dict[
     fsync_dir(parent)
     fsync_dir(src.parent)
     return target
+
+
+def set_aside_earlier_run(queue: LocalQueue, job_id: str) -> Path | None:
+    """A job the coordinator re-runs (requeue, composite re-run) may have ended here before: keep that record.
+
+    Its ``quarantine/<id>`` (or ``shipped/<id>``) moves to ``<root>/rerun/<id>.<n>/``
+    so the new lease can be materialized; nothing is deleted.
+    """
+    state = queue.find(job_id)
+    if state not in (State.QUARANTINE, State.SHIPPED):
+        return None
+    parent = ensure_dir(queue.root / RERUN_DIR)
+    n = 1
+    while (parent / f"{job_id}.{n}").exists():
+        n += 1
+    src = queue.dir(state) / job_id
+    os.rename(src, parent / f"{job_id}.{n}")
+    fsync_dir(parent)
+    fsync_dir(src.parent)
+    log.info("earlier local run set aside for the coordinator's re-run", extra={"job_id": job_id})
+    return parent / f"{job_id}.{n}"
 
 
 def read_lease(entry: Entry) -> Lease | None:
@@ -405,6 +427,7 @@ class FleetSource(Source):
         heartbeat = Heartbeat(self.client, lease, on_lost, self.heartbeat_interval_s, started_at=sent).start()
         result = {"attempts": self._attempts_of(job.id), "lease": lease.to_dict(), "leaseEpoch": lease.epoch}
         try:
+            set_aside_earlier_run(self.queue, job.id)
             entry = self.queue.materialize(job, result)
             write_json_atomic(entry.path / LEASE_FILE, lease.to_dict())
         except (AQError, OSError) as exc:
