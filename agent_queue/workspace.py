@@ -27,7 +27,7 @@ RUNNING_DIR = "running"  # the local queue's running/ (inbox.State.RUNNING), whe
 
 
 class WorkspaceUnavailable(Exception):
-    """The job cannot get a workspace on this factory; the reason is final (quarantine)."""
+    """The job cannot get a workspace on this factory right now (e.g. a fetch failed): a failed attempt."""
 
 
 def prepare(root: Path, job: Job) -> Path:
