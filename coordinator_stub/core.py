@@ -239,6 +239,7 @@ class Coordinator:
             if existing.get("digest") != digest:
                 raise Conflict(f"job {job.id}: already exists with a different spec")
             if existing["state"] == JobState.COMPOSITE.value:  # idempotent re-run: what did not ship runs again
+                self._create_missing_children(c, job, raw)
                 c.ev["requeued"] = self._rerun(c, existing)
             c.ev["status"] = 200
             return False, self._view(c.tx, existing, c.now, full=True)
@@ -271,6 +272,15 @@ class Coordinator:
         for child, nb in zip(job.children, child_nb, strict=True):
             self._create(c, child.to_dict(), nb, _digest(child, {}))
         c.ev["children"] = len(job.children)
+
+    def _create_missing_children(self, c: _Ctx, job: Job, raw: Mapping[str, Any]) -> None:
+        """A crash between archiving the parent and writing its children leaves them missing: the
+        same enqueue again creates them (the parent is archived first, so this is the only gap)."""
+        raw_children = raw.get("children") or []
+        for child, raw_child in zip(job.children, raw_children, strict=False):
+            if self._find_opt(c.tx, child.id) is None:
+                self._create(c, child.to_dict(), _not_before(raw_child, f"job {child.id}"), _digest(child, {}))
+                c.ev.setdefault("created", []).append(child.id)
 
     def _create(self, c: _Ctx, spec: dict[str, Any], not_before: float | None, digest: str) -> None:
         c.tx.hot["jobs"][spec["id"]] = self._new_record(c, spec, not_before, digest)

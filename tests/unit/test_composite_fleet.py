@@ -171,3 +171,28 @@ def test_validate_graph_refuses_a_dependency_on_a_later_phase() -> None:
     children = [Job.from_dict(spec_of("a", phase=0, dependsOn=["b"])), Job.from_dict(spec_of("b", phase=1))]
     with pytest.raises(InvalidJob, match="later phase"):
         composite.validate_graph(children)
+
+
+def test_a_crash_after_archiving_the_parent_is_repaired_by_the_same_enqueue(tmp_path: Path, monkeypatch) -> None:
+    """Parent archived, hot document (its children) never written: enqueueing it again creates them."""
+    import coordinator_stub.store as store_mod
+
+    spec = {"id": "epic", "kind": "composite", "children": [
+        {"id": "a", "command": ["true"]}, {"id": "b", "command": ["true"], "dependsOn": ["a"]}]}
+    coord = Coordinator(JsonStore(tmp_path / "st"), clock=lambda: 1000.0)
+    real = store_mod.write_bytes_atomic
+
+    def crash(path: Path, data: bytes, *a: Any, **kw: Any) -> None:
+        if path.name == "state.json":
+            raise OSError(5, "killed between the archive and the hot write")
+        real(path, data, *a, **kw)
+
+    monkeypatch.setattr(store_mod, "write_bytes_atomic", crash)
+    with pytest.raises(OSError):
+        coord.enqueue(spec)
+    monkeypatch.setattr(store_mod, "write_bytes_atomic", real)
+    assert (tmp_path / "st" / "archive").is_dir()
+    created, _ = coord.enqueue(spec)
+    assert created is False
+    assert sorted(v["job"]["id"] for v in coord.list_jobs("queued")) == ["a", "b"]
+    assert coord.get_job("epic")["rollup"]["state"] == "queued"
