@@ -228,14 +228,18 @@ def _factory_id(value: Any) -> str:
     return text
 
 
-def _seconds(value: Any, name: str) -> float:
+def _number(value: Any, name: str, unit: str, high: float) -> float:
     try:
-        seconds = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: {str(value)[:40]!r} is not a number of seconds") from None
-    if not 0 <= seconds <= 86400:
-        raise ConfigError(f"{name}: {seconds} is out of range [0, 86400]")
-    return seconds
+        raise ConfigError(f"{name}: {str(value)[:40]!r} is not a number of {unit}") from None
+    if not 0 <= number <= high:  # also refuses NaN
+        raise ConfigError(f"{name}: {number:g} is out of range [0, {high:g}]")
+    return number
+
+
+def _seconds(value: Any, name: str) -> float:
+    return _number(value, name, "seconds", 86400)
 
 
 def _capabilities(env_value: str | None, cfg_value: Any, where: str) -> tuple[str, ...]:
@@ -249,10 +253,4 @@ def _capabilities(env_value: str | None, cfg_value: Any, where: str) -> tuple[st
 
 
 def _days(value: Any) -> float:
-    try:
-        days = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"keep_worktrees_days / --keep-worktrees: {str(value)[:40]!r} is not a number") from None
-    if not 0 <= days <= 3650:
-        raise ConfigError(f"keep_worktrees_days / --keep-worktrees: {days:g} is out of range [0, 3650]")
-    return days
+    return _number(value, "keep_worktrees_days / --keep-worktrees", "days", 3650)
