@@ -20,10 +20,16 @@ the tool group at once, runs no verify and never ships); ``note_pid(pid)`` when
 the tool starts. Then exactly one ending:
 
 - ``approve_ship(record)`` BEFORE any ship side effect; raises ``errors.Fenced``
-  when the job may not ship (fleet: the coordinator refused report(shipped)).
+  when the job may not ship (fleet: the coordinator refused report(shipped)),
+  or ``errors.ReportPending`` when the answer never came: the runner then
+  leaves the job in running/ untouched and the source settles it later (a
+  claim with ``resume_record`` set comes back when the coordinator confirms,
+  and the runner resumes at the ship step without re-running the tool).
   Offline it always approves. Then ``shipped(record)`` moves it to shipped/,
   the runner runs the ship hook and reports it with ``note_ship_hook``.
 - ``retry(record)``: the attempt failed, attempts remain; back to the queue.
+  Also used when this factory cannot run the job at all but ``can_pass_on``
+  (fleet: another factory may have the tool).
 - ``quarantine(record)``: give up on the job, with ``record["reason"]``.
 - ``fenced(record)``: the claim was lost; record it, ship nothing.
 - ``give_back(reason)``: shutdown; back to the queue, attempt NOT counted.
