@@ -147,12 +147,17 @@ class Runner:
     def process(self, claim: Claim) -> None:
         """One job's life: plan, workspace, run + verify under keepalive, then ship / retry / quarantine."""
         job, attempt = claim.job, claim.attempts_done + 1
+        if claim.resume_record is not None:
+            attempt = int(claim.resume_record.get("attempt") or attempt)
         ctx = {"job_id": job.id, "attempt": attempt}
         log.info("job taken", extra={**ctx, "tool": job.tool, "profile": job.profile})
         try:
             plan = self._plan(job, attempt)
         except Rejected as exc:
             self._quarantine(claim, _record(attempt, "rejected", reason=str(exc)))
+            return
+        if claim.resume_record is not None:  # a crash interrupted its ship: approve (replay) and ship, run nothing
+            self._ship(claim, plan, workspace.existing(self.root, job), dict(claim.resume_record))
             return
         try:
             workdir = workspace.prepare(self.root, job)

@@ -34,6 +34,12 @@ the tool starts. Then exactly one ending:
 ``epoch`` is the lease's fencing token (None offline); repo jobs stamp it on
 the ship commit.
 
+``resume_record`` (None for a fresh claim): a crashed daemon's job whose
+tool and verify gate had passed and whose ship was under way (fleet: the
+report(shipped) may have reached the coordinator). The runner runs nothing
+again: it goes straight to ``approve_ship(resume_record)`` and, on approval,
+ships as usual.
+
 ``record`` is the attempt's result (attempt, exitCode, verifyExitCode,
 durationS, startedAt, endedAt, outcome, reason); a claim stores it in the
 job's result.json history.
@@ -64,6 +70,7 @@ class Claim(ABC):
     job: Job
     attempts_done: int
     epoch: int | None = None
+    resume_record: Record | None = None
 
     @abstractmethod
     def begin(self, attempt: int) -> None: ...
@@ -173,6 +180,23 @@ class LocalClaim(Claim):
                          "pid": None, "attempt": None, "startedAt": None, "notBefore": None, **(extra or {})})
 
 
+def recover_local(queue: LocalQueue, entries: list[Entry]) -> list[str]:
+    """Put these running/ leftovers of a crashed daemon back in the inbox (attempt counted)."""
+    recovered = []
+    for entry in entries:
+        stop_leftover_tool(entry)
+        record = {"attempt": entry.attempts + 1, "outcome": "crashed", "endedAt": now(),
+                  "reason": "daemon stopped while the job was running"}
+        queue.move(entry.job.id, State.RUNNING, State.INBOX,
+                   {"attempts": entry.attempts + 1, "history": [*entry.result.get("history", []), record],
+                    "reason": record["reason"], "pid": None, "attempt": None, "startedAt": None})
+        log.warning("recovered job left in running/ (attempt counted)", extra={"job_id": entry.job.id})
+        recovered.append(entry.job.id)
+    from agent_queue import composite_queue
+
+    return recovered + composite_queue.recover(queue)
+
+
 class LocalSource(Source):
     """Work from the local inbox (AQ_FLEET=0): highest priority, then oldest."""
 
@@ -181,19 +205,7 @@ class LocalSource(Source):
 
     def recover(self) -> list[str]:
         """running/ -> inbox/ for jobs a crashed daemon left behind, attempt counted."""
-        recovered = []
-        for entry in self.queue.entries(State.RUNNING):
-            stop_leftover_tool(entry)
-            record = {"attempt": entry.attempts + 1, "outcome": "crashed", "endedAt": now(),
-                      "reason": "daemon stopped while the job was running"}
-            self.queue.move(entry.job.id, State.RUNNING, State.INBOX,
-                            {"attempts": entry.attempts + 1, "history": [*entry.result.get("history", []), record],
-                             "reason": record["reason"], "pid": None, "attempt": None, "startedAt": None})
-            log.warning("recovered job left in running/ (attempt counted)", extra={"job_id": entry.job.id})
-            recovered.append(entry.job.id)
-        from agent_queue import composite_queue
-
-        return recovered + composite_queue.recover(self.queue)
+        return recover_local(self.queue, self.queue.entries(State.RUNNING))
 
     def next_claim(self) -> Claim | None:
         from agent_queue import composite_queue

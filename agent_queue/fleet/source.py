@@ -23,7 +23,13 @@ deleted: a job given back or released for retry goes to
 
 Crash recovery never re-runs a local copy: a job found in running/ at start-up
 is released at the coordinator with the epoch from its lease.json (attempt
-counted), or recorded as fenced when the coordinator refuses (409/404). While
+counted), or recorded as fenced when the coordinator refuses (409/404). The
+exception is a job whose report(shipped) was under way (``shipping`` in its
+result.json, written before the first send): the crash may have come after
+the coordinator took it, so releasing would lose a job the coordinator counts
+as shipped. It is handed to the runner as a resumed claim instead: the report
+is replayed (an exact replay gets the same 200; a report never taken gets 409
+once the lease is gone) and only a 200 ships it, once. While
 the coordinator is unreachable the job stays in running/ and no new work is
 claimed; the runner backs off and recovery is retried before each claim.
 """
@@ -49,11 +55,12 @@ from agent_queue.fsutil import ensure_dir, fsync_dir, read_json, write_json_atom
 from agent_queue.inbox import RESULT_FILE, Entry, LocalQueue, State, now
 from agent_queue.jobs import Job, Lease
 from agent_queue.settings import Settings
-from agent_queue.source import Claim, LocalClaim, LocalSource, Record, Source, stop_leftover_tool
+from agent_queue.source import Claim, LocalClaim, LocalSource, Record, Source, recover_local, stop_leftover_tool
 
 log = logging.getLogger(__name__)
 
 LEASE_FILE = "lease.json"
+SHIPPING_KEY = "shipping"  # result.json: {"leaseEpoch", "record"} of a report(shipped) under way
 FENCED_DIR = "fenced"
 RELEASED_DIR = "released"
 TRANSPORT_TIMEOUT_S = 30.0
@@ -141,8 +148,10 @@ class FleetClaim(LocalClaim):
     coordinator and never raises: the runner must survive any answer.
     """
 
-    def __init__(self, queue: LocalQueue, entry: Entry, client: FleetClient, heartbeat: Heartbeat) -> None:
+    def __init__(self, queue: LocalQueue, entry: Entry, client: FleetClient, heartbeat: Heartbeat,
+                 resume_record: Record | None = None) -> None:
         super().__init__(queue, entry)
+        self.resume_record = resume_record
         self.client = client
         self.heartbeat = heartbeat
         self.epoch = heartbeat.current_lease.epoch
@@ -188,6 +197,8 @@ class FleetClaim(LocalClaim):
         lost = self._settle()
         if lost is not None:
             raise Fenced(f"lease lost: {lost}")
+        # Before the first send: a crash from here on is resumed by replaying this report (module docstring).
+        self.queue.update(self.job.id, State.RUNNING, {SHIPPING_KEY: {"leaseEpoch": self.epoch, "record": record}})
         self._confirm_report(_detail(record))
         log.info("coordinator accepted report(shipped)", extra=self._fields())
 
@@ -298,6 +309,7 @@ class FleetSource(Source):
         self.heartbeat_interval_s = heartbeat_interval_s
         self._pending: list[Entry] = []
         self._recovered: list[str] = []
+        self._resumed: list[Claim] = []
 
     def recover(self) -> list[str]:
         """Settle every job left in running/ with the coordinator; never raises (retried in next_claim)."""
@@ -309,24 +321,33 @@ class FleetSource(Source):
     def _settle_pending(self) -> None:
         """Release (or fence) each leftover fleet job; local leftovers go back to the inbox afterwards."""
         still: list[Entry] = []
+        local: list[Entry] = []
         failure: AQError | None = None
         for entry in self._pending:
             lease = read_lease(entry)
             if lease is None:
-                continue  # a local job from an offline run: LocalSource recovers it below
+                local.append(entry)  # a local job from an offline run: back to the inbox below
+                continue
             try:
                 self._recover_one(entry, lease)
             except AQError as exc:
                 still.append(entry)
                 failure = exc
-        self._pending = still
+        self._pending = still + local if failure is not None else []
         if failure is not None:
             raise TransportError(f"crash recovery: coordinator unreachable, {len(still)} job(s) "
                                  f"still in running/ ({failure.message})")
-        self._recovered += LocalSource(self.queue).recover()
+        self._recovered += recover_local(self.queue, local)
 
     def _recover_one(self, entry: Entry, lease: Lease) -> None:
         ctx = {"job_id": entry.job.id, "epoch": lease.epoch}
+        shipping = entry.result.get(SHIPPING_KEY)
+        if isinstance(shipping, dict) and shipping.get("leaseEpoch") == lease.epoch:
+            heartbeat = Heartbeat(self.client, lease, lambda reason: None)  # never started: the report decides
+            self._resumed.append(FleetClaim(self.queue, entry, self.client, heartbeat, dict(shipping["record"])))
+            log.warning("recovered job was shipping: its report(shipped) is replayed, nothing re-runs", extra=ctx)
+            self._recovered.append(entry.job.id)
+            return
         stop_leftover_tool(entry)
         reason = "daemon stopped while the job was running"
         record: Record = {"attempt": entry.attempts + 1, "outcome": "crashed", "endedAt": now(), "reason": reason}
@@ -349,6 +370,8 @@ class FleetSource(Source):
     def next_claim(self) -> Claim | None:
         if self._pending:
             self._settle_pending()
+        if self._resumed:
+            return self._resumed.pop(0)
         sent = time.monotonic()
         got = self.client.claim()
         if got is None:
