@@ -8,7 +8,8 @@ call and then exits 1 (the answer is lost in transit after it took effect);
 ``garbage`` runs it and prints junk instead of its answer; ``slow`` sleeps a
 little first; ``timeout`` holds the call, then exits 1 without reaching the
 coordinator (no answer; the daemon's own 30 s transport timeout is too long
-for a test run, so the hang is cut short the way a dropped connection ends it). Each injected fault appends its kind to FAULT_LOG.
+for a test run, so the hang is cut short the way a dropped connection ends it).
+Each injected fault appends its kind to FAULT_LOG.
 """
 
 from __future__ import annotations
