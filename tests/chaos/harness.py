@@ -289,8 +289,8 @@ class ChaosRun:
         return False
 
     def settled(self, coord: Coordinator, fids: list[str]) -> bool:
-        """All jobs ended at the coordinator, no daemon holds a job, no ship hook still runs."""
-        held = any(any((self.root(f) / "running").glob("*")) for f in fids if (self.root(f) / "running").is_dir())
+        """All jobs ended at the coordinator, no daemon holds a job or owes a ship hook, no hook still runs."""
+        held = any(any(self.root(f).glob(sub)) for f in fids for sub in ("running/*", ".state/ship-hooks/*"))
         return self.done(coord) and not held and not any(p == "ship" for p, _ in self.live_steps())
 
     # -- the verdict
