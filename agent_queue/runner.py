@@ -26,7 +26,7 @@ from agent_queue.adapters import AgentAdapter, assess
 from agent_queue.errors import AQError, BadInput, Fenced
 from agent_queue.fsutil import append_line, ensure_dir
 from agent_queue.gitrepo import GitFenced
-from agent_queue.inbox import LocalQueue
+from agent_queue.inbox import LocalQueue, State
 from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job
 from agent_queue.process import ProcResult
 from agent_queue.settings import Settings
@@ -310,6 +310,8 @@ class Runner:
         if claim.job.repo is not None and not self._push(claim, plan, workdir, record):
             return
         record["outcome"] = "shipped"
+        if plan.ship:  # before the move: a crash right after it must not skip the hook
+            shiphooks.mark(self.root, claim.job.id)
         claim.shipped(record)
         log.info("shipped", extra=_ctx(claim, record))
         self._run_ship_hook(claim, plan, workdir)
@@ -338,6 +340,10 @@ class Runner:
         for job_id in shiphooks.interrupted(self.root):
             try:
                 entry = queue.get(job_id)
+                if entry.state in (State.RUNNING, State.INBOX):
+                    continue  # crashed before the move: its ship (resumed or re-run) runs the hook
+                if entry.state is not State.SHIPPED:
+                    raise Rejected(f"job is in {entry.state.value}/, not shipped/")
                 plan = self._plan(entry.job, 1)
             except (AQError, Rejected) as exc:
                 log.error("cannot re-run the interrupted ship hook: %s", exc, extra={"job_id": job_id})

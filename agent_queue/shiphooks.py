@@ -3,8 +3,8 @@
 A job moves to shipped/ *before* its ship hook runs; a daemon killed between
 the two (or during the hook) used to leave the job shipped with its hook never
 run or cut short, and nothing ever ran it: the PR was never opened. The marker
-``<root>/.state/ship-hooks/<id>.json`` is written before the hook starts
-(with the hook's pid and start-time fingerprint once it runs) and removed when
+``<root>/.state/ship-hooks/<id>.json`` is written before the move to shipped/
+(and again with the hook's pid and start-time fingerprint once it runs) and removed when
 it ends; at start-up the runner stops a leftover hook process and runs each
 marked hook again. Hooks must therefore be idempotent (a repo job's hook is
 skipped once it completed: ``gitrepo`` records ``hookDone``).

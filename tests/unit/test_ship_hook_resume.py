@@ -34,3 +34,13 @@ def test_a_normal_ship_leaves_no_marker(tmp_path: Path) -> None:
     LocalQueue(root).init().enqueue(shell_job("j2", "true", ship=["sh", "-c", f'echo ran >> "{out}"']))
     drain(make_settings(root))
     assert out.read_text() == "ran\n" and shiphooks.interrupted(root) == []
+
+
+def test_a_marker_for_a_job_not_yet_moved_waits_for_its_ship(tmp_path: Path) -> None:
+    root, out = tmp_path / "root", tmp_path / "hook"
+    queue = LocalQueue(root).init()
+    queue.enqueue(shell_job("j3", "true", ship=["sh", "-c", f'echo ran >> "{out}"']))
+    queue.take("j3")  # killed after the marker, before the move: the job is still in running/
+    shiphooks.mark(root, "j3")
+    drain(make_settings(root))  # recovery puts it back; its (only) ship runs the hook once
+    assert out.read_text() == "ran\n" and shiphooks.interrupted(root) == []
