@@ -21,15 +21,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent_queue import doctor, process, tools, workspace
+from agent_queue import doctor, process, shiphooks, tools, workspace
 from agent_queue.adapters import AgentAdapter, assess
 from agent_queue.errors import AQError, BadInput, Fenced, ReportPending
 from agent_queue.fsutil import append_line, ensure_dir
 from agent_queue.gitrepo import GitFenced
+from agent_queue.inbox import LocalQueue, State
 from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job
 from agent_queue.process import ProcResult
 from agent_queue.settings import Settings
-from agent_queue.source import Claim, Record, Source
+from agent_queue.source import Claim, LocalClaim, Record, Source
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Runner:
         """Run jobs until told to stop (or, with --once/--drain, until done); return how many ran."""
         try:
             self.source.recover()
+            self._rerun_interrupted_hooks()
             workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(), startup=True)
         except Exception:  # what stays in running/ is settled again later; the daemon must come up
             log.exception("start-up recovery incomplete; continuing")
@@ -323,7 +325,7 @@ class Runner:
             record.update(outcome="shipped", shipHook=f"not run: {exc}")
             claim.shipped(record)
             return
-        self._ship(claim, plan, self.root / "work" / claim.job.id, record)
+        self._ship(claim, plan, workspace.existing(self.root, claim.job), record)
 
     def _ship(self, claim: Claim, plan: Plan, workdir: Path, record: Record) -> None:
         """Ship only after the claim approves it: move to shipped/, then the ship hook."""
@@ -340,18 +342,47 @@ class Runner:
         if claim.job.repo is not None and not self._push(claim, plan, workdir, record):
             return
         record["outcome"] = "shipped"
+        hook = plan.ship and not record.get("pushPending")  # no branch on the remote: a PR hook cannot work
+        if hook:  # marked before the move: a crash right after it must not skip the hook
+            shiphooks.mark(self.root, claim.job.id)
         claim.shipped(record)
         log.info("shipped", extra=_ctx(claim, record))
+        if hook:
+            self._run_ship_hook(claim, plan, workdir)
+
+    def _run_ship_hook(self, claim: Claim, plan: Plan, workdir: Path) -> None:
+        """The hook of a shipped job, marked while under way so a crash cannot skip it (``shiphooks``)."""
+        shiphooks.mark(self.root, claim.job.id)
         if claim.job.repo is not None:
-            if not record.get("pushPending"):
-                self._repo_ship_hook(claim, plan, workdir)
-        elif plan.ship:
+            self._repo_ship_hook(claim, plan, workdir)
+        else:
             self._log_header(claim.job, f"ship hook: {_show(plan.ship)}")
-            hook = self._run(claim.job, plan.ship, plan, workdir)
+            hook = process.run(plan.ship, cwd=workdir, env=plan.env, log_path=self._log_path(claim.job),
+                               timeout_s=plan.timeout_s, watch=self.control,
+                               on_start=lambda pid: shiphooks.mark(self.root, claim.job.id, pid))
             claim.note_ship_hook({"exitCode": hook.exit_code, "timedOut": hook.timed_out, "error": hook.error})
             if not hook.ok:
-                log.warning("ship hook failed (job stays shipped)", extra={**_ctx(claim, record),
+                log.warning("ship hook failed (job stays shipped)", extra={"job_id": claim.job.id,
                                                                             "exitCode": hook.exit_code})
+        shiphooks.done(self.root, claim.job.id)
+
+    def _rerun_interrupted_hooks(self) -> None:
+        """Start-up: run again each ship hook a crash cut short or never started (see ``shiphooks``)."""
+        queue = LocalQueue(self.root)
+        for job_id in shiphooks.interrupted(self.root):
+            try:
+                entry = queue.get(job_id)
+                if entry.state in (State.RUNNING, State.INBOX):
+                    continue  # crashed before the move: its ship (resumed or re-run) runs the hook
+                if entry.state is not State.SHIPPED:
+                    raise Rejected(f"job is in {entry.state.value}/, not shipped/")
+                plan = self._plan(entry.job, 1)
+            except (AQError, Rejected) as exc:
+                log.error("cannot re-run the interrupted ship hook: %s", exc, extra={"job_id": job_id})
+                shiphooks.done(self.root, job_id)
+                continue
+            log.warning("re-running a ship hook a crash interrupted", extra={"job_id": job_id})
+            self._run_ship_hook(LocalClaim(queue, entry), plan, workspace.existing(self.root, entry.job))
 
     def _push(self, claim: Claim, plan: Plan, workdir: Path, record: Record) -> bool:
         """Commit + fenced push of ``aq/<id>`` before the job counts as shipped; False: handled otherwise.
@@ -388,8 +419,6 @@ class Runner:
 
     def _repo_ship_hook(self, claim: Claim, plan: Plan, workdir: Path) -> None:
         """A repo job's hook runs inside ship_worktree (placeholders {branch} {sha}), once; never here as well."""
-        if not plan.ship:
-            return
         try:
             workspace.run_ship_hook(self.root, claim.job, workdir, plan.ship, factory_id=self.settings.factory_id,
                                     epoch=claim.epoch, env=plan.env)

@@ -45,6 +45,11 @@ def prepare(root: Path, job: Job) -> Path:
         raise WorkspaceUnavailable(exc.message) from exc
 
 
+def existing(root: Path, job: Job) -> Path:
+    """The job's workspace as the last attempt left it (never reset): where an interrupted ship resumes."""
+    return ensure_dir(root / "work" / job.id) if job.repo is None else gitrepo.worktree_path(root, job.id)
+
+
 def push(root: Path, job: Job, workdir: Path, *, factory_id: str, epoch: int | None) -> gitrepo.ShipResult:
     """Commit what the agent left and push ``aq/<id>`` (fenced); no hook. Idempotent.
 

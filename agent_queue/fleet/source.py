@@ -168,6 +168,7 @@ class FleetClaim(LocalClaim):
         self.heartbeat = heartbeat
         self._on_pending = on_pending
         self.can_pass_on = True
+        self.confirmed = False  # report(shipped) already answered 200 (set on resumed ships)
         self.epoch = heartbeat.current_lease.epoch
         self._lock = threading.Lock()
         self._lost: str | None = None
@@ -218,6 +219,8 @@ class FleetClaim(LocalClaim):
         first, so a crash at any point here is settled the same way at the next start.
         """
         lost = self._settle()
+        if self.confirmed:  # a resumed ship: the replay at recovery already got the coordinator's 200
+            return
         if lost is not None:
             raise Fenced(f"lease lost: {lost}")
         self.queue.update(self.job.id, State.RUNNING, {"reportSent": {"epoch": self.lease.epoch, "record": record}})
@@ -398,6 +401,7 @@ class FleetSource(Source):
         claim = FleetClaim(self.queue, entry, self.client, Heartbeat(self.client, lease, lambda reason: None),
                            self._pend)
         claim.resume_record = dict(sent.get("record") or {"attempt": entry.attempts + 1, "outcome": "passed"})
+        claim.confirmed = True
         return claim
 
     def next_claim(self) -> Claim | None:

@@ -6,8 +6,10 @@ Per call it draws one fault from RATES_JSON (kind -> probability) or none:
 ``5xx`` answers 503 without calling the coordinator; ``drop`` runs the real
 call and then exits 1 (the answer is lost in transit after it took effect);
 ``garbage`` runs it and prints junk instead of its answer; ``slow`` sleeps a
-little first; ``timeout`` sleeps past the client's timeout first (the client
-kills this process group). Each injected fault appends its kind to FAULT_LOG.
+little first; ``timeout`` holds the call, then exits 1 without reaching the
+coordinator (no answer; the daemon's own 30 s transport timeout is too long
+for a test run, so the hang is cut short the way a dropped connection ends it).
+Each injected fault appends its kind to FAULT_LOG.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ def main(argv: list[str]) -> int:
     if kind == "slow":
         time.sleep(0.2)
     if kind == "timeout":
-        time.sleep(3.0)
+        sys.stdin.buffer.read()
+        time.sleep(1.5)
+        return 1
     out = subprocess.run(real, stdin=sys.stdin.buffer, capture_output=True)
     if kind == "drop":
         return 1

@@ -1,8 +1,11 @@
-"""The chaos run: N factory processes, M jobs, one coordinator, a seeded fault schedule, then the verdict.
+"""The chaos run: N real ``agent-queue run --fleet`` daemons, M jobs, one coordinator, seeded faults, a verdict.
 
-``run_chaos(cfg)`` returns the figures (also written as JSON) and never
-asserts: the test asserts on the figures, so a failing run still reports
-everything it saw. Faults: SIGKILL + restart of factories, SIGSTOP/SIGCONT
+``ChaosRun(cfg, base).run()`` returns the figures and never asserts: the
+test asserts on them, so a failing run still reports everything it saw. Each
+job's command, verify gate and ship hook is ``jobstep.py`` (markers per
+execution and phase; the hook appends "<factory> <epoch>" to a per-job
+counter). Faults: SIGKILL + restart of daemons (the phase each victim was in
+is recorded), SIGSTOP/SIGCONT
 pauses longer than the lease TTL, coordinator restarts (HTTP), and
 coordinator faults injected by a proxy (HTTP) or a seam wrapper
 (``faulty_seam.py``): 5xx, timeouts, slow answers, garbage bodies, dropped
@@ -138,6 +141,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 # ------------------------------------------------------------------ the run
 
+AGENT_QUEUE = Path(sys.executable).parent / "agent-queue"
+PHASES = ("tool", "verify", "ship")
+
 
 class ChaosRun:
     def __init__(self, cfg: ChaosConfig, base: Path) -> None:
@@ -153,6 +159,10 @@ class ChaosRun:
         self.stub: RunningStub | None = None
         self.proxy: FaultProxy | None = None
         self.counts: Counter[str] = Counter()
+        self.kill_phases: Counter[str] = Counter()
+
+    def root(self, fid: str) -> Path:
+        return self.base / "factories" / fid
 
     # -- coordinator
     def start_coordinator(self) -> None:
@@ -167,30 +177,37 @@ class ChaosRun:
             self.stub_cm.__exit__(None, None, None)
             self.stub_cm = self.stub = None
 
-    def api_args(self) -> list[str]:
+    def fleet_env(self) -> dict[str, str]:
+        """How a daemon reaches the coordinator: the faulty seam wrapper, or the token + the faulty proxy."""
         if self.cfg.transport == "http":
             assert self.proxy is not None
-            return ["--api", self.proxy.url]
+            return {"AQ_FLEET_API": self.proxy.url, "AQ_FLEET_TOKEN": TOKEN}
         seam = [*STUB_ARGV, "--state", str(self.state), "--lease-ttl", str(self.cfg.ttl_s), "call"]
         wrapper = [sys.executable, str(HERE / "faulty_seam.py"), str(self.fault_log),
                    json.dumps(self.cfg.rates), str(self.cfg.seed), "--", *seam]
-        return ["--api-cmd", shlex.join(wrapper)]
+        return {"AQ_FLEET_API_CMD": shlex.join(wrapper)}
 
-    # -- factories
+    # -- factories: real `agent-queue run --fleet` daemons
     def start_factory(self, fid: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
-        env["PYTHONPATH"] = str(REPO)
-        if self.cfg.transport == "http":
-            env["AQ_FLEET_TOKEN"] = TOKEN
-        log = open(self.base / f"{fid}.stderr", "ab")  # noqa: SIM115 - the child owns it
-        self.procs[fid] = subprocess.Popen(
-            [sys.executable, str(HERE / "factory.py"), str(self.base / "factories" / fid), fid, str(self.shared),
-             *self.api_args()], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        env.update(self.fleet_env(), PYTHONPATH=str(REPO))
+        argv = [str(AGENT_QUEUE) if AGENT_QUEUE.is_file() else sys.executable, *([] if AGENT_QUEUE.is_file()
+                else ["-m", "agent_queue"]), "--root", str(self.root(fid)), "--factory-id", fid,
+                "run", "--fleet", "--poll", "0.1"]
+        log = open(self.base / f"{fid}.log", "ab")  # noqa: SIM115 - the child owns it
+        self.procs[fid] = subprocess.Popen(argv, env=env, cwd=self.base, stdin=subprocess.DEVNULL, stdout=log,
+                                           stderr=log, start_new_session=True)
         log.close()
 
     def signal(self, fid: str, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.procs[fid].pid, sig)
+
+    def job_spec(self, i: int) -> dict[str, Any]:
+        step = [sys.executable, str(HERE / "jobstep.py"), str(self.shared)]
+        return {"id": f"job-{i:04d}", "tool": "shell", "budget": {"maxAttempts": 50, "timeoutS": 60},
+                "command": [*step, "tool", f"{self.rng.uniform(0.2, 0.6):.2f}"],
+                "verify": [*step, "verify", "0.25"], "ship": [*step, "ship", "0.25"]}
 
     # -- the schedule
     def run(self) -> dict[str, Any]:
@@ -201,8 +218,7 @@ class ChaosRun:
         self.start_coordinator()
         coord = Coordinator(JsonStore(self.state), time.time, cfg.ttl_s)
         for i in range(cfg.jobs):
-            coord.enqueue({"id": f"job-{i:04d}", "tool": "shell", "budget": {"maxAttempts": 50},
-                           "command": ["sleep", f"{self.rng.uniform(0.2, 0.7):.2f}"], "verify": ["sleep", "0.05"]})
+            coord.enqueue(self.job_spec(i))
         fids = [f"f{i}" for i in range(cfg.factories)]
         started = time.monotonic()
         try:
@@ -212,13 +228,12 @@ class ChaosRun:
                        + (["restart"] * cfg.coord_restarts if cfg.transport == "http" else []))
             self.rng.shuffle(actions)
             for action in actions:
-                time.sleep(self.rng.uniform(0.15, 0.5))
+                time.sleep(self.rng.uniform(0.2, 1.2))
                 if self.done(coord):
                     break
                 self.act(action, self.rng.choice(fids))
-            while not self.done(coord) and time.monotonic() - started < cfg.deadline_s:
+            while not self.settled(coord, fids) and time.monotonic() - started < cfg.deadline_s:
                 time.sleep(0.2)
-            self.settle_ships(fids, started)
         finally:
             for fid in fids:
                 self.signal(fid, signal.SIGCONT)
@@ -235,9 +250,9 @@ class ChaosRun:
     def act(self, action: str, fid: str) -> None:
         self.counts[action] += 1
         if action == "kill":
+            self.kill_phases[self.phase(fid)] += 1
             self.signal(fid, signal.SIGKILL)
             self.procs[fid].wait()
-            time.sleep(0.1)
             self.start_factory(fid)
         elif action == "pause":
             self.signal(fid, signal.SIGSTOP)
@@ -248,51 +263,88 @@ class ChaosRun:
             time.sleep(0.3)
             self.start_coordinator()
 
+    def live_steps(self) -> list[tuple[str, str]]:
+        """(phase, factory) of each job step still running (its marker has no "done" and its pid lives)."""
+        out = []
+        for marker in (self.shared / "markers").iterdir():
+            _job, phase, fid, pid = marker.name.rsplit(".", 3)
+            with contextlib.suppress(OSError, ValueError):
+                if "done" not in marker.read_text() and _alive(int(pid)):
+                    out.append((phase, fid))
+        return out
+
+    def phase(self, fid: str) -> str:
+        """What the daemon ``fid`` is doing right now: tool / verify / ship, held (a job but no step: claim,
+        workspace or report in flight) or idle."""
+        phases = {phase for phase, who in self.live_steps() if who == fid}
+        for phase in PHASES:
+            if phase in phases:
+                return phase
+        running = self.root(fid) / "running"
+        return "held" if running.is_dir() and any(running.iterdir()) else "idle"
+
     def done(self, coord: Coordinator) -> bool:
         with contextlib.suppress(Exception):
             return all(j["meta"]["state"] in ("shipped", "quarantined") for j in coord.list_jobs())
         return False
 
-    def settle_ships(self, fids: list[str], started: float) -> None:
-        """Let factories finish ships whose report the coordinator already accepted."""
-        while time.monotonic() - started < self.cfg.deadline_s:
-            if not any(any((self.base / "factories" / f / "shipping").glob("*.json")) for f in fids):
-                return
-            time.sleep(0.1)
+    def settled(self, coord: Coordinator, fids: list[str]) -> bool:
+        """All jobs ended at the coordinator, no daemon holds a job or owes a ship hook, no hook still runs."""
+        held = any(any(self.root(f).glob(sub)) for f in fids for sub in ("running/*", ".state/ship-hooks/*"))
+        return self.done(coord) and not held and not any(p == "ship" for p, _ in self.live_steps())
 
     # -- the verdict
     def verdict(self, fids: list[str]) -> dict[str, Any]:
         coord = Coordinator(JsonStore(self.state), time.time, 3600)
         jobs = {j["job"]["id"]: j for j in coord.list_jobs()}
-        counters = {i: (self.shared / "ship" / i).read_text().splitlines() if (self.shared / "ship" / i).exists()
-                    else [] for i in jobs}
-        fevents = [json.loads(line) for f in fids if (self.base / "factories" / f / "events.jsonl").exists()
-                   for line in (self.base / "factories" / f / "events.jsonl").read_text().splitlines()]
+        counters = {i: [tuple_of(ln) for ln in (self.shared / "ship" / i).read_text().splitlines()]
+                    if (self.shared / "ship" / i).exists() else [] for i in jobs}
         cevents = [json.loads(line) for line in (self.state / "events.jsonl").read_text().splitlines()]
-        fenced = {(e["jobId"], e["factoryId"], e["epoch"]) for e in fevents if e["ev"] == "fenced"}
-        ship_after_409 = sum(1 for i, lines in counters.items() for line in lines
-                             if (i, line.split()[0], int(line.split()[1])) in fenced)
+        refused = {(e["jobId"], e.get("factoryId"), e.get("leaseEpoch")) for e in cevents
+                   if e.get("status") == 409 and e.get("jobId")}
+        accepted = {e["jobId"]: (e["factoryId"], e["leaseEpoch"]) for e in cevents
+                    if e.get("op") == "report" and e.get("status") == 200 and e.get("outcome") == "shipped"}
+        ship_after_409 = sum(1 for i, lines in counters.items() for fid, epoch in lines if (i, fid, epoch) in refused)
         local: dict[str, list[tuple[str, int]]] = {}
         for f in fids:
-            for p in (self.base / "factories" / f / "shipped").glob("*.json"):
-                local.setdefault(p.stem, []).append((f, json.loads(p.read_text())["epoch"]))
-        agree = all(local.get(i) == [(ln.split()[0], int(ln.split()[1])) for ln in counters[i]] for i in jobs)
+            for p in sorted((self.root(f) / "shipped").glob("*/result.json")):
+                local.setdefault(p.parent.name, []).append((f, json.loads(p.read_text())["leaseEpoch"]))
+        agree = all(local.get(i, []) == counters[i] == ([accepted[i]] if i in accepted else []) for i in jobs)
         faults: Counter[str] = Counter(self.proxy.injected if self.proxy else Counter())
         if self.fault_log.exists():
             faults.update(self.fault_log.read_text().split())
-        executions = len(list((self.shared / "markers").iterdir()))
+        markers = [m.name.rsplit(".", 3)[1] for m in (self.shared / "markers").iterdir()]
         return {
             "transport": self.cfg.transport, "seed": self.cfg.seed, "factories": len(fids), "jobs": len(jobs),
             "shipped": sum(1 for j in jobs.values() if j["meta"]["state"] == "shipped"),
-            "executions": executions, "faults": dict(sorted(faults.items())),
-            "kills": self.counts["kill"], "pauses": self.counts["pause"], "coordRestarts": self.counts["restart"],
+            "executions": markers.count("tool"), "shipHooks": markers.count("ship"),
+            "faults": dict(sorted(faults.items())),
+            "kills": self.counts["kill"], "killPhases": dict(sorted(self.kill_phases.items())),
+            "pauses": self.counts["pause"], "coordRestarts": self.counts["restart"],
             "conflicts409": sum(1 for e in cevents if e.get("status") == 409),
-            "bad409": bad_409s(cevents), "fencedReports": len(fenced),
+            "bad409": bad_409s(cevents), "fencedLocal": sum(len(list((self.root(f) / "fenced").glob("*")))
+                                                           for f in fids if (self.root(f) / "fenced").is_dir()),
             "reclaims": sum(1 for e in cevents if e.get("op") == "reclaim"),
             "doubleShips": sum(1 for lines in counters.values() if len(lines) > 1),
-            "lost": sum(1 for i, j in jobs.items() if j["meta"]["state"] != "shipped" or not counters[i]),
+            "lost": sum(1 for i, j in jobs.items()
+                        if j["meta"]["state"] != "shipped" or not counters[i] or len(local.get(i, [])) != 1),
             "shipAfter409": ship_after_409, "localAgrees": agree,
         }
+
+
+def tuple_of(line: str) -> tuple[str, int]:
+    fid, epoch = line.split()
+    return fid, int(epoch)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def bad_409s(events: list[dict[str, Any]]) -> int:
@@ -313,8 +365,9 @@ def bad_409s(events: list[dict[str, Any]]) -> int:
 
 def summary_line(f: dict[str, Any]) -> str:
     faults = " ".join(f"{k}={v}" for k, v in f["faults"].items())
+    kills = " ".join(f"{k}={v}" for k, v in f["killPhases"].items())
     return (f"chaos[{f['transport']} seed={f['seed']}]: jobs={f['jobs']} factories={f['factories']} "
-            f"executions={f['executions']} faults: {faults} kills={f['kills']} pauses={f['pauses']} "
+            f"executions={f['executions']} faults: {faults} kills={f['kills']} ({kills}) pauses={f['pauses']} "
             f"coord-restarts={f['coordRestarts']} 409s={f['conflicts409']} reclaims={f['reclaims']} "
             f"double-ships={f['doubleShips']} lost={f['lost']} ship-after-409={f['shipAfter409']} "
             f"wall={f.get('wallS')}s")

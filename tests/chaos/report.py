@@ -12,7 +12,9 @@ from typing import Any
 
 FAULTS = {"5xx": "coordinator answers 503", "drop": "answer lost after the operation took effect",
           "garbage": "garbage body instead of the answer", "slow": "slow answer (+0.2 s)",
-          "timeout": "no answer before the client's timeout"}
+          "timeout": "no answer: call held, then dropped before reaching the coordinator"}
+PHASES = {"tool": "running the tool", "verify": "in the verify gate", "held": "holding a job between steps "
+          "(claim, report(shipped), move)", "ship": "in the ship hook", "idle": "idle (polling)"}
 
 
 def command(name: str) -> str:
@@ -33,7 +35,10 @@ def rows(figures: dict[str, dict[str, Any]]) -> list[str]:
 
         for kind, n in f["faults"].items():
             row(f"injected: {FAULTS.get(kind, kind)}", n, "retried; no crash, no double ship")
-        row("SIGKILL + restart of a factory", f["kills"], "job reclaimed or ship finished on restart")
+        row("SIGKILL + restart of a daemon (`agent-queue run`)", f["kills"],
+            "job released/reclaimed, or its interrupted ship resumed on restart")
+        for phase, n in f.get("killPhases", {}).items():
+            row(f"&nbsp;&nbsp;of which killed {PHASES.get(phase, phase)}", n, "as above")
         row("SIGSTOP longer than the lease TTL, then SIGCONT", f["pauses"], "lease reclaimed; paused holder fenced")
         if f["coordRestarts"]:
             row("coordinator restart", f["coordRestarts"], "clients retried; state kept")

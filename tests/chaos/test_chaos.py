@@ -1,4 +1,4 @@
-"""The chaos suite: the fleet guarantees under kills, pauses, restarts and coordinator faults.
+"""The chaos suite: real ``agent-queue run --fleet`` daemons under kills, pauses, restarts and coordinator faults.
 
 The short fixed-seed run (3 factories, 30 jobs) is part of ``make test``;
 ``make chaos`` passes ``--chaos-long`` (5 factories, 200 jobs). Each run

@@ -94,10 +94,10 @@ def test_replayed_report_accepted_resumes_the_ship_without_rerunning_the_tool(tm
     source, client, queue = settle(tmp_path, None, None)
     claim = source.next_claim()
     assert claim is not None and claim.resume_record == {"attempt": 1, "exitCode": 0}
-    claim.approve_ship(claim.resume_record)  # the replay is idempotent at the coordinator: 200 again
+    claim.approve_ship(claim.resume_record)  # the recovery's replay got the 200: not asked again
     claim.shipped({**claim.resume_record, "outcome": "shipped"})
     assert queue.get("j1").state is State.SHIPPED
-    assert [c[0] for c in client.calls] == ["report", "report"]
+    assert [c[0] for c in client.calls] == ["report"]
 
 
 def test_replayed_report_refused_is_fenced_and_never_shipped(tmp_path: Path) -> None:

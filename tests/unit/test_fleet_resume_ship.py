@@ -1,0 +1,67 @@
+"""A daemon killed while its report(shipped) was under way: on restart the report is replayed, never released.
+
+Regression (found by the chaos suite with real daemons): the seam call outlived
+the SIGKILLed daemon and the coordinator recorded the job shipped; recovery then
+released it, got 409 ("the job is shipped") and filed it under fenced/, so the
+job was shipped at the coordinator but nowhere locally and its ship hook never ran.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from core_support import make_settings, result
+from test_fleet_claim import FakeClient
+
+from agent_queue.errors import NotLeased
+from agent_queue.fleet.source import LEASE_FILE, FleetSource
+from agent_queue.fsutil import write_json_atomic
+from agent_queue.inbox import LocalQueue
+from agent_queue.jobs import Job, Lease
+from agent_queue.runner import Runner, RunOptions
+
+
+class Client(FakeClient):
+    class transport:  # noqa: N801 - the daemon closes its client's transport on exit
+        @staticmethod
+        def close() -> None:
+            return None
+
+
+def crashed_while_shipping(root: Path, tmp_path: Path) -> LocalQueue:
+    """running/j1 as a daemon killed inside approve_ship leaves it (tool + verify passed, report sent)."""
+    queue = LocalQueue(root).init()
+    lease = Lease("j1", "test-1", 3, time.time() + 60, 2.0)
+    marker = tmp_path / "ran"
+    job = Job.from_dict({"id": "j1", "command": ["touch", str(marker)],
+                         "ship": ["sh", "-c", f'echo shipped >> "{tmp_path / "hook"}"']})
+    entry = queue.materialize(job, {"leaseEpoch": 3, "lease": lease.to_dict(), "pid": None})
+    write_json_atomic(entry.path / LEASE_FILE, lease.to_dict())
+    queue.update("j1", queue.get("j1").state, {"reportSent": {"epoch": 3, "record": {
+        "attempt": 1, "outcome": "passed", "exitCode": 0, "reason": None}}})
+    return queue
+
+
+def restart(tmp_path: Path, client: Client) -> Path:
+    root = tmp_path / "root"
+    queue = crashed_while_shipping(root, tmp_path)
+    Runner(make_settings(root), FleetSource(queue, client)).work(RunOptions(once=True))  # type: ignore[arg-type]
+    return root
+
+
+def test_the_report_is_replayed_and_the_job_ships_once_without_rerunning(tmp_path: Path) -> None:
+    client = Client(None)  # the coordinator answers the exact replay with 200
+    root = restart(tmp_path, client)
+    assert [(op, kw["epoch"]) for op, kw in client.calls] == [("report", 3)]  # no release
+    assert result(root, "shipped", "j1")["leaseEpoch"] == 3
+    assert (tmp_path / "hook").read_text() == "shipped\n"
+    assert not (tmp_path / "ran").exists()  # the tool is not run again
+
+
+def test_a_replay_the_coordinator_refuses_ships_nothing(tmp_path: Path) -> None:
+    client = Client(NotLeased("the job is queued"))  # the report never reached it; the lease is gone
+    root = restart(tmp_path, client)
+    assert (root / "fenced" / "j1.3").is_dir()
+    assert not (root / "shipped" / "j1").exists()
+    assert not (tmp_path / "hook").exists() and not (tmp_path / "ran").exists()
