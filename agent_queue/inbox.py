@@ -87,21 +87,26 @@ class LocalQueue:
             self._refuse_duplicate(job.id)
             return self._place(job, State.INBOX, new_result(job.id, State.INBOX))
 
-    def materialize(self, job: Job, result: dict[str, Any]) -> Entry:
-        """Put a job obtained elsewhere (e.g. a coordinator claim) straight into running/."""
+    def materialize(self, job: Job, result: dict[str, Any], files: dict[str, Any] | None = None) -> Entry:
+        """Put a job obtained elsewhere (e.g. a coordinator claim) straight into running/.
+
+        ``files`` (name: JSON value) are written into the job's directory with it, in the same rename.
+        """
         with self._lock:
             self._refuse_duplicate(job.id)
-            return self._place(job, State.RUNNING, {**new_result(job.id, State.RUNNING), **result})
+            return self._place(job, State.RUNNING, {**new_result(job.id, State.RUNNING), **result}, files)
 
     def _refuse_duplicate(self, job_id: str) -> None:
         found = self.find(job_id)
         if found is not None:
             raise Conflict(f"job {job_id}: id already used (in {found.value}/)")
 
-    def _place(self, job: Job, state: State, result: dict[str, Any]) -> Entry:
+    def _place(self, job: Job, state: State, result: dict[str, Any], files: dict[str, Any] | None = None) -> Entry:
         staged = ensure_dir(self._staging / f"{job.id}.{secrets.token_hex(4)}")
-        write_json_atomic(staged / JOB_FILE, job.to_dict())
-        write_json_atomic(staged / RESULT_FILE, result)
+        # Each file is fsynced; the staged directory once for all of them (before the rename publishes it).
+        for name, value in {JOB_FILE: job.to_dict(), **(files or {}), RESULT_FILE: result}.items():
+            write_json_atomic(staged / name, value, sync_dir=False)
+        fsync_dir(staged)
         target = self.dir(state) / job.id
         os.rename(staged, target)
         fsync_dir(target.parent)

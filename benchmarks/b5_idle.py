@@ -3,6 +3,8 @@
 Starts ``agent-queue run`` at the default poll interval on an empty root,
 lets start-up finish, then samples its CPU time (itself plus reaped children,
 so fleet mode's seam processes count) over a window and scales to a minute.
+Fleet mode is measured twice: over the command seam (a process per poll) and
+over HTTP against a real ``coordinator-stub serve`` (whose CPU is reported apart).
 Fleet mode is measured when this build's daemon supports it, else recorded
 as unavailable with the daemon's own message.
 """
@@ -48,6 +50,18 @@ def main() -> None:
         if why is None:
             env = common.bench_env(AQ_FLEET="1", AQ_FLEET_API_CMD=f"{common.STUB} --state {base / 'stub'} call")
             modes["fleet"] = idle(base / "fleet", window, env)
+            # Over HTTP: one long-lived `coordinator-stub serve`, no process per poll (its own CPU reported apart).
+            proc, url = common.serve_stub(base / "stub-http")
+            try:
+                s0 = common.cpu_seconds(proc.pid)
+                t0 = time.monotonic()
+                http_env = common.bench_env(AQ_FLEET="1", AQ_FLEET_API=url)
+                modes["fleet_http"] = idle(base / "fleet-http", window, http_env)
+                s1 = common.cpu_seconds(proc.pid)
+                if s0 is not None and s1 is not None and isinstance(modes["fleet_http"], dict):
+                    modes["fleet_http"]["server_cpu_s_per_min"] = round((s1 - s0) * 60 / (time.monotonic() - t0), 3)
+            finally:
+                common.stop(proc)
         else:
             modes["fleet"] = {"unavailable": why}
     off = modes["offline"]
@@ -58,6 +72,10 @@ def main() -> None:
     if isinstance(fleet, dict) and "cpu_s_per_min" in fleet:
         headline["fleet_cpu_s_per_min"] = fleet["cpu_s_per_min"] and round(fleet["cpu_s_per_min"], 3)
         headline["fleet_rss_mb"] = fleet["rss_mb"] and round(fleet["rss_mb"], 1)
+    http = modes.get("fleet_http")
+    if isinstance(http, dict) and "cpu_s_per_min" in http:
+        headline["fleet_http_cpu_s_per_min"] = http["cpu_s_per_min"] and round(http["cpu_s_per_min"], 3)
+        headline["fleet_http_server_cpu_s_per_min"] = http.get("server_cpu_s_per_min")
     else:
         headline["fleet"] = "unavailable"
     common.save(args.out, "b5_idle", {"headline": headline, "modes": modes, "poll_s": "default"}, args.smoke)

@@ -195,13 +195,21 @@ def _setup_store() -> Any:
         def iter_archived(self) -> Iterator[dict[str, Any]]:
             yield from {**self._store.archive, **self.pending_archive}.values()
 
+        def _load_spec(self, job_id: str) -> dict[str, Any]:
+            spec: dict[str, Any] = self._store.specs[job_id]
+            return spec
+
     class SetupStore(MemoryStore):
         @contextmanager
         def transaction(self) -> Iterator[Tx]:
             tx = NoCopyTx(self)
             yield tx
+            new, gone = tx.split_specs()  # as JsonStore: specs out of the hot document
+            self.specs.update(new)
             self.archive.update(tx.pending_archive)
             self.hot = tx.hot
+            for job_id in gone:
+                self.specs.pop(job_id, None)
             self.events.extend(tx.events)
 
     return SetupStore()
@@ -263,14 +271,16 @@ class History:
 
     def dump(self, state: Path) -> None:
         """Write the hot document and every archive file not yet written into ``state``."""
-        from coordinator_stub.store import JsonStore, archive_name
+        from coordinator_stub.store import STATE_VERSION, JsonStore, archive_name
 
         store = JsonStore(state)
         for job_id, rec in self.store.archive.items():
             path = store.archive_dir / str(archive_name(job_id))
             if not path.exists():
                 path.write_text(json.dumps(rec), encoding="utf-8")
-        store.state_path.write_text(json.dumps(self.store.hot), encoding="utf-8")
+        for job_id in self.store.hot["jobs"]:
+            store.spec_path(job_id).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
+        store.state_path.write_text(json.dumps({**self.store.hot, "version": STATE_VERSION}), encoding="utf-8")
 
 
 def ratio(a: float, b: float) -> float:

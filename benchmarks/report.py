@@ -32,7 +32,9 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
         return (f"{o['stub_claim_report']['1']:.0f} / {o['stub_claim_report']['4']:.0f} ops/s "
                 f"(healthz {o['stub_healthz']['1']:.0f} / {o['stub_healthz']['4']:.0f})",
                 f"echo {o['echo']['1']:.0f} / {o['echo']['4']:.0f} ops/s",
-                f"{h['ratio_1']}x / {h['ratio_4']}x (HTTP layer {h['http_layer_ratio_1']}x)", h["target"])
+                f"{h['ratio_1']}x / {h['ratio_4']}x (HTTP layer {h['http_layer_ratio_1']}x)"
+                + (f"; state on tmpfs {h['tmpfs_ops_s_1']:.0f} / {h['tmpfs_ops_s_4']:.0f} ops/s, "
+                   f"{h['tmpfs_ratio_1']}x" if "tmpfs_ops_s_1" in h else ""), h["target"])
     if name == "b3_history":
         lv = d["levels"]
         return (" / ".join(f"{r['terminal']}: {r['op_s']['median'] * 1e3:.1f}" for r in lv) + " ms",
@@ -45,6 +47,9 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
         parts = [f"offline {h['offline_cpu_s_per_min']} CPU-s/min, {h['offline_rss_mb']} MB"]
         parts.append(f"fleet {h['fleet_cpu_s_per_min']} CPU-s/min, {h['fleet_rss_mb']} MB"
                      if "fleet_cpu_s_per_min" in h else "fleet: unavailable in this build")
+        if "fleet_http_cpu_s_per_min" in h:
+            parts.append(f"fleet over HTTP {h['fleet_http_cpu_s_per_min']} CPU-s/min "
+                         f"(+ server {h['fleet_http_server_cpu_s_per_min']})")
         return "; ".join(parts), "-", "-", h["target"]
     if name == "b6_failover":
         if h.get("status") == "unavailable":

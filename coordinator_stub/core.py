@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 DEFAULT_LEASE_TTL_S = 60.0
+SEEN_GRANULARITY_S = 10.0  # a factory's lastSeen (status) may lag by up to this much
 VERDICTS = ("AGREE", "DIVERGE", "COORD_EMPTY", "LOCAL_EMPTY", "IDLE")  # IDLE: only with --shadow-log-idle
 
 
@@ -322,6 +323,7 @@ class Coordinator:
             "factoryId": factory_id, "leaseEpoch": epoch, "expiresAt": c.now + self.lease_ttl_s,
             "ttlS": self.lease_ttl_s, "requestId": request_id, "claimedAt": c.now,
         })
+        c.tx.touch()
         self._seen(c, factory_id)
         self._note_lease(c, rec)
         return self._view(c.tx, rec, c.now)
@@ -329,6 +331,7 @@ class Coordinator:
     def _renew(self, c: _Ctx, job_id: str, factory_id: str, epoch: int) -> dict[str, Any]:
         rec, _ = self._fence(c.tx, job_id, factory_id, epoch, c.now, "renew")
         rec["lease"]["expiresAt"] = c.now + self.lease_ttl_s
+        c.tx.touch()
         self._seen(c, factory_id)
         self._note_lease(c, rec)
         return {"lease": _lease_wire(rec)}
@@ -546,8 +549,16 @@ class Coordinator:
         return result
 
     def _seen(self, c: _Ctx, factory_id: str) -> None:
-        c.tx.hot["factories"][factory_id] = c.now
-        c.tx.touch()
+        """Note the factory's lastSeen; on its own, written only when the stored one is SEEN_GRANULARITY_S old.
+
+        An idle poll (204) would otherwise rewrite and fsync the whole hot document
+        every few seconds per factory. Any other change in the operation writes it anyway.
+        """
+        factories = c.tx.hot["factories"]
+        before = factories.get(factory_id)
+        factories[factory_id] = c.now
+        if before is None or not 0 <= c.now - before < SEEN_GRANULARITY_S:
+            c.tx.touch()
 
     def _note_lease(self, c: _Ctx, rec: dict[str, Any], replay: bool = False) -> None:
         lease = rec["lease"]
@@ -670,7 +681,7 @@ class Coordinator:
         for key in ("reason", "outcome", "detail", "verifyOf"):
             if rec.get(key) is not None:
                 meta[key] = rec[key]
-        out: dict[str, Any] = {"job": rec["spec"], "meta": meta}
+        out: dict[str, Any] = {"job": tx.spec_of(rec), "meta": meta}  # hot records hold only a summary
         out["lease"] = _lease_wire(rec) if lease_state(rec, now) is LeaseState.ACTIVE else None
         if rec["state"] == JobState.COMPOSITE.value:
             out["job"] = {**rec["spec"], "childIds": rec["childIds"]}

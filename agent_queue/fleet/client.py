@@ -145,6 +145,11 @@ class FleetClient:
     # -- leases -----------------------------------------------------------
 
     def claim(self, dry_run: bool = False, factory_id: str | None = None) -> tuple[Job, Lease | None] | None:
+        """``claim_job`` without the coordinator's meta: (job, lease), or ``None`` when there is none (204)."""
+        got = self.claim_job(dry_run, factory_id)
+        return None if got is None else (got.job, got.lease)
+
+    def claim_job(self, dry_run: bool = False, factory_id: str | None = None) -> Claimed | None:
         """Ask for the next job this factory can run; ``None`` when there is none (204).
 
         One ``requestId`` per call, reused by every retry, so an answer lost
@@ -166,7 +171,7 @@ class FleetClient:
         raw = self._call("POST", "/v1/fleet/claim", body, lambda r: _parse_claim(r, fid, dry_run))
         if raw is None:
             return None
-        job_data, lease = raw
+        job_data, lease, attempts = raw
         if lease is not None and dry_run:
             log.warning("dry-run claim got a real lease; releasing it", extra=_fields(lease))
             self._release_quietly(lease, "dry-run claim returned a real lease", retry=True)
@@ -177,7 +182,7 @@ class FleetClient:
             if lease is not None:
                 self._release_quietly(lease, f"invalid job spec: {exc.message}", retry=False)
             raise
-        return job, lease
+        return Claimed(job, lease, attempts)
 
     def renew(self, lease: Lease, *, deadline_s: float | None = None) -> Lease:
         """Extend ``lease``; returns the lease with its new expiry. ``Fenced`` if it is no longer ours."""
@@ -348,6 +353,15 @@ def _require_body(resp: Response, what: str) -> dict[str, Any]:
     return resp.body
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A claim answer: the job, its lease (None for a dry run) and the attempts the coordinator has counted."""
+
+    job: Job
+    lease: Lease | None
+    attempts: int
+
+
 def _dict_field(resp: Response, name: str) -> dict[str, Any]:
     value = _require_body(resp, name).get(name)
     if not isinstance(value, dict):
@@ -369,21 +383,31 @@ def _lease_of(data: Any, what: str) -> Lease:
         raise TransportError(f"{what}: {exc.message}") from None
 
 
-def _parse_claim(resp: Response, factory_id: str, dry_run: bool) -> tuple[dict[str, Any], Lease | None] | None:
+def _parse_claim(
+    resp: Response, factory_id: str, dry_run: bool
+) -> tuple[dict[str, Any], Lease | None, int] | None:
     if resp.status == 204:
         return None
     job = _dict_field(resp, "job")
     if not isinstance(job.get("id"), str):
         raise TransportError("claim: job without an id")
+    attempts = _attempts_of((resp.body or {}).get("meta"))
     raw_lease = (resp.body or {}).get("lease")
     if raw_lease is None:
         if not dry_run:
             raise TransportError("claim: 200 answer without a lease")
-        return job, None
+        return job, None, attempts
     lease = _lease_of(raw_lease, "claim")
     if lease.job_id != job["id"] or lease.factory_id != factory_id:
         raise TransportError(f"claim: lease is for {lease.job_id}/{lease.factory_id}, not {job['id']}/{factory_id}")
-    return job, lease
+    return job, lease, attempts
+
+
+def _attempts_of(meta: Any) -> int:
+    """``meta.attempts`` of a claim answer; 0 when absent or malformed (informational: the coordinator
+    enforces the limit itself, so a coordinator without meta is no reason to refuse the job)."""
+    value = meta.get("attempts") if isinstance(meta, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _parse_lease(resp: Response, old: Lease) -> Lease:

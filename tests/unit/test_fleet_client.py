@@ -190,6 +190,14 @@ def test_claim_returns_typed_job_and_lease() -> None:
     assert isinstance(body["requestId"], str) and len(body["requestId"]) >= 16
 
 
+@pytest.mark.parametrize(("meta", "attempts"), [({"attempts": 2}, 2), (None, 0), ({"attempts": "x"}, 0)])
+def test_claim_job_carries_the_counted_attempts_from_the_answer(meta: Any, attempts: int) -> None:
+    client, transport, _ = make(Response(200, {"job": job_body(), "lease": lease_body(), "meta": meta}))
+    got = client.claim_job()
+    assert got is not None and got.job.id == "j1" and got.lease is not None and got.attempts == attempts
+    assert len(transport.calls) == 1  # the claim answer is enough: no get_job round trip
+
+
 def test_claim_204_is_none() -> None:
     client, _, _ = make(Response(204, None))
     assert client.claim() is None

@@ -87,3 +87,79 @@ def test_seam_flock_and_filelock_exclude_each_other(tmp_path: Path) -> None:
         FileLock(str(lock_path), timeout=0).acquire()
     with FileLock(str(lock_path)):
         pass  # free again once released
+
+
+def test_specs_stay_out_of_the_hot_file(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    big = "p" * 100_000
+    c.enqueue({"id": "a", "command": ["true"], "prompt": big, "priority": 3, "requires": ["gpu"]})
+    c.enqueue({"id": "b", "command": ["true"], "prompt": "small"})
+    hot_text = (root / "state.json").read_text()
+    assert big not in hot_text and "small" not in hot_text
+    assert json.loads(hot_text)["jobs"]["a"]["spec"] == {
+        "id": "a", "kind": "leaf", "requires": ["gpu"], "priority": 3, "budget": {}, "parentId": None,
+        "dependsOn": []}
+    assert json.loads((root / "jobs" / "a.json").read_text())["prompt"] == big
+    assert mode(root / "jobs") == 0o700 and mode(root / "jobs" / "a.json") == 0o600
+    view = c.claim("f1", ["gpu"])  # the summary orders and filters; the answer carries the full spec
+    assert view is not None and view["job"]["id"] == "a" and view["job"]["prompt"] == big
+    assert c.get_job("b")["job"]["prompt"] == "small"
+    c.report("a", "f1", 1, "shipped")
+    assert not (root / "jobs" / "a.json").exists()  # the archive holds the whole record now
+    assert json.loads((root / "archive" / "a.json").read_text())["spec"]["prompt"] == big
+    assert c.get_job("a")["job"]["prompt"] == big
+    assert [j["job"]["prompt"] for j in c.list_jobs()] == [big, "small"]
+
+
+def test_a_spec_file_without_a_hot_record_is_harmless_and_replaced(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    c.enqueue({"id": "x", "command": ["true"]})
+    (root / "jobs" / "a.json").write_text('{"id": "a", "prompt": "orphan of a crash before the hot write"}')
+    assert [j["job"]["id"] for j in c.list_jobs()] == ["x"]
+    c.enqueue({"id": "a", "command": ["true"], "prompt": "real"})
+    assert c.get_job("a")["job"]["prompt"] == "real"
+
+
+def test_a_hot_record_without_its_spec_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    c.enqueue({"id": "a", "command": ["true"]})
+    (root / "jobs" / "a.json").unlink()
+    with pytest.raises(StateError) as info:
+        c.claim("f1", ())
+    assert "a.json" in info.value.message and "missing" in info.value.message
+
+
+def test_a_version_1_state_file_is_migrated_on_the_next_write(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    root.mkdir(mode=0o700)
+    rec = {"spec": {"id": "old", "kind": "leaf", "command": ["true"], "prompt": "inline", "requires": [],
+                    "priority": 0, "budget": {}, "parentId": None, "dependsOn": []},
+           "state": "queued", "seq": 1, "enqueuedAt": 1.0, "maxAttempts": 3, "attempts": 0, "leaseEpoch": 0,
+           "lease": None, "notBefore": None, "digest": "d", "reason": None, "outcome": None, "detail": None,
+           "finishedAt": None, "lastEnd": None}
+    (root / "state.json").write_text(json.dumps({"version": 1, "seq": 1, "jobs": {"old": rec}, "factories": {},
+                                                  "terminalCounts": {"shipped": 0, "quarantined": 0}}))
+    c = coord_on(root, [100.0])
+    assert c.get_job("old")["job"]["prompt"] == "inline"  # readable as it is
+    c.enqueue({"id": "new", "command": ["true"]})  # any write moves the old spec out
+    hot = json.loads((root / "state.json").read_text())
+    assert hot["version"] == 2 and "prompt" not in hot["jobs"]["old"]["spec"]
+    view = c.claim("f1", ())
+    assert view is not None and view["job"]["prompt"] == "inline"
+
+
+def test_an_idle_poll_does_not_rewrite_the_state(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    now = [100.0]
+    c = coord_on(root, now)
+    assert c.claim("f1", ()) is None  # first sighting is written
+    written = (root / "state.json").stat().st_mtime_ns, (root / "state.json").read_text()
+    now[0] += 5.0
+    assert c.claim("f1", ()) is None
+    assert ((root / "state.json").stat().st_mtime_ns, (root / "state.json").read_text()) == written
+    now[0] += 6.0  # lastSeen now older than the granularity: refreshed
+    assert c.claim("f1", ()) is None
+    assert c.status()["factories"] == [{"factoryId": "f1", "lastSeen": "1970-01-01T00:01:51.000Z"}]
