@@ -120,12 +120,13 @@ class Runner:
 
     def work(self, opts: RunOptions) -> int:
         """Run jobs until told to stop (or, with --once/--drain, until done); return how many ran."""
-        try:
-            self.source.recover()
-            self._rerun_interrupted_hooks()
-            workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(), startup=True)
-        except Exception:  # what stays in running/ is settled again later; the daemon must come up
-            log.exception("start-up recovery incomplete; continuing")
+        for step in (self.source.recover, self._rerun_interrupted_hooks,
+                     lambda: workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(),
+                                                    startup=True)):
+            try:
+                step()
+            except Exception:  # what is left is settled again later; the daemon must come up
+                log.exception("start-up step incomplete; continuing")
         done, backoff = 0, self.settings.poll_s
         while not self.control.stopping:
             try:
@@ -322,6 +323,13 @@ class Runner:
         try:
             plan = self._plan(claim.job, int(record.get("attempt") or claim.attempts_done + 1))
         except Rejected as exc:  # this factory's config changed since; the job still counts as shipped
+            if claim.job.repo is not None:  # the push needs no tool: the accepted work must still arrive
+                try:
+                    res = workspace.push(self.root, claim.job, workspace.existing(self.root, claim.job),
+                                         factory_id=self.settings.factory_id, epoch=claim.epoch)
+                    record.update(branch=res.branch, sha=res.sha, pushed=res.pushed)
+                except AQError as perr:
+                    record.update(pushPending=True, pushError=perr.message)
             record.update(outcome="shipped", shipHook=f"not run: {exc}")
             claim.shipped(record)
             return
@@ -361,6 +369,10 @@ class Runner:
                                timeout_s=plan.timeout_s, watch=self.control,
                                on_start=lambda pid: shiphooks.mark(self.root, claim.job.id, pid))
             claim.note_ship_hook({"exitCode": hook.exit_code, "timedOut": hook.timed_out, "error": hook.error})
+            if hook.aborted:  # shutdown cut it short: the marker stays, the next start runs it again
+                log.warning("ship hook stopped by shutdown; it runs again at the next start",
+                            extra={"job_id": claim.job.id})
+                return
             if not hook.ok:
                 log.warning("ship hook failed (job stays shipped)", extra={"job_id": claim.job.id,
                                                                             "exitCode": hook.exit_code})
@@ -382,7 +394,10 @@ class Runner:
                 shiphooks.done(self.root, job_id)
                 continue
             log.warning("re-running a ship hook a crash interrupted", extra={"job_id": job_id})
-            self._run_ship_hook(LocalClaim(queue, entry), plan, workspace.existing(self.root, entry.job))
+            claim = LocalClaim(queue, entry)
+            epoch = entry.result.get("leaseEpoch")
+            claim.epoch = epoch if isinstance(epoch, int) else None  # the lease it shipped under (fleet)
+            self._run_ship_hook(claim, plan, workspace.existing(self.root, entry.job))
 
     def _push(self, claim: Claim, plan: Plan, workdir: Path, record: Record) -> bool:
         """Commit + fenced push of ``aq/<id>`` before the job counts as shipped; False: handled otherwise.
@@ -413,6 +428,7 @@ class Runner:
             self._finish(claim, plan, workdir, record)
             return False
         record.update(pushPending=True, pushError=error)
+        workspace.finish(self.root, claim.job, "shipped")  # finished, not orphaned: pruned by age only
         log.error("push failed after the coordinator accepted the job: shipped with pushPending; the commit "
                   "waits in the job's worktree", extra={"job_id": claim.job.id, "error": error})
         return True

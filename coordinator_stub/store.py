@@ -397,6 +397,8 @@ class JsonStore(Store):
             for job_id in gone:  # after the hot file; a leftover is harmless, so no fsync
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.spec_path(job_id))
+            if tx.pending_history - set(tx.pending_archive):
+                fsync_dir(self.archive_dir)  # a re-run's archive file must not come back after a power cut
         for path, lines in ((self.events_path, tx.events), (self.shadow_path, tx.shadows)):
             if lines:
                 append_line(path, "\n".join(json.dumps(x, sort_keys=True) for x in lines))

@@ -233,20 +233,38 @@ class FleetClaim(LocalClaim):
                 self._on_pending(self.job.id)
             raise ReportPending(f"report(shipped) unanswered ({exc.message}); "
                                 "it is replayed until the coordinator answers") from None
+        self.confirmed = True
         log.info("coordinator accepted report(shipped)", extra=self._fields())
 
+    def _park(self, why: str) -> bool:
+        """After the coordinator's 200 the job is shipped fleet-wide: it may never be released, re-run
+        or filed as fenced. Any ending but ``shipped`` leaves it in running/ for the source to settle
+        (the replay gets the same 200 and the ship resumes). True when parked."""
+        if not self.confirmed:
+            return False
+        log.error("%s after the coordinator accepted the ship: the job waits in running/ and its ship resumes",
+                  why, extra=self._fields())
+        if self._on_pending is not None:
+            self._on_pending(self.job.id)
+        return True
+
     def retry(self, record: Record) -> None:
-        self._release(record, f"attempt failed: {record.get('reason')}", count_attempt=True)
+        if not self._park(f"retry ({record.get('reason')})"):
+            self._release(record, f"attempt failed: {record.get('reason')}", count_attempt=True)
 
     def give_back(self, reason: str) -> None:
-        self._release(None, reason, count_attempt=False)
+        if not self._park(f"give back ({reason})"):
+            self._release(None, reason, count_attempt=False)
 
     def defer(self, record: Record, not_before: float) -> None:
         """An agent's usage limit: back to the coordinator until ``not_before``, attempt not counted."""
-        self._release(record, f"deferred: {record.get('reason')}", count_attempt=False, not_before=not_before)
+        if not self._park("defer"):
+            self._release(record, f"deferred: {record.get('reason')}", count_attempt=False, not_before=not_before)
 
     def quarantine(self, record: Record) -> None:
         """Attempts spent (or the job cannot run): report(quarantined), then quarantine/ locally."""
+        if self._park(f"quarantine ({record.get('reason')})"):
+            return
         if self._settle() is not None:
             self.fenced(record)
             return
@@ -263,7 +281,8 @@ class FleetClaim(LocalClaim):
 
     def fenced(self, record: Record) -> None:
         self._settle()
-        self._leave(FENCED_DIR, {**record, "outcome": "fenced"}, counted=True)
+        if not self._park(f"fenced ({record.get('reason')})"):
+            self._leave(FENCED_DIR, {**record, "outcome": "fenced"}, counted=True)
 
     def _release(self, record: Record | None, reason: str, *, count_attempt: bool,
                  not_before: float | None = None) -> None:
@@ -340,15 +359,17 @@ class FleetSource(Source):
                 still.append(entry)
                 failure = exc
         self._pending = still
+        if local:  # they need no coordinator: back to the inbox even while it is unreachable
+            self._recovered += LocalSource(self.queue).recover(only=local)
         if failure is not None:
             raise TransportError(f"coordinator unreachable, {len(still)} job(s) waiting in running/ to be "
                                  f"settled ({failure.message})")
-        if local:
-            self._recovered += LocalSource(self.queue).recover(only=local)
 
     def _pend(self, job_id: str) -> None:
-        """A claim whose report went unanswered: settle it (replay) before taking new work."""
-        self._pending.append(self.queue.get(job_id))
+        """A claim whose report went unanswered (or that failed after it): settle it before new work."""
+        entry = self.queue.get(job_id)
+        if entry.state is State.RUNNING and all(e.job.id != job_id for e in self._pending):
+            self._pending.append(entry)
 
     def _recover_one(self, entry: Entry, lease: Lease) -> None:
         ctx = {"job_id": entry.job.id, "epoch": lease.epoch}

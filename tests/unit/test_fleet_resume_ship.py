@@ -65,3 +65,46 @@ def test_a_replay_the_coordinator_refuses_ships_nothing(tmp_path: Path) -> None:
     assert (root / "fenced" / "j1.3").is_dir()
     assert not (root / "shipped" / "j1").exists()
     assert not (tmp_path / "hook").exists() and not (tmp_path / "ran").exists()
+
+
+def test_a_failure_after_the_accepted_report_parks_the_job_never_files_it_fenced(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """Disk full while shipping an accepted job: no release (it would be refused: the job is shipped),
+    no fenced/ record; the job waits in running/ with its marker, so the next settle resumes the ship."""
+    from agent_queue import shiphooks
+
+    root = tmp_path / "root"
+    queue = crashed_while_shipping(root, tmp_path)
+    client = Client(None, NotLeased("the job is shipped, it has no lease"))
+
+    def disk_full(*a: object, **k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shiphooks, "mark", disk_full)
+    Runner(make_settings(root), FleetSource(queue, client)).work(RunOptions(once=True))  # type: ignore[arg-type]
+    assert [op for op, _ in client.calls] == ["report"]  # the replay; never a release
+    assert not (root / "fenced").exists()
+    assert result(root, "running", "j1")["reportSent"]["epoch"] == 3
+
+
+def test_a_ship_hook_cut_short_by_shutdown_keeps_its_marker_and_runs_again(tmp_path: Path) -> None:
+    import json
+
+    from agent_queue.runner import Control
+
+    root = tmp_path / "root"
+    queue = crashed_while_shipping(root, tmp_path)
+    job_json = root / "running" / "j1" / "job.json"
+    spec = json.loads(job_json.read_text())
+    spec["ship"] = ["sh", "-c", f'sleep 5; echo shipped >> "{tmp_path / "hook"}"']
+    job_json.write_text(json.dumps(spec))
+    control = Control(0.0)
+    source = FleetSource(queue, Client(None))  # type: ignore[arg-type]
+    runner = Runner(make_settings(root), source, control)
+    source.recover()
+    claim = source.next_claim()
+    assert claim is not None
+    control.request_stop()  # SIGTERM with no grace left: the hook is stopped at once
+    runner.process(claim)
+    assert result(root, "shipped", "j1")["leaseEpoch"] == 3 and not (tmp_path / "hook").exists()
+    assert (root / ".state" / "ship-hooks" / "j1.json").exists()  # the next start runs it again
