@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -91,7 +92,7 @@ def enqueue(ctx: click.Context, /, file: str | None, to_fleet: bool, **opts: Any
 def _read_spec(file: str) -> tuple[Any, str]:
     where = "stdin" if file == "-" else file
     try:
-        text = sys.stdin.read() if file == "-" else open(file, encoding="utf-8").read()  # noqa: SIM115
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{where}: cannot read job spec ({getattr(exc, 'strerror', None) or exc})") from None
     return service.decode_spec(text, where), where

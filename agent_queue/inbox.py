@@ -169,6 +169,22 @@ class LocalQueue:
         except (NotFound, FileNotFoundError):
             return None
 
+    def retire(self, job_id: str, src: State, kind: str, label: str | None = None,
+               update: dict[str, Any] | None = None) -> Path:
+        """Move ``<src>/<id>`` out of the queue to a record dir: ``<root>/<kind>/<id>.<label>/``
+        (or ``<id>.<n>/``), a numbered suffix where the name is taken. Nothing is deleted."""
+        with self._lock:
+            path = self.dir(src) / job_id
+            if update is not None:
+                result = read_json(path / RESULT_FILE) if (path / RESULT_FILE).exists() else {}
+                write_json_atomic(path / RESULT_FILE, {**result, **update, "state": kind, "updatedAt": now()})
+            parent = ensure_dir(self.root / kind)
+            target = _free_record_name(parent, job_id, label)
+            os.rename(path, target)
+            fsync_dir(parent)
+            fsync_dir(path.parent)
+            return target
+
     def move(self, job_id: str, src: State, dst: State, update: dict[str, Any]) -> Entry:
         """Record ``update`` in result.json, then rename the job's directory from ``src`` to ``dst``."""
         with self._lock:
@@ -295,6 +311,16 @@ def _read_loose(path: Path) -> Any:
     except OSError as exc:  # unreadable (permissions, I/O error): quarantined, never a stuck queue
         raise InvalidJob(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     return decode_spec(text, str(path))
+
+
+def _free_record_name(parent: Path, job_id: str, label: str | None) -> Path:
+    """``<id>.<label>`` if free, else ``<id>.<label>.2``, ``.3``...; without a label ``<id>.1``, ``.2``..."""
+    if label is not None and not (parent / f"{job_id}.{label}").exists():
+        return parent / f"{job_id}.{label}"
+    base, n = (f"{job_id}.{label}", 2) if label is not None else (job_id, 1)
+    while (parent / f"{base}.{n}").exists():
+        n += 1
+    return parent / f"{base}.{n}"
 
 
 def now() -> str:

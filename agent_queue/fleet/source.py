@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,8 +44,8 @@ from agent_queue.fleet.flags import ResolvedFlags, resolve_flags
 from agent_queue.fleet.heartbeat import Heartbeat
 from agent_queue.fleet.shadow import ShadowProbe, shadow_log_path
 from agent_queue.fleet.transport import make_transport
-from agent_queue.fsutil import ensure_dir, fsync_dir, read_json, write_json_atomic
-from agent_queue.inbox import RESULT_FILE, Entry, LocalQueue, State, now
+from agent_queue.fsutil import read_json
+from agent_queue.inbox import Entry, LocalQueue, State, now
 from agent_queue.jobs import Job, Lease
 from agent_queue.settings import Settings
 from agent_queue.source import Claim, LocalClaim, LocalSource, Record, Source, stop_leftover_tool
@@ -91,26 +90,12 @@ def build_fleet_source(settings: Settings, queue: LocalQueue) -> Source:
 
 
 def archive(queue: LocalQueue, job_id: str, kind: str, epoch: int, update: dict[str, Any]) -> Path:
-    """Move ``running/<id>`` to ``<root>/<kind>/<id>.<epoch>/`` with ``update`` merged into result.json.
+    """``running/<id>`` -> ``<root>/<kind>/<id>.<epoch>/``, ``update`` merged into result.json.
 
     Used when a fleet job leaves this factory without a terminal outcome here
-    (released, given back) or is fenced. Nothing is deleted; a second record
-    for the same id and epoch (possible only after a crash mid-move) gets a suffix.
+    (released, given back) or is fenced. Nothing is deleted.
     """
-    src = queue.dir(State.RUNNING) / job_id
-    result_path = src / RESULT_FILE
-    result = read_json(result_path) if result_path.exists() else {}
-    write_json_atomic(result_path, {**result, **update, "state": kind, "updatedAt": now()})
-    parent = ensure_dir(queue.root / kind)
-    target = parent / f"{job_id}.{epoch}"
-    n = 1
-    while target.exists():
-        n += 1
-        target = parent / f"{job_id}.{epoch}.{n}"
-    os.rename(src, target)
-    fsync_dir(parent)
-    fsync_dir(src.parent)
-    return target
+    return queue.retire(job_id, State.RUNNING, kind, str(epoch), update)
 
 
 def set_aside_earlier_run(queue: LocalQueue, job_id: str) -> Path | None:
@@ -122,16 +107,9 @@ def set_aside_earlier_run(queue: LocalQueue, job_id: str) -> Path | None:
     state = queue.find(job_id)
     if state not in (State.QUARANTINE, State.SHIPPED):
         return None
-    parent = ensure_dir(queue.root / RERUN_DIR)
-    n = 1
-    while (parent / f"{job_id}.{n}").exists():
-        n += 1
-    src = queue.dir(state) / job_id
-    os.rename(src, parent / f"{job_id}.{n}")
-    fsync_dir(parent)
-    fsync_dir(src.parent)
+    target = queue.retire(job_id, state, RERUN_DIR)
     log.info("earlier local run set aside for the coordinator's re-run", extra={"job_id": job_id})
-    return parent / f"{job_id}.{n}"
+    return target
 
 
 def read_lease(entry: Entry) -> Lease | None:
