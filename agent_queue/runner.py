@@ -169,7 +169,7 @@ class Runner:
         except Rejected as exc:
             record = _record(attempt, "rejected", reason=str(exc))
             if exc.here_only and claim.can_pass_on:
-                claim.retry(record)  # fleet: released (attempt counted) for a factory that can run it
+                claim.pass_on(record)  # fleet: released (attempt counted) for a factory that can run it
                 log.warning("job passed on: this factory cannot run it", extra={**ctx, "reason": str(exc)})
             else:
                 self._quarantine(claim, record)

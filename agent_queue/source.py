@@ -93,6 +93,10 @@ class Claim(ABC):
         """The ship hook's result, after ``shipped`` (it cannot unship the job)."""
         return None
 
+    def pass_on(self, record: Record) -> None:
+        """This factory cannot run the job but another may (only called when ``can_pass_on``)."""
+        self.retry(record)
+
     @abstractmethod
     def approve_ship(self, record: Record) -> None: ...
 

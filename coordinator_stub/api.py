@@ -150,6 +150,15 @@ def _caps(body: Mapping[str, Any]) -> list[str]:
     return value
 
 
+def _exclude(body: Mapping[str, Any]) -> list[str]:
+    """Job ids the caller cannot run (a hint: skipped for this caller only)."""
+    value = body.get("exclude", [])
+    if not isinstance(value, list) or len(value) > 1000 or not all(isinstance(x, str) and len(x) <= 128
+                                                                  for x in value):
+        raise BadInput("exclude: must be a list of at most 1000 job ids")
+    return value
+
+
 def _time(body: Mapping[str, Any], name: str) -> float | None:
     value = _opt_str(body, name, 64)
     if value is None:
@@ -180,7 +189,8 @@ def _get(r: _Request) -> Response:
 def _claim(r: _Request) -> Response:
     b = r.body
     dry = _flag(b, "dryRun", False) and not r.ignore_dry_run
-    view = r.coord.claim(_factory(b), _caps(b), dry_run=dry, request_id=_opt_str(b, "requestId", 256))
+    view = r.coord.claim(_factory(b), _caps(b), dry_run=dry, request_id=_opt_str(b, "requestId", 256),
+                         exclude=_exclude(b))
     return (204, None) if view is None else (200, view)
 
 

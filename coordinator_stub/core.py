@@ -124,16 +124,18 @@ class Coordinator:
         return self._run("list", lambda c: self._list(c, state), log=False)
 
     def claim(
-        self, factory_id: str, capabilities: Iterable[str], dry_run: bool = False, request_id: str | None = None
+        self, factory_id: str, capabilities: Iterable[str], dry_run: bool = False, request_id: str | None = None,
+        exclude: Iterable[str] = (),
     ) -> dict[str, Any] | None:
         """Lease the best claimable job to ``factory_id``; None when nothing is claimable (HTTP 204).
 
         ``dry_run`` answers what would be handed out and changes nothing but the event log.
         A repeated ``request_id`` from the same factory gets its still-valid lease back.
+        ``exclude``: ids this caller found it cannot run (its tool is missing); skipped for it only.
         """
-        caps = frozenset(capabilities)
+        caps, skip = frozenset(capabilities), frozenset(exclude)
         return self._run(
-            "claim", lambda c: self._claim(c, factory_id, caps, dry_run, request_id),
+            "claim", lambda c: self._claim(c, factory_id, caps, dry_run, request_id, skip),
             factoryId=factory_id, dryRun=dry_run, requestId=request_id,
         )
 
@@ -302,14 +304,15 @@ class Coordinator:
         }
 
     def _claim(
-        self, c: _Ctx, factory_id: str, caps: frozenset[str], dry_run: bool, request_id: str | None
+        self, c: _Ctx, factory_id: str, caps: frozenset[str], dry_run: bool, request_id: str | None,
+        skip: frozenset[str] = frozenset(),
     ) -> dict[str, Any] | None:
         if request_id is not None and not dry_run:
             held = self._lease_for_request(c.tx, factory_id, request_id)
             if held is not None:
                 self._note_lease(c, held, replay=True)
                 return self._view(c.tx, held, c.now)
-        rec = self._pick(c.tx, caps, c.now)
+        rec = self._pick(c.tx, caps, c.now, skip)
         if rec is None:
             c.ev["status"] = 204
             if not dry_run:
@@ -612,12 +615,13 @@ class Coordinator:
                 return found
         return None
 
-    def _pick(self, tx: Tx, caps: frozenset[str], now: float) -> dict[str, Any] | None:
+    def _pick(self, tx: Tx, caps: frozenset[str], now: float,
+              skip: frozenset[str] = frozenset()) -> dict[str, Any] | None:
         """Highest priority, then oldest enqueue, among queued jobs this caller may take now."""
         candidates: list[dict[str, Any]] = [
             r for r in tx.hot["jobs"].values()
             if r["state"] == JobState.QUEUED.value and (r["notBefore"] is None or r["notBefore"] <= now)
-            and caps.issuperset(r["spec"].get("requires", ()))
+            and caps.issuperset(r["spec"].get("requires", ())) and r["spec"]["id"] not in skip
         ]
         candidates.sort(key=lambda r: (-r["spec"].get("priority", 0), r["seq"]))
         parents: dict[str, dict[str, Any] | None] = {}

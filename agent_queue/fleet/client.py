@@ -17,7 +17,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -149,7 +149,8 @@ class FleetClient:
         got = self.claim_job(dry_run, factory_id)
         return None if got is None else (got.job, got.lease)
 
-    def claim_job(self, dry_run: bool = False, factory_id: str | None = None) -> Claimed | None:
+    def claim_job(self, dry_run: bool = False, factory_id: str | None = None,
+                  exclude: Iterable[str] = ()) -> Claimed | None:
         """Ask for the next job this factory can run; ``None`` when there is none (204).
 
         One ``requestId`` per call, reused by every retry, so an answer lost
@@ -168,6 +169,9 @@ class FleetClient:
             "dryRun": dry_run,
             "requestId": uuid.uuid4().hex,
         }
+        skip = sorted(exclude)
+        if skip:  # ids this factory found it cannot run; a coordinator that ignores the hint still works
+            body["exclude"] = skip
         raw = self._call("POST", "/v1/fleet/claim", body, lambda r: _parse_claim(r, fid, dry_run))
         if raw is None:
             return None

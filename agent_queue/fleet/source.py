@@ -58,6 +58,8 @@ RELEASED_DIR = "released"
 RERUN_DIR = "rerun"
 TRANSPORT_TIMEOUT_S = 30.0
 # A daemon call gives up sooner than a one-shot CLI call: the runner's own backoff takes over.
+# A factory that cannot run a job leaves it to others this long before it may be offered again.
+CANNOT_RUN_COOLDOWN_S = 600.0
 DAEMON_RETRY = RetryPolicy(max_attempts=5, deadline_s=15.0, base_delay_s=0.2, max_delay_s=3.0)
 _RETURN_FIELDS = {"pid": None, "attempt": None, "startedAt": None}
 
@@ -146,6 +148,7 @@ class FleetClaim(LocalClaim):
         self.heartbeat = heartbeat
         self._on_pending = on_pending
         self.can_pass_on = True
+        self.on_cannot_run: Callable[[str], None] | None = None
         self.confirmed = False  # report(shipped) already answered 200 (set on resumed ships)
         self.epoch = heartbeat.current_lease.epoch
         self._lock = threading.Lock()
@@ -225,6 +228,13 @@ class FleetClaim(LocalClaim):
         if self._on_pending is not None:
             self._on_pending(self.job.id)
         return True
+
+    def pass_on(self, record: Record) -> None:
+        """This factory cannot run the job (its tool, profile or program is missing here): release it,
+        attempt counted, and stop asking for it for a while so another factory can take it."""
+        if self.on_cannot_run is not None:
+            self.on_cannot_run(self.job.id)
+        self.retry(record)
 
     def retry(self, record: Record) -> None:
         if not self._park(f"retry ({record.get('reason')})"):
@@ -312,6 +322,7 @@ class FleetSource(Source):
         self.heartbeat_interval_s = heartbeat_interval_s
         self._pending: list[Entry] = []  # running/ jobs to settle with the coordinator before new work
         self._resume: list[Entry] = []  # report(shipped) accepted, ship not done yet
+        self._cannot_run: dict[str, float] = {}  # job id -> monotonic time until which it is not asked for
         self._recovered: list[str] = []
 
     def recover(self) -> list[str]:
@@ -342,6 +353,9 @@ class FleetSource(Source):
         if failure is not None:
             raise TransportError(f"coordinator unreachable, {len(still)} job(s) waiting in running/ to be "
                                  f"settled ({failure.message})")
+
+    def _note_cannot_run(self, job_id: str) -> None:
+        self._cannot_run[job_id] = time.monotonic() + CANNOT_RUN_COOLDOWN_S
 
     def _pend(self, job_id: str) -> None:
         """A claim whose report went unanswered (or that failed after it): settle it before new work."""
@@ -411,7 +425,10 @@ class FleetSource(Source):
             if claim is not None:
                 return claim
         sent = time.monotonic()
-        got = self.client.claim_job()  # its meta carries the attempt count: no get_job round trip
+        self._cannot_run = {jid: until for jid, until in self._cannot_run.items() if until > sent}
+        # Its meta carries the attempt count (no get_job round trip); ``exclude`` keeps jobs this
+        # factory cannot run from coming straight back to it while other factories may take them.
+        got = self.client.claim_job(exclude=self._cannot_run)
         if got is None:
             return None
         job, lease = got.job, got.lease
@@ -443,6 +460,7 @@ class FleetSource(Source):
                 self.client.release(lease, reason, retry=True, count_attempt=not isinstance(exc, Conflict))
             return None
         claim = FleetClaim(self.queue, entry, self.client, heartbeat, self._pend)
+        claim.on_cannot_run = self._note_cannot_run
         holder.append(claim)
         if heartbeat.lost:
             claim.on_heartbeat_lost("lease lost before the job started")

@@ -225,14 +225,25 @@ def test_report_applied_but_its_answers_lost_ships_exactly_once_after_the_replay
     assert result_of(root / "shipped" / "lr")["reportSent"]["epoch"] == 1
 
 
-def test_a_job_this_factory_cannot_run_is_passed_on_not_quarantined_fleet_wide(tmp_path: Path, ds: Daemons) -> None:
-    """Its program is missing here: released (attempt counted) for another factory; the coordinator
-    quarantines it only when every attempt was spent."""
-    state, root = tmp_path / "coord", tmp_path / "r"
-    spec = {"id": "nx", "command": ["aq-no-such-program"], "budget": {"maxAttempts": 2}}
-    coord_enqueue(state, spec)
-    ds.start(root, fleet_env(api_cmd=seam_command(state, lease_ttl_s=5)))
-    wait_for(lambda: meta(state, "nx")["state"] == "quarantined", "the coordinator to quarantine it", deadline_s=30)
-    wait_for(lambda: local_records(root, "released") == ["nx.1", "nx.2"], "both local records")
-    assert "not found on PATH of factory f1" in result_of(root / "released" / "nx.1")["reason"]
-    assert local_records(root, "quarantine") == [] and meta(state, "nx")["attempts"] == 2
+def test_a_job_this_factory_cannot_run_is_passed_on_to_one_that_can(tmp_path: Path, ds: Daemons) -> None:
+    """f1 lacks the job's program: it releases the job (attempt counted), asks the coordinator to skip
+    it (``exclude``) and takes other work; f2, which has the program, ships it. Nothing is quarantined."""
+    state, marker = tmp_path / "coord", tmp_path / "m"
+    tools = tmp_path / "f2-bin"
+    tools.mkdir()
+    (tools / "aq-only-on-f2").write_text("#!/bin/sh\necho ran >> \"$1\"\n")
+    (tools / "aq-only-on-f2").chmod(0o755)
+    runs = tmp_path / "runs"
+    coord_enqueue(state, {**job("special", "true", marker, priority=5, budget={"maxAttempts": 3}),
+                          "command": ["aq-only-on-f2", str(runs)]})
+    coord_enqueue(state, job("plain", "true", marker))
+    env = fleet_env(api_cmd=seam_command(state, lease_ttl_s=5))
+    ds.start(tmp_path / "r1", env, factory="f1")
+    wait_for(lambda: meta(state, "plain")["state"] == "shipped", "f1 to take the other job")
+    assert meta(state, "special")["state"] == "queued"  # passed on once, then skipped by f1
+    assert local_records(tmp_path / "r1", "released") == ["special.1"]
+    assert "not found on PATH of factory f1" in result_of(tmp_path / "r1" / "released" / "special.1")["reason"]
+    ds.start(tmp_path / "r2", {**env, "PATH": f"{tools}:{env['PATH']}"}, factory="f2")
+    wait_for(lambda: (tmp_path / "r2" / "shipped" / "special").is_dir(), "f2 to ship it")
+    assert runs.read_text() == "ran\n" and meta(state, "special")["state"] == "shipped"
+    assert meta(state, "special")["attempts"] == 1

@@ -286,3 +286,24 @@ def test_composite_graph_errors_name_the_problem(coord: Coordinator, children: l
         coord.enqueue(composite(*children))
     assert needle in info.value.message
     assert coord.list_jobs() == []  # nothing half-created
+
+
+def test_exclude_skips_jobs_for_that_caller_only(coord: Coordinator) -> None:
+    coord.enqueue(job("hi", priority=5))
+    coord.enqueue(job("lo"))
+    view = coord.claim("f1", [], exclude=["hi"])
+    assert view is not None and view["job"]["id"] == "lo"
+    assert coord.claim("f1", [], exclude=["hi"]) is None  # nothing else for f1
+    other = coord.claim("f2", [])
+    assert other is not None and other["job"]["id"] == "hi"
+
+
+def test_exclude_over_the_api_is_validated() -> None:
+    from coordinator_stub.api import handle
+
+    c = Coordinator(MemoryStore(), clock=lambda: 1000.0)
+    c.enqueue(job("a"))
+    status, body = handle(c, "POST", "/v1/fleet/claim", b'{"factoryId": "f1", "exclude": ["a"]}')
+    assert status == 204 and body is None
+    status, body = handle(c, "POST", "/v1/fleet/claim", b'{"factoryId": "f1", "exclude": "a"}')
+    assert status == 400 and body is not None and "exclude" in body["error"]["message"]

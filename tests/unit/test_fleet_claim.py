@@ -40,7 +40,7 @@ class FakeClient:
     def renew(self, lease: Lease, *, deadline_s: float | None = None) -> Lease:
         return lease
 
-    def claim_job(self, dry_run: bool = False, factory_id: str | None = None) -> None:
+    def claim_job(self, dry_run: bool = False, factory_id: str | None = None, exclude: Any = ()) -> None:
         self.calls.append(("claim", {}))
         return None
 
