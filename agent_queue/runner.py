@@ -208,6 +208,9 @@ class Runner:
             raise Rejected(f"unknown tool {job.tool!r} on factory {self.settings.factory_id}", here_only=True)
         if profile is None:
             raise Rejected(f"unknown profile {job.profile!r} on factory {self.settings.factory_id}", here_only=True)
+        if job.repo is not None and not workspace.repo_allowed(job.repo, self.settings.allowed_repos):
+            raise Rejected(f"repo {job.repo[:200]!r} is not in allowed_repos of factory "
+                           f"{self.settings.factory_id}", here_only=True)
         max_attempts = job.budget.max_attempts or profile.max_attempts or DEFAULT_MAX_ATTEMPTS
         if attempt > max_attempts:
             raise Rejected(f"attempts exhausted ({attempt - 1} of {max_attempts} used)")

@@ -30,7 +30,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 MIN_POLL_S = 0.05  # a 0 poll would spin a core while idle
 _TOP_KEYS = {"factory_id", "capabilities", "log_format", "poll_s", "grace_s", "tools", "profiles", "fleet",
-             "keep_worktrees_days"}
+             "keep_worktrees_days", "allowed_repos"}
 # [fleet] key -> (Settings field, env variable)
 _FLEET_KEYS = {
     "enabled": ("fleet", "AQ_FLEET"),
@@ -56,6 +56,8 @@ class Settings:
     tools: Mapping[str, AgentAdapter] = field(default_factory=lambda: parse_tools(None, "tools"))
     configured_tools: tuple[str, ...] = ()  # named in [tools.*] of the config: doctor requires them
     keep_worktrees_days: float = 7.0  # worktrees of finished jobs are pruned after this long
+    # Repos (path or URL prefixes) a job may name; empty: any repo this daemon's user can read.
+    allowed_repos: tuple[str, ...] = ()
     profiles: Mapping[str, Profile] = field(default_factory=lambda: parse_profiles(None, "profiles"))
     host_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     fleet: bool = False
@@ -92,6 +94,7 @@ class Settings:
             "tools": sorted(self.tools),
             "profiles": sorted(self.profiles),
             "keepWorktreesDays": self.keep_worktrees_days,
+            "allowedRepos": list(self.allowed_repos) or "any",
             "fleet": self.fleet,
             "fleetRoute": self.fleet_route,
             "fleetShadow": self.fleet_shadow,
@@ -126,6 +129,7 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         poll_s=max(MIN_POLL_S, _seconds(_pick(flags.get("poll_s"), None, cfg.get("poll_s"), 2.0), "poll_s")),
         grace_s=_seconds(_pick(flags.get("grace_s"), None, cfg.get("grace_s"), 30.0), "grace_s"),
         capabilities=_capabilities(env.get("AQ_CAPABILITIES"), cfg.get("capabilities"), where),
+        allowed_repos=_string_list(cfg.get("allowed_repos"), f"config file {where}: allowed_repos"),
         tools=tools,
         configured_tools=configured_tools(cfg.get("tools")),
         keep_worktrees_days=_days(_pick(flags.get("keep_worktrees_days"), None, cfg.get("keep_worktrees_days"), 7.0)),
@@ -245,11 +249,15 @@ def _seconds(value: Any, name: str) -> float:
 def _capabilities(env_value: str | None, cfg_value: Any, where: str) -> tuple[str, ...]:
     if env_value is not None:
         return tuple(c.strip() for c in env_value.split(",") if c.strip())
-    if cfg_value is None:
+    return _string_list(cfg_value, f"config file {where}: capabilities")
+
+
+def _string_list(value: Any, name: str) -> tuple[str, ...]:
+    if value is None:
         return ()
-    if not isinstance(cfg_value, list) or not all(isinstance(c, str) for c in cfg_value):
-        raise ConfigError(f"config file {where}: capabilities must be a list of strings")
-    return tuple(cfg_value)
+    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+        raise ConfigError(f"{name} must be a list of non-empty strings")
+    return tuple(value)
 
 
 def _days(value: Any) -> float:

@@ -12,6 +12,7 @@ A job in ``running/`` is never touched.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +44,22 @@ def prepare(root: Path, job: Job) -> Path:
         return gitrepo.prepare_worktree(root, job)
     except AQError as exc:
         raise WorkspaceUnavailable(exc.message) from exc
+
+
+def repo_allowed(repo: str, allowed: tuple[str, ...]) -> bool:
+    """``repo`` is one of the ``allowed`` prefixes or below one (no prefixes: any repo).
+
+    A local path is normalised first, so ``/srv/git/../../etc`` is not below ``/srv/git``;
+    a prefix matches whole path segments only (``/srv/git`` does not allow ``/srv/gitx``).
+    """
+    if not allowed:
+        return True
+    target = repo if "://" in repo or repo.startswith("git@") else os.path.normpath(os.path.abspath(repo))
+    for prefix in allowed:
+        base = prefix if "://" in prefix or prefix.startswith("git@") else os.path.normpath(os.path.abspath(prefix))
+        if target == base or target.startswith(base.rstrip("/") + "/"):
+            return True
+    return False
 
 
 def existing(root: Path, job: Job) -> Path:

@@ -163,3 +163,23 @@ def test_a_job_that_always_hits_an_unexpected_error_is_quarantined_not_looped(tm
     drain(s)
     res = result(s.root, "quarantine", "b")
     assert res["attempts"] == 2 and "internal error: RuntimeError: bug" in res["reason"]
+
+
+def test_allowed_repos_refuses_a_repo_outside_the_list(tmp_path: Path) -> None:
+    s = make_settings(tmp_path / "r", config=f'allowed_repos = ["{tmp_path}/allowed"]\n')
+    enqueue(s.root, shell_job("out", "true", repo=f"{tmp_path}/allowed/../secret/x.git"))
+    drain(s)
+    reason = result(s.root, "quarantine", "out")["reason"]
+    assert "is not in allowed_repos of factory test-1" in reason
+
+
+def test_repo_allowed_matches_whole_segments_and_normalises_paths() -> None:
+    from agent_queue.workspace import repo_allowed
+
+    allowed = ("/srv/git", "https://github.com/acme")
+    assert repo_allowed("/srv/git/app.git", allowed) and repo_allowed("/srv/git", allowed)
+    assert not repo_allowed("/srv/gitx/app.git", allowed)
+    assert not repo_allowed("/srv/git/../../etc/app.git", allowed)
+    assert repo_allowed("https://github.com/acme/app.git", allowed)
+    assert not repo_allowed("https://github.com/acme-evil/app.git", allowed)
+    assert repo_allowed("/anything", ())
