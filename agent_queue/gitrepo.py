@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -377,7 +378,7 @@ def ship_worktree(
     _write_meta(root, job.id, meta)
     hook_ran = False
     if job.ship and not meta.get("hookDone"):
-        _run_hook(job, workdir, sha, branch, hook_env)
+        _run_hook(job, workdir, sha, branch, hook_env, root / "logs" / f"{job.id}.log")
         meta["hookDone"] = True
         _write_meta(root, job.id, meta)
         hook_ran = True
@@ -410,7 +411,24 @@ def _push(path: Path, job: Job, sha: str, expected: str) -> None:
     raise GitError(f"repo {job.repo}: push {branch_name(job.id)} failed ({lines[-1] if lines else 'no output'})")
 
 
-def _run_hook(job: Job, workdir: Path, sha: str, branch: str, env: Mapping[str, str] | None) -> None:
+class _NoAbort:
+    """A hook is never aborted from here: it runs to completion or to HOOK_TIMEOUT_S."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+
+    def abort_reason(self) -> str | None:
+        return None
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+def _run_hook(job: Job, workdir: Path, sha: str, branch: str, env: Mapping[str, str] | None,
+              log_path: Path) -> None:
+    """The ship hook through ``process.run``: own process group (killed whole on timeout), output in the job log."""
+    from agent_queue import process
+
     values = {"{job_id}": job.id, "{branch}": branch, "{sha}": sha, "{workdir}": str(workdir)}
     argv = []
     for item in job.ship:
@@ -418,14 +436,16 @@ def _run_hook(job: Job, workdir: Path, sha: str, branch: str, env: Mapping[str, 
             item = item.replace(k, v)
         argv.append(item)
     hook_env = {k: v for k, v in (env or {"PATH": os.environ.get("PATH", "")}).items() if not k.startswith("AQ_")}
-    try:
-        proc = subprocess.run(argv, cwd=workdir, env=hook_env, capture_output=True, text=True,
-                              timeout=HOOK_TIMEOUT_S, start_new_session=True, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise GitError(f"job {job.id}: ship hook {argv[0]} did not run to completion ({exc})") from exc
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip() or proc.stdout.strip())[-200:]
-        raise GitError(f"job {job.id}: ship hook {argv[0]} exited {proc.returncode} ({tail})")
+    ensure_dir(log_path.parent)
+    with open(log_path, "a", encoding="utf-8") as fh:
+        fh.write(f"=== ship hook: {' '.join(argv)[:300]}\n")
+    res = process.run(tuple(argv), cwd=workdir, env=hook_env, log_path=log_path, timeout_s=HOOK_TIMEOUT_S,
+                      watch=_NoAbort())
+    if res.error is not None or res.timed_out:
+        raise GitError(f"job {job.id}: ship hook {argv[0]} did not run to completion "
+                       f"({res.error or f'timed out after {HOOK_TIMEOUT_S:g}s'})")
+    if res.exit_code != 0:
+        raise GitError(f"job {job.id}: ship hook {argv[0]} exited {res.exit_code} (output: {log_path})")
 
 
 # --------------------------------------------------------------------------- cleanup
