@@ -20,7 +20,7 @@ _claim = Coordinator._claim
 
 
 def double_claim(self: Coordinator, c: Any, factory_id: str, caps: frozenset[str], dry_run: bool,
-                 request_id: str | None) -> dict[str, Any] | None:
+                 request_id: str | None, skip: frozenset[str] = frozenset()) -> dict[str, Any] | None:
     if not dry_run:
         for rec in c.tx.hot["jobs"].values():
             lease = rec.get("lease")
@@ -34,7 +34,7 @@ def double_claim(self: Coordinator, c: Any, factory_id: str, caps: frozenset[str
                 self._note_lease(c, rec)
                 view: dict[str, Any] = self._view(c.tx, rec, c.now)
                 return view
-    return _claim(self, c, factory_id, caps, dry_run, request_id)
+    return _claim(self, c, factory_id, caps, dry_run, request_id, skip)
 
 
 Coordinator._claim = double_claim  # type: ignore[method-assign]
