@@ -33,6 +33,7 @@ from typing import Any
 
 from coordinator_stub.core import Coordinator
 from coordinator_stub.store import JsonStore
+from tests.procutil import alive
 from tests.stubutil import STUB_ARGV, RunningStub, running_stub
 
 HERE = Path(__file__).resolve().parent
@@ -269,7 +270,7 @@ class ChaosRun:
         for marker in (self.shared / "markers").iterdir():
             _job, phase, fid, pid = marker.name.rsplit(".", 3)
             with contextlib.suppress(OSError, ValueError):
-                if "done" not in marker.read_text() and _alive(int(pid)):
+                if "done" not in marker.read_text() and alive(int(pid)):
                     out.append((phase, fid))
         return out
 
@@ -335,16 +336,6 @@ class ChaosRun:
 def tuple_of(line: str) -> tuple[str, int]:
     fid, epoch = line.split()
     return fid, int(epoch)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def bad_409s(events: list[dict[str, Any]]) -> int:

@@ -107,16 +107,6 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Daemons:
     """Daemons started by a test; ``stop_all`` kills them and their jobs' tool groups, also on failure."""
 

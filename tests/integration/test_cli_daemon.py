@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from cli_support import aq, clean_env, running_pid, start, status, wait_for
 
+from tests.procutil import alive
+
 
 @pytest.fixture()
 def procs() -> Iterator[list[subprocess.Popen[str]]]:
@@ -105,20 +107,6 @@ def test_crashed_daemon_job_recovered_with_attempt_counted(tmp_path: Path,
         assert [h["outcome"] for h in result["history"]] == ["crashed", "shipped"]
     finally:
         kill_group(pid)
-
-
-def alive(pid: int | None) -> bool:
-    """Running (a zombie waiting for its reaper does not count)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 def test_second_daemon_on_the_same_root_is_refused(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:

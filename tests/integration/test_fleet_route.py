@@ -21,7 +21,6 @@ import pytest
 from cli_support import aq, wait_for
 from fleet_support import (
     Daemons,
-    alive,
     coord,
     coord_enqueue,
     coord_job,
@@ -34,6 +33,7 @@ from fleet_support import (
     steal_script,
 )
 
+from tests.procutil import alive
 from tests.stubutil import running_stub, seam_command
 
 

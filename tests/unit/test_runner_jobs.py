@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from core_support import drain, make_settings, result, shell_job
 
 from agent_queue.inbox import LocalQueue
 from agent_queue.jobs import Job
+from tests.procutil import alive
 
 
 def enqueue(root: Path, job: Job) -> None:
@@ -56,17 +56,7 @@ def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     drain(s)
     assert "timed out after 0.5s" in result(s.root, "quarantine", "t")["reason"]
     grandchild = int(pidfile.read_text())
-    assert not _alive(grandchild)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); check its state where /proc exists
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+    assert not alive(grandchild)
 
 
 def test_missing_program_quarantines_naming_it_and_daemon_continues(tmp_path: Path) -> None:
