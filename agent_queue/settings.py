@@ -20,14 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from agent_queue.adapters import AgentAdapter
 from agent_queue.errors import ConfigError
-from agent_queue.fleet.flags import ResolvedFlags, resolve_flags
+from agent_queue.fleet.flags import ResolvedFlags, parse_bool, resolve_flags
 from agent_queue.tools import Profile, configured_tools, host_env, parse_profiles, parse_tools
 
 CONFIG_NAME = "agent-queue.toml"
 LOG_FORMATS = ("text", "json")
 REDACTED = "<redacted>"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 MIN_POLL_S = 0.05  # a 0 poll would spin a core while idle
 _TOP_KEYS = {"factory_id", "capabilities", "log_format", "poll_s", "grace_s", "tools", "profiles", "fleet",
              "keep_worktrees_days", "allowed_repos"}
@@ -117,7 +115,7 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     for key, (name, var) in _FLEET_KEYS.items():
         raw = _pick(flags.get(name), env.get(var), fleet_cfg.get(key), None)
         if raw is not None:
-            values[name] = parse_bool(raw, var) if name in _BOOL_FIELDS else _nonempty(raw, var)
+            values[name] = parse_bool(var, raw) if name in _BOOL_FIELDS else _nonempty(raw, var)
     return Settings(
         root=root,
         factory_id=_factory_id(_pick(flags.get("factory_id"), env.get("AQ_FACTORY_ID"), cfg.get("factory_id"),
@@ -138,18 +136,6 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         shadow_log_idle=bool(flags.get("shadow_log_idle")),
         **values,
     )
-
-
-def parse_bool(value: Any, name: str) -> bool:
-    """1/0, true/false, yes/no, on/off (any case); anything else is a ConfigError naming ``name``."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{name}: {str(value)[:40]!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
 
 
 def short_hostname() -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent_queue.errors import ConfigError
-from agent_queue.settings import load_settings, parse_bool
+from agent_queue.settings import load_settings
 
 
 def test_precedence_flag_env_config_default(tmp_path: Path) -> None:
@@ -44,13 +44,13 @@ def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text", ["1", "true", "YES", "On", " yes "])
-def test_bool_true(text: str) -> None:
-    assert parse_bool(text, "AQ_FLEET") is True
+def test_bool_true(tmp_path: Path, text: str) -> None:
+    assert load_settings({"root": str(tmp_path)}, {"AQ_FLEET": text}).fleet is True
 
 
 @pytest.mark.parametrize("text", ["0", "false", "No", "OFF"])
-def test_bool_false(text: str) -> None:
-    assert parse_bool(text, "AQ_FLEET") is False
+def test_bool_false(tmp_path: Path, text: str) -> None:
+    assert load_settings({"root": str(tmp_path)}, {"AQ_FLEET": "1", "AQ_FLEET_ROUTE": text}).fleet_route is False
 
 
 @pytest.mark.parametrize("text", ["", "2", "maybe", "y"])
