@@ -28,7 +28,7 @@ Times in records are epoch seconds (floats); on the wire they are RFC 3339.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import Enum, StrEnum
 
 from agent_queue.errors import AQError, BadInput, Conflict, Fenced, InvalidJob, NotFound, NotLeased
@@ -74,6 +74,19 @@ def lease_state(rec: Mapping[str, Any], now: float) -> LeaseState:
     if rec["state"] != JobState.LEASED.value or not lease:
         return LeaseState.NONE
     return LeaseState.ACTIVE if now < lease["expiresAt"] else LeaseState.EXPIRED
+
+
+def _claim_order(candidates: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Highest priority, then oldest enqueue; the first is found in one pass (usually it is ready)."""
+    if not candidates:
+        return
+
+    def key(r: Mapping[str, Any]) -> tuple[int, int]:
+        return -r["spec"].get("priority", 0), r["seq"]
+
+    first = min(candidates, key=key)
+    yield first
+    yield from (r for r in sorted(candidates, key=key) if r is not first)
 
 
 class InvalidReport(BadInput):
@@ -333,7 +346,7 @@ class Coordinator:
 
     def _renew(self, c: _Ctx, job_id: str, factory_id: str, epoch: int) -> dict[str, Any]:
         rec, _ = self._fence(c.tx, job_id, factory_id, epoch, c.now, "renew")
-        rec["lease"]["expiresAt"] = c.now + self.lease_ttl_s
+        rec["lease"] = {**rec["lease"], "expiresAt": c.now + self.lease_ttl_s}  # replaced, never mutated in place
         c.tx.touch()
         self._seen(c, factory_id)
         self._note_lease(c, rec)
@@ -378,9 +391,9 @@ class Coordinator:
     def _reap(self, tx: Tx, now: float) -> list[dict[str, Any]]:
         """Expired leases end here: one attempt counted, back to queued or quarantined; one event each."""
         reclaimed = []
-        for rec in list(tx.hot["jobs"].values()):
-            if lease_state(rec, now) is not LeaseState.EXPIRED:
-                continue
+        expired = [rec for rec in tx.hot["jobs"].values()  # one cheap pass: most records hold no lease
+                   if rec["lease"] and lease_state(rec, now) is LeaseState.EXPIRED]
+        for rec in expired:
             if self._stale(tx, rec):  # crash leftover: the job already finished
                 del tx.hot["jobs"][rec["spec"]["id"]]
                 tx.touch()
@@ -618,14 +631,14 @@ class Coordinator:
     def _pick(self, tx: Tx, caps: frozenset[str], now: float,
               skip: frozenset[str] = frozenset()) -> dict[str, Any] | None:
         """Highest priority, then oldest enqueue, among queued jobs this caller may take now."""
+        queued = JobState.QUEUED.value
         candidates: list[dict[str, Any]] = [
             r for r in tx.hot["jobs"].values()
-            if r["state"] == JobState.QUEUED.value and (r["notBefore"] is None or r["notBefore"] <= now)
+            if r["state"] == queued and (r["notBefore"] is None or r["notBefore"] <= now)
             and caps.issuperset(r["spec"].get("requires", ())) and r["spec"]["id"] not in skip
         ]
-        candidates.sort(key=lambda r: (-r["spec"].get("priority", 0), r["seq"]))
         parents: dict[str, dict[str, Any] | None] = {}
-        for rec in candidates:
+        for rec in _claim_order(candidates):
             job_id = rec["spec"]["id"]
             if self._stale(tx, rec):  # crash leftover: the archive is authoritative
                 del tx.hot["jobs"][job_id]

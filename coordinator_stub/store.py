@@ -8,29 +8,36 @@ in O(1), so an operation's cost never grows with history), and two
 append-only logs (events, shadow reports). A transaction commits when its block
 exits normally and discards its changes when it raises.
 
-Specs stay out of the hot document (a prompt can be 1 MB, and every operation
-parses and rewrites the hot document): a hot record's ``spec`` is a
+Specs stay out of the hot document (a prompt can be 1 MB, and every process
+that opens the state parses the hot document): a hot record's ``spec`` is a
 ``SpecSummary`` holding only ``SCHED_KEYS`` (what claim order, gates and
 families read); ``Tx.spec_of(rec)`` gives the full spec (one file read).
 
 ``JsonStore`` layout (dir 0700, files 0600)::
 
-    DIR/state.json            hot document, replaced atomically (tmp, fsync, rename, fsync dir)
+    DIR/state.json            snapshot of the hot document (tmp, fsync, rename, fsync dir at each checkpoint)
+    DIR/journal.jsonl         write-ahead log: one fsync'd line per committed operation since the snapshot
     DIR/.lock                 one exclusive lock per operation (flock(2); never held across a spawn)
-    DIR/jobs/<id>.json        full spec of a queued or leased job, written once at enqueue
+    DIR/jobs/<id>.json        full spec of a queued or leased job, written once at enqueue (durable)
     DIR/archive/<id>.json     write-once: a terminal job or composite parent (its current version, full spec inside)
     DIR/archive/history/<id>.<n>.json  superseded versions (a re-run job, a parent after its verify): kept
     DIR/events.jsonl          one JSON line per operation (see docs/fleet-api.md)
     DIR/shadow-reports.jsonl  one JSON line per shadow report
 
-Crash order: spec files first, then archive files, then the hot file, then
-the removal of spec files whose job left the hot document, then the log
-lines. So a hot record never exists without its spec. A crash before the hot
-write leaves a spec file nothing refers to: harmless (never read), and
-replaced if the same id is enqueued again. A crash between the archive and
-hot writes leaves a job in both places; the archive wins (the core drops the
-stale hot copy the next time it meets it, and its spec file goes then), so a
-finished job never runs again and nothing is lost.
+The commit point of an operation is its journal line (one ``write`` and one
+fsync): the hot records it changed, the ids it removed, the archive versions
+it wrote or superseded, and the small top-level fields. Before that line: new
+spec files and history copies, fsync'd (the line refers to them). After it:
+archive files and removals, written without fsync because the journal can
+rebuild them; lookups consult the journal's archive versions first. When the
+journal outgrows the snapshot (and at least ``CHECKPOINT_MIN_BYTES``), a
+checkpoint makes those files and the logs durable, writes a new snapshot and
+empties the journal. Every journal entry sets values (never increments), so a
+crash between the new snapshot and the emptied journal replays to the same
+state. A line a crash cut short (no final newline) was never acknowledged: it
+is ignored and cut before the next append; any other unreadable line is a
+``StateError`` and nothing is reset. A crash leftover of an older version
+(a job both archived and hot) still resolves to the archive in the core.
 """
 
 from __future__ import annotations
@@ -283,24 +290,130 @@ def filelock_lock(path: Path) -> ContextManager[Any]:
     return FileLock(str(path), mode=0o600)
 
 
+class HotRecord(dict):  # type: ignore[type-arg]
+    """A hot job record that notes its id in the store's change set whenever it changes.
+
+    This is how a commit knows which records its journal entry must carry without
+    comparing 600 records. Only top-level changes are seen: the core replaces nested
+    values (``rec["lease"] = {...}``) instead of mutating them in place, and
+    ``AQ_STUB_SELFCHECK=1`` (set by the test suite) checks every commit against a
+    full reload, so a missed change cannot go unnoticed.
+    """
+
+    __slots__ = ("_id", "_changed")
+
+    def __init__(self, data: dict[str, Any], job_id: str, changed: set[str]) -> None:
+        super().__init__(data)
+        self._id = job_id
+        self._changed = changed
+
+    def __reduce__(self) -> Any:  # copies and pickles are plain dicts: the tracking stays with the store
+        return (dict, (dict(self),))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._changed.add(self._id)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._changed.add(self._id)
+        super().__delitem__(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._changed.add(self._id)
+        super().update(*args, **kwargs)
+
+    def pop(self, *args: Any) -> Any:
+        self._changed.add(self._id)
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self._changed.add(self._id)
+        return super().popitem()
+
+    def setdefault(self, *args: Any) -> Any:
+        self._changed.add(self._id)
+        return super().setdefault(*args)
+
+    def clear(self) -> None:
+        self._changed.add(self._id)
+        super().clear()
+
+    def __ior__(self, other: Any) -> HotRecord:  # type: ignore[misc]
+        self._changed.add(self._id)
+        super().update(other)
+        return self
+
+
+class HotJobs(dict):  # type: ignore[type-arg]
+    """The hot ``jobs`` mapping: adding, replacing or removing a record notes its id (see ``HotRecord``)."""
+
+    __slots__ = ("_changed",)
+
+    def __init__(self, data: dict[str, Any], changed: set[str]) -> None:
+        super().__init__(data)
+        self._changed = changed
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self),))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._changed.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._changed.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._changed.add(key)
+        return super().pop(key, *default)
+
+    def popitem(self) -> Any:
+        key, value = super().popitem()
+        self._changed.add(key)
+        return key, value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._changed.add(key)
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key in dict(*args, **kwargs):
+            self._changed.add(key)
+        super().update(*args, **kwargs)
+
+    def clear(self) -> None:
+        self._changed.update(self)
+        super().clear()
+
+
+class _Loaded:
+    """The state as of the last read or commit: snapshot plus replayed journal, and what identifies it."""
+
+    __slots__ = ("key", "hot", "archived", "journal_len", "journal_good")
+
+    def __init__(self, key: tuple[Any, Any], hot: dict[str, Any], archived: dict[str, dict[str, Any] | None],
+                 journal_len: int, journal_good: int) -> None:
+        self.key = key
+        self.hot = hot
+        self.archived = archived  # archive versions the journal holds that may not be durable on disk yet
+        self.journal_len = journal_len
+        self.journal_good = journal_good  # bytes of whole lines; a torn tail beyond is cut at the next append
+
+
 class _JsonTx(Tx):
-    def __init__(self, store: JsonStore, hot: dict[str, Any]) -> None:
-        super().__init__(hot)
+    def __init__(self, store: JsonStore, loaded: _Loaded) -> None:
+        super().__init__(loaded.hot)
         self._store = store
+        self._journal_archived = loaded.archived
         self._specs: dict[str, dict[str, Any]] = {}  # read at most once per transaction
 
     def _load_archived(self, job_id: str) -> dict[str, Any] | None:
-        name = archive_name(job_id)
-        if name is None:
-            return None
-        path = self._store.archive_dir / name
-        try:
-            rec = _read_json_file(path)
-        except FileNotFoundError:
-            return None
-        if not isinstance(rec, dict) or rec.get("spec", {}).get("id") != job_id:
-            raise StateError(f"{path}: not an archived record of {job_id!r}")
-        return rec
+        if job_id in self._journal_archived:
+            rec = self._journal_archived[job_id]
+            # A private copy: the core may change what it is given, and this one is shared state.
+            return None if rec is None else json.loads(json.dumps(rec))
+        return self._store.read_archive_file(job_id)
 
     def _load_spec(self, job_id: str) -> dict[str, Any]:
         if job_id not in self._specs:
@@ -315,8 +428,11 @@ class _JsonTx(Tx):
         return self._specs[job_id]
 
     def iter_archived(self) -> Iterator[dict[str, Any]]:
-        seen = set(self.pending_archive)
+        seen = set(self.pending_archive) | set(self._journal_archived)
         yield from self.pending_archive.values()
+        for job_id, rec in self._journal_archived.items():
+            if rec is not None and job_id not in self.pending_archive:
+                yield rec
         for path in sorted(self._store.archive_dir.glob("*.json")):
             rec = _read_json_file(path)
             if isinstance(rec, dict) and rec.get("spec", {}).get("id") not in seen:
@@ -324,11 +440,22 @@ class _JsonTx(Tx):
 
 
 class JsonStore(Store):
-    """State in a directory, safe for many processes (one lock per operation, atomic writes)."""
+    """State in a directory, safe for many processes: one lock per operation, one fsync'd journal line per change.
+
+    The hot document lives in ``state.json`` (a snapshot) plus ``journal.jsonl``
+    (one line per committed operation: the records it changed, the ids it removed,
+    the archive versions it wrote, and the small top-level fields). An operation
+    appends one line and fsyncs it, so its cost does not grow with the queue; once
+    the journal outgrows the snapshot, a checkpoint folds it into a new snapshot.
+    A long-lived process (``serve``) keeps the state in memory between operations
+    and re-reads it only when another process changed the files (their identity
+    differs from what it last wrote).
+    """
 
     def __init__(self, root: Path, lock: LockFactory = filelock_lock) -> None:
         self.root = Path(root)
         self.state_path = self.root / "state.json"
+        self.journal_path = self.root / "journal.jsonl"
         self.lock_path = self.root / ".lock"
         self.archive_dir = self.root / "archive"
         self.history_dir = self.archive_dir / "history"
@@ -337,6 +464,9 @@ class JsonStore(Store):
         self.shadow_path = self.root / "shadow-reports.jsonl"
         self._lock_factory = lock
         self._thread_lock = threading.Lock()  # threads of one server: serialize before the file lock
+        self._changed: set[str] = set()  # ids of hot records changed in the current transaction
+        self._loaded: _Loaded | None = None
+        self._selfcheck = os.environ.get("AQ_STUB_SELFCHECK") == "1"
         try:
             ensure_dir(self.root)
             ensure_dir(self.archive_dir)
@@ -347,9 +477,19 @@ class JsonStore(Store):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._thread_lock, self._lock_factory(self.lock_path):
-            tx = _JsonTx(self, self._load_hot())
+            loaded = self._load()
+            self._loaded = None  # until this transaction ends well, memory may differ from disk
+            self._changed.clear()
+            meta_before = _meta_bytes(loaded.hot)
+            tx = _JsonTx(self, loaded)
             yield tx
-            self._commit(tx)
+            if tx.dirty:
+                self._commit(tx, loaded)
+            elif self._changed or _meta_bytes(tx.hot) != meta_before:
+                pass  # changed in memory but not meant to be written: forget it, re-read next time
+            else:
+                self._loaded = loaded
+            self._append_logs(tx)
 
     def spec_path(self, job_id: str) -> Path:
         name = archive_name(job_id)
@@ -357,7 +497,67 @@ class JsonStore(Store):
             raise StateError(f"spec: {job_id[:40]!r} is not a storable id")
         return self.jobs_dir / name
 
-    def _load_hot(self) -> dict[str, Any]:
+    def archive_path(self, job_id: str) -> Path:
+        name = archive_name(job_id)
+        if name is None:
+            raise StateError(f"archive: {job_id[:40]!r} is not a storable id")
+        return self.archive_dir / name
+
+    def read_archive_file(self, job_id: str) -> dict[str, Any] | None:
+        name = archive_name(job_id)
+        if name is None:
+            return None
+        path = self.archive_dir / name
+        try:
+            rec = _read_json_file(path)
+        except FileNotFoundError:
+            return None
+        if not isinstance(rec, dict) or rec.get("spec", {}).get("id") != job_id:
+            raise StateError(f"{path}: not an archived record of {job_id!r}")
+        return rec
+
+    def read_hot(self) -> dict[str, Any]:
+        """The hot document as the next operation would see it (snapshot plus journal), as plain JSON."""
+        with self._thread_lock, self._lock_factory(self.lock_path):
+            loaded = self._load()
+            return json.loads(_compact(loaded.hot))  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ reading
+
+    def _key(self) -> tuple[Any, Any]:
+        return _identity(self.state_path), _identity(self.journal_path)
+
+    def _load(self) -> _Loaded:
+        key = self._key()
+        cached = self._loaded
+        if cached is not None and cached.key == key:
+            if self._selfcheck:
+                self._check_against_disk(cached.hot, "memory (before an operation)")
+            return cached
+        return self._read(key)
+
+    def _read(self, key: tuple[Any, Any]) -> _Loaded:
+        hot = self._read_snapshot()
+        archived: dict[str, dict[str, Any] | None] = {}
+        try:
+            with open(self.journal_path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
+        good = data.rfind(b"\n") + 1  # beyond: a line whose write a crash cut short (never acknowledged)
+        for n, line in enumerate(data[:good].splitlines(), 1):
+            try:
+                entry = json.loads(line)
+                _apply(hot, archived, entry)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise StateError(f"{self.journal_path}: line {n} is corrupt ({exc}); "
+                                 "fix or move it away, it was not reset") from exc
+        jobs = hot["jobs"]
+        hot["jobs"] = HotJobs({job_id: HotRecord(rec, job_id, self._changed) for job_id, rec in jobs.items()},
+                              self._changed)
+        return _Loaded(key, hot, archived, len(data), good)
+
+    def _read_snapshot(self) -> dict[str, Any]:
         try:
             hot = _read_json_file(self.state_path)
         except FileNotFoundError:
@@ -370,52 +570,161 @@ class JsonStore(Store):
         if hot["version"] == STATE_VERSION:
             for rec in hot["jobs"].values():
                 rec["spec"] = SpecSummary(rec["spec"])
-        # Version 1 held full specs inline: they read as new records, so the next write moves them out.
+        # Version 1 held full specs inline: they read as new records, so the next write moves them out
+        # (``split_specs`` replaces each one's spec, which puts the record in the journal entry).
         hot["version"] = STATE_VERSION
         return hot
 
-    def _commit(self, tx: Tx) -> None:
-        if tx.dirty:
-            for job_id in sorted(tx.pending_history):  # copy first: a crash from here on loses no version
-                self._keep_history(job_id)
-            new, gone = tx.split_specs()
-            for job_id, spec in new.items():  # before the hot file: never a hot record without its spec
-                write_bytes_atomic(self.spec_path(job_id), _compact(spec), sync_dir=False)
-            if new:
-                fsync_dir(self.jobs_dir)  # once for all of them (a composite's children)
-            for job_id, rec in tx.pending_archive.items():
-                name = archive_name(job_id)
-                if name is None:
-                    raise StateError(f"archive: {job_id[:40]!r} is not a storable id")
-                write_json_atomic(self.archive_dir / name, rec)
-            write_bytes_atomic(self.state_path, _compact(tx.hot))
-            for job_id in sorted(tx.pending_history - set(tx.pending_archive)):
-                # Back in the hot document: the current file goes (its copy is in history). A crash
-                # before this line leaves both; the archive wins, so the re-run simply did not happen.
+    # ------------------------------------------------------------ writing
+
+    def _commit(self, tx: _JsonTx, loaded: _Loaded) -> None:
+        """Durable before the caller hears back: one fsync'd journal line is the commit point.
+
+        Order: history copies and new spec files first (durable: the journal line
+        refers to them), then the journal line, then what the journal can rebuild
+        (archive files, removals) without fsync; a checkpoint makes those durable.
+        """
+        for job_id in sorted(tx.pending_history):  # copy first: a crash from here on loses no version
+            self._keep_history(tx, job_id)
+        new, gone = tx.split_specs()
+        for job_id, spec in new.items():  # before the journal: never a hot record without its spec
+            write_bytes_atomic(self.spec_path(job_id), _compact(spec), sync_dir=False)
+        if new:
+            fsync_dir(self.jobs_dir)  # once for all of them (a composite's children)
+        jobs = tx.hot["jobs"]
+        archived: dict[str, dict[str, Any] | None] = {
+            job_id: None for job_id in tx.pending_history if job_id not in tx.pending_archive}
+        archived.update(tx.pending_archive)
+        entry = {
+            "meta": {k: v for k, v in tx.hot.items() if k != "jobs"},
+            "set": {job_id: jobs[job_id] for job_id in sorted(self._changed) if job_id in jobs},
+            "del": sorted(job_id for job_id in self._changed | set(gone) if job_id not in jobs),
+            "archive": archived,
+        }
+        if loaded.journal_good < loaded.journal_len:  # cut a torn tail before appending after it
+            os.truncate(self.journal_path, loaded.journal_good)
+        append_line(self.journal_path, _compact(entry).decode("utf-8"))
+        loaded.archived.update(archived)
+        for job_id, rec in archived.items():  # rebuildable from the journal: no fsync here
+            if rec is None:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.archive_dir / str(archive_name(job_id)))
-            for job_id in gone:  # after the hot file; a leftover is harmless, so no fsync
+                    os.unlink(self.archive_path(job_id))
+            else:
+                write_bytes_atomic(self.archive_path(job_id), _compact(rec), durable=False)
+        for job_id in gone:  # a leftover spec file is harmless (never read), so no fsync
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spec_path(job_id))
+        if not isinstance(jobs, HotJobs):
+            jobs = tx.hot["jobs"] = HotJobs(jobs, self._changed)
+        for job_id in self._changed:  # records new to memory start being tracked
+            rec = jobs.get(job_id)
+            if rec is not None and not isinstance(rec, HotRecord):
+                dict.__setitem__(jobs, job_id, HotRecord(rec, job_id, self._changed))
+        size = self.journal_path.stat().st_size
+        after = _Loaded((None, None), tx.hot, loaded.archived, size, size)
+        snapshot = _size(self.state_path)
+        if snapshot == 0 or size > max(CHECKPOINT_MIN_BYTES, snapshot):  # the first commit writes state.json
+            self._checkpoint(after)
+        after.key = self._key()
+        if self._selfcheck:
+            self._check_against_disk(after.hot, "memory (after a commit)")
+        self._loaded = after
+
+    def _checkpoint(self, loaded: _Loaded) -> None:
+        """Fold the journal into a new snapshot; everything it could rebuild is made durable first.
+
+        A crash after the new snapshot but before the journal is emptied replays
+        the journal over a snapshot that already holds it: every entry sets values
+        (never increments), so the result is the same.
+        """
+        for job_id, rec in sorted(loaded.archived.items()):
+            if rec is None:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.spec_path(job_id))
-            if tx.pending_history - set(tx.pending_archive):
-                fsync_dir(self.archive_dir)  # a re-run's archive file must not come back after a power cut
+                    os.unlink(self.archive_path(job_id))
+            else:
+                write_bytes_atomic(self.archive_path(job_id), _compact(rec), sync_dir=False)
+        fsync_dir(self.archive_dir)
+        for path in (self.events_path, self.shadow_path):
+            _fsync_if_exists(path)
+        write_bytes_atomic(self.state_path, _compact(loaded.hot))
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        loaded.archived.clear()
+        loaded.journal_len = loaded.journal_good = 0
+
+    def _append_logs(self, tx: Tx) -> None:
         for path, lines in ((self.events_path, tx.events), (self.shadow_path, tx.shadows)):
             if lines:
                 append_line(path, "\n".join(json.dumps(x, sort_keys=True) for x in lines))
 
-
-    def _keep_history(self, job_id: str) -> None:
-        """Copy ``archive/<id>.json`` to the first free ``archive/history/<id>.<n>.json``."""
+    def _keep_history(self, tx: _JsonTx, job_id: str) -> None:
+        """Copy the current archived version of ``job_id`` to the first free ``archive/history/<id>.<n>.json``."""
+        rec = tx._load_archived(job_id)
+        if rec is None:
+            raise StateError(f"archive: {job_id!r} has no current version to keep")
         name = archive_name(job_id)
-        if name is None:
-            raise StateError(f"archive: {job_id[:40]!r} is not a storable id")
-        rec = _read_json_file(self.archive_dir / name)
         ensure_dir(self.history_dir)
-        stem = name[: -len(".json")]
+        stem = str(name)[: -len(".json")]
         n = 1
         while (self.history_dir / f"{stem}.{n}.json").exists():
             n += 1
         write_json_atomic(self.history_dir / f"{stem}.{n}.json", rec)
+
+    def _check_against_disk(self, hot: dict[str, Any], what: str) -> None:
+        """Self-check (AQ_STUB_SELFCHECK=1): the state in memory must equal a fresh read of the files."""
+        disk = self._read(self._key()).hot
+        if _compact(disk) != _compact(hot):
+            raise StateError(f"{self.root}: self-check failed: {what} differs from the files "
+                             "(a change the journal did not carry)")
+
+
+CHECKPOINT_MIN_BYTES = 64 * 1024  # below this the journal is cheap to replay whatever the snapshot's size
+
+
+def _apply(hot: dict[str, Any], archived: dict[str, dict[str, Any] | None], entry: dict[str, Any]) -> None:
+    """Replay one journal entry. Every part sets a value, so replaying twice is harmless."""
+    hot.update(entry["meta"])
+    jobs = hot["jobs"]
+    for job_id, rec in entry["set"].items():
+        rec["spec"] = SpecSummary(rec["spec"])
+        jobs[job_id] = rec
+    for job_id in entry["del"]:
+        jobs.pop(job_id, None)
+    archived.update(entry["archive"])
+
+
+def _meta_bytes(hot: dict[str, Any]) -> bytes:
+    return _compact({k: v for k, v in hot.items() if k != "jobs"})
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes whenever another process writes ``path`` (a rename gives a new inode)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _fsync_if_exists(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _compact(obj: Any) -> bytes:

@@ -95,7 +95,7 @@ def _body_for(names: list[str]) -> st.SearchStrategy[bytes]:
 
 def _fingerprint(state: Path) -> str:
     h = hashlib.sha256()
-    for path in sorted([state / "state.json", *sorted((state / "archive").glob("*.json"))]):
+    for path in sorted([state / "state.json", state / "journal.jsonl", *sorted((state / "archive").glob("*.json"))]):
         if path.exists():
             h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()

@@ -106,7 +106,7 @@ def test_four_processes_claim_200_jobs_exactly_once(tmp_path: Path) -> None:
         results = list(pool.map(run, range(4)))
     claimed = [j for r in results for j in r]
     assert sorted(claimed) == sorted(j["id"] for j in jobs)  # every job exactly once
-    hot = json.loads((state / "state.json").read_text())  # still parses
+    hot = JsonStore(state).read_hot()  # snapshot plus journal still parse
     assert all(rec["state"] == "leased" and rec["leaseEpoch"] == 1 for rec in hot["jobs"].values())
     claims = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
     assert sum(1 for e in claims if e["op"] == "claim" and e["status"] == 200) == 200

@@ -1,7 +1,8 @@
 """Crash consistency: a process SIGKILLed at every step of a state write leaves a state that loads and is whole.
 
 How: a child process (this file run as a script) performs one real operation
-on a real state directory, with ``os.fsync``, ``os.replace`` and ``os.rename``
+on a real state directory, with ``os.fsync``, ``os.replace``, ``os.rename``, ``os.write``
+(the journal append) and ``os.truncate``
 wrapped so that at the K-th such call it kills itself with SIGKILL, either
 just *before* the call (e.g. data written but not fsynced, or fsynced but not
 renamed) or just *after* it (renamed but the directory not fsynced). A first
@@ -63,7 +64,7 @@ def _arm(kill_at: int, when: str) -> None:
 
         setattr(os, name, step)
 
-    for name in ("fsync", "replace", "rename"):
+    for name in ("fsync", "replace", "rename", "write", "truncate"):  # write: the journal's append
         wrap(name)
     import atexit
 

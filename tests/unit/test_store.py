@@ -44,7 +44,7 @@ def test_terminal_jobs_leave_the_hot_file(tmp_path: Path) -> None:
         view = c.claim("f1", ())
         assert view is not None
         c.report(view["job"]["id"], "f1", 1, "shipped" if i % 2 else "quarantined")
-    hot = json.loads((root / "state.json").read_text())
+    hot = JsonStore(root).read_hot()
     assert hot["jobs"] == {}
     assert hot["terminalCounts"] == {"shipped": 2, "quarantined": 3}
     assert sorted(p.name for p in (root / "archive").iterdir()) == [f"j{i}.json" for i in range(5)]
@@ -73,9 +73,10 @@ def test_a_crash_leftover_in_both_places_resolves_to_the_archive(tmp_path: Path)
     c = coord_on(root, now)
     c.enqueue({"id": "a", "command": ["true"]})
     c.claim("f1", ())
-    hot_before = (root / "state.json").read_text()
+    before = {name: (root / name).read_bytes() for name in ("state.json", "journal.jsonl")}
     c.report("a", "f1", 1, "shipped")
-    (root / "state.json").write_text(hot_before)  # as if we crashed after the archive write
+    for name, data in before.items():  # as if an older version had crashed after the archive write
+        (root / name).write_bytes(data)
     now[0] += 100  # lease expired: the reaper requeues the stale copy...
     assert c.claim("f2", ()) is None  # ...but the archive wins: it never runs again
     assert c.get_job("a")["meta"]["state"] == "shipped"
@@ -95,9 +96,9 @@ def test_specs_stay_out_of_the_hot_file(tmp_path: Path) -> None:
     big = "p" * 100_000
     c.enqueue({"id": "a", "command": ["true"], "prompt": big, "priority": 3, "requires": ["gpu"]})
     c.enqueue({"id": "b", "command": ["true"], "prompt": "small"})
-    hot_text = (root / "state.json").read_text()
+    hot_text = (root / "state.json").read_text() + (root / "journal.jsonl").read_text()
     assert big not in hot_text and "small" not in hot_text
-    assert json.loads(hot_text)["jobs"]["a"]["spec"] == {
+    assert JsonStore(root).read_hot()["jobs"]["a"]["spec"] == {
         "id": "a", "kind": "leaf", "requires": ["gpu"], "priority": 3, "budget": {}, "parentId": None,
         "dependsOn": []}
     assert json.loads((root / "jobs" / "a.json").read_text())["prompt"] == big
@@ -145,8 +146,9 @@ def test_a_version_1_state_file_is_migrated_on_the_next_write(tmp_path: Path) ->
     c = coord_on(root, [100.0])
     assert c.get_job("old")["job"]["prompt"] == "inline"  # readable as it is
     c.enqueue({"id": "new", "command": ["true"]})  # any write moves the old spec out
-    hot = json.loads((root / "state.json").read_text())
+    hot = JsonStore(root).read_hot()
     assert hot["version"] == 2 and "prompt" not in hot["jobs"]["old"]["spec"]
+    assert "inline" not in (root / "journal.jsonl").read_text()
     view = c.claim("f1", ())
     assert view is not None and view["job"]["prompt"] == "inline"
 
@@ -156,10 +158,13 @@ def test_an_idle_poll_does_not_rewrite_the_state(tmp_path: Path) -> None:
     now = [100.0]
     c = coord_on(root, now)
     assert c.claim("f1", ()) is None  # first sighting is written
-    written = (root / "state.json").stat().st_mtime_ns, (root / "state.json").read_text()
+    def files() -> list[tuple[int, bytes]]:
+        return [((root / n).stat().st_mtime_ns, (root / n).read_bytes()) for n in ("state.json", "journal.jsonl")]
+
+    written = files()
     now[0] += 5.0
     assert c.claim("f1", ()) is None
-    assert ((root / "state.json").stat().st_mtime_ns, (root / "state.json").read_text()) == written
+    assert files() == written
     now[0] += 6.0  # lastSeen now older than the granularity: refreshed
     assert c.claim("f1", ()) is None
     assert c.status()["factories"] == [{"factoryId": "f1", "lastSeen": "1970-01-01T00:01:51.000Z"}]

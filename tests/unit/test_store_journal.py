@@ -1,0 +1,175 @@
+"""JsonStore journal: one line per change, torn tails cut, corruption refused, checkpoints idempotent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent_queue.errors import StateError
+from coordinator_stub import store as store_mod
+from coordinator_stub.core import Coordinator
+from coordinator_stub.store import JsonStore
+from tests.unit.test_store import coord_on, mode
+
+
+def journal_lines(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "journal.jsonl").read_text().splitlines()]
+
+
+def fill(c: Coordinator, n: int, prefix: str = "q") -> None:
+    for i in range(n):
+        c.enqueue({"id": f"{prefix}{i:04d}", "command": ["true"], "prompt": "x" * 200})
+
+
+def test_an_operation_appends_one_line_whose_size_does_not_grow_with_the_queue(tmp_path: Path) -> None:
+    sizes = []
+    for queued in (10, 300):
+        root = tmp_path / f"q{queued}"
+        c = coord_on(root, [100.0])
+        fill(c, queued)
+        snapshot = (root / "state.json").read_bytes()
+        before = len(journal_lines(root)) if (root / "journal.jsonl").exists() else 0
+        view = c.claim("f1", ())
+        assert view is not None
+        lines = journal_lines(root)
+        assert len(lines) == before + 1
+        assert list(lines[-1]["set"]) == [view["job"]["id"]] and lines[-1]["del"] == []
+        sizes.append(len(json.dumps(lines[-1])))
+        assert (root / "state.json").read_bytes() == snapshot  # the snapshot is not rewritten per operation
+        assert mode(root / "journal.jsonl") == 0o600
+    assert abs(sizes[0] - sizes[1]) < 16  # only the digits of counters differ, not the queue's size
+
+
+def test_the_journal_is_folded_into_the_snapshot_once_it_outgrows_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 4096)
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 40)
+    for _ in range(40):
+        view = c.claim("f1", ())
+        assert view is not None
+        c.report(view["job"]["id"], "f1", 1, "shipped")
+    journal = (root / "journal.jsonl").stat().st_size
+    assert journal <= max(4096, (root / "state.json").stat().st_size) + 4096  # folded, not growing without bound
+    hot = json.loads((root / "state.json").read_text())
+    assert hot["terminalCounts"]["shipped"] > 0  # the snapshot took the journal's changes
+    assert JsonStore(root).read_hot()["terminalCounts"]["shipped"] == 40
+    assert len(list((root / "archive").glob("*.json"))) == 40
+
+
+def test_a_torn_last_line_is_ignored_and_cut_before_the_next_append(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 2)
+    good = (root / "journal.jsonl").read_bytes()
+    with open(root / "journal.jsonl", "ab") as fh:
+        fh.write(b'{"meta": {"seq": 99}, "set": {"q0000')  # a crash in the middle of an append
+    assert c.get_job("q0001")["meta"]["state"] == "queued"  # readable: the torn line was never acknowledged
+    c.enqueue({"id": "after", "command": ["true"]})
+    data = (root / "journal.jsonl").read_bytes()
+    assert data.startswith(good) and b'"seq": 99' not in data
+    assert [j["job"]["id"] for j in c.list_jobs()] == ["q0000", "q0001", "after"]
+
+
+def test_a_corrupt_whole_line_is_a_clear_error_and_nothing_is_reset(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 2)
+    c.claim("f1", ())
+    lines = (root / "journal.jsonl").read_text().splitlines()
+    lines[0] = "{garbage"
+    (root / "journal.jsonl").write_text("\n".join(lines) + "\n")
+    before = (root / "journal.jsonl").read_bytes()
+    with pytest.raises(StateError) as info:
+        coord_on(root, [100.0]).status()
+    assert "journal.jsonl" in info.value.message and "line 1" in info.value.message
+    assert (root / "journal.jsonl").read_bytes() == before
+
+
+def test_replaying_a_journal_over_the_snapshot_that_already_holds_it_changes_nothing(tmp_path: Path) -> None:
+    """A crash after a checkpoint's new snapshot but before the journal was emptied."""
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 5)
+    view = c.claim("f1", ())
+    assert view is not None
+    c.report(view["job"]["id"], "f1", 1, "shipped")
+    c.claim("f2", ())
+    journal = (root / "journal.jsonl").read_bytes()
+    expected = JsonStore(root).read_hot()
+    store = JsonStore(root)
+    with store.transaction():
+        pass
+    loaded = store._read(store._key())
+    store._checkpoint(loaded)  # fold, then put the journal back as if the truncate never happened
+    assert (root / "journal.jsonl").read_bytes() == b""
+    (root / "journal.jsonl").write_bytes(journal)
+    assert JsonStore(root).read_hot() == expected
+    assert coord_on(root, [100.0]).get_job(view["job"]["id"])["meta"]["state"] == "shipped"
+
+
+def test_an_archive_file_lost_before_a_checkpoint_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
+    """Archive files are written without fsync between checkpoints: a power cut may lose one."""
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 1)
+    c.claim("f1", ())
+    c.report("q0000", "f1", 1, "shipped", {"costUsd": 0.5})
+    (root / "archive" / "q0000.json").unlink()
+    c2 = coord_on(root, [100.0])
+    assert c2.get_job("q0000")["meta"]["state"] == "shipped"
+    store = JsonStore(root)
+    store._checkpoint(store._read(store._key()))
+    assert json.loads((root / "archive" / "q0000.json").read_text())["detail"] == {"costUsd": 0.5}
+
+
+def test_a_long_lived_store_sees_what_another_process_wrote(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    server = coord_on(root, [100.0])  # keeps its state in memory between operations
+    fill(server, 1)
+    other = coord_on(root, [100.0])  # a seam call or the CLI on the same directory
+    other.enqueue({"id": "from-cli", "command": ["true"]})
+    assert [j["job"]["id"] for j in server.list_jobs()] == ["q0000", "from-cli"]
+    view = server.claim("f1", ())
+    assert view is not None and view["job"]["id"] == "q0000"
+    assert other.get_job("q0000")["meta"]["state"] == "leased"
+
+
+def test_a_failed_operation_leaves_nothing_behind_in_memory(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    store = JsonStore(root)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+    fill(c, 1)
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.hot["jobs"]["q0000"]["state"] = "leased"
+        tx.touch()
+        raise RuntimeError("the core failed half way")
+    assert c.get_job("q0000")["meta"]["state"] == "queued"
+    assert store.read_hot()["jobs"]["q0000"]["state"] == "queued"
+
+
+def test_a_change_made_without_touch_is_not_kept_in_memory(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    store = JsonStore(root)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+    fill(c, 1)
+    with store.transaction() as tx:
+        tx.hot["factories"]["ghost"] = 1.0  # not meant to be written (no touch)
+    assert "ghost" not in json.dumps(c.status())
+
+
+def test_the_self_check_catches_a_nested_change_the_journal_cannot_see(tmp_path: Path, monkeypatch) -> None:
+    """Proof the suite-wide AQ_STUB_SELFCHECK can fail: an in-place nested edit is not journaled."""
+    monkeypatch.setenv("AQ_STUB_SELFCHECK", "1")
+    root = tmp_path / "coord"
+    store = JsonStore(root)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+    fill(c, 1)
+    c.claim("f1", ())
+    with pytest.raises(StateError) as info, store.transaction() as tx:
+        tx.hot["jobs"]["q0000"]["lease"]["expiresAt"] = 999.0  # nested: HotRecord cannot see it
+        tx.hot["seq"] += 1
+        tx.touch()
+    assert "self-check failed" in info.value.message
