@@ -2,9 +2,11 @@
 
 Starts ``agent-queue run`` at the default poll interval on an empty root,
 lets start-up finish, then samples its CPU time (itself plus reaped children,
-so fleet mode's seam processes count) over a window and scales to a minute.
-Fleet mode is measured twice: over the command seam (a process per poll) and
-over HTTP against a real ``coordinator-stub serve`` (whose CPU is reported apart).
+so any seam processes count) over a window and scales to a minute.
+Fleet mode is measured twice: over the command seam (the literal
+``coordinator-stub --state DIR call`` of this venv, which the daemon runs
+in-process; any other command would spawn a process per poll) and over HTTP
+against a real ``coordinator-stub serve`` (whose CPU is reported apart).
 Fleet mode is measured when this build's daemon supports it, else recorded
 as unavailable with the daemon's own message.
 """

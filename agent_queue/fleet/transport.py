@@ -2,7 +2,10 @@
 
 Two transports carry exactly the same requests (docs/fleet-api.md): the
 command seam (``AQ_FLEET_API_CMD``, one child process per request) and HTTP
-(``AQ_FLEET_API``, one keep-alive session per thread). A transport does no
+(``AQ_FLEET_API``, one keep-alive session per thread). When the seam command is
+this installation's own ``coordinator-stub ... call``, the same stub code runs
+in this process instead (``EmbeddedTransport``): a spawn per poll costs ~35 ms
+of CPU, the operation itself about one. A transport does no
 retries and no error mapping: it delivers ``Response(status, body)`` or raises
 ``TransportError`` ("nothing trustworthy came back"); ``FleetClient`` decides
 what a status means and whether to try again. ``requests`` is imported only
@@ -13,6 +16,7 @@ repr, a log line or an exception message.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -21,16 +25,21 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from agent_queue.errors import ConfigError, TransportError
+from agent_queue.errors import AQError, ConfigError, TransportError
 
 if TYPE_CHECKING:
     import requests
+
+    from coordinator_stub.settings import StubSettings
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +140,114 @@ class CommandTransport:
 
     def close(self) -> None:
         """Nothing to release: every request is its own process."""
+
+
+class EmbeddedTransport:
+    """The command seam to this installation's ``coordinator-stub``, run in this process.
+
+    ``stub_args`` are the stub's own arguments, a call prefix exactly as the
+    spawned stub parses it (``coordinator_stub.seam.parse_call_prefix``). Each
+    request runs ``coordinator_stub.seam.run_request`` with the same settings
+    (flags, else ``AQ_STUB_STATE`` / ``AQ_STUB_LEASE_TTL_S`` from ``env``), the
+    same ``JsonStore`` and the same flock(2) on ``DIR/.lock``, so embedded
+    daemons, ``coordinator-stub call`` processes and ``serve`` on one state dir
+    exclude each other as before. The body crosses as the wire's JSON bytes
+    both ways: no object is shared with the coordinator's state. The lock is
+    waited for at most the request's timeout; then, and on any unexpected
+    exception in the stub code (where the spawned seam would exit non-zero),
+    ``TransportError``. A fresh store per request (as per spawned call), so
+    threads exclude each other through the flock alone, each with its own deadline.
+    The token is never read.
+    """
+
+    def __init__(self, stub_args: list[str], timeout_s: float, env: Mapping[str, str] | None = None) -> None:
+        from coordinator_stub import seam
+        from coordinator_stub.settings import load_settings
+
+        parsed = _call_prefix(stub_args)
+        if parsed is None:
+            raise ConfigError(f"AQ_FLEET_API_CMD: {shlex.join(stub_args)!r} is not a coordinator-stub call prefix")
+        state, lease_ttl, ignore_dry_run = parsed
+        source = os.environ if env is None else env
+        stub_env = {k: source[k] for k in ("AQ_STUB_STATE", "AQ_STUB_LEASE_TTL_S") if k in source}
+        self._seam = seam
+        self.timeout_s = timeout_s
+        self.settings: StubSettings | None = None
+        self._config_error = ""
+        try:
+            self.settings = load_settings(stub_env, state, lease_ttl, ignore_dry_run)
+        except AQError as exc:  # the spawned stub exits 2 on every call: so does every request here
+            self._config_error = exc.message
+
+    def __repr__(self) -> str:
+        state = str(self.settings.state_dir) if self.settings else None
+        return f"EmbeddedTransport(state_dir={state!r}, timeout_s={self.timeout_s})"
+
+    def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> Response:
+        where = f"{method} {path} via AQ_FLEET_API_CMD (in-process)"
+        timeout = _effective_timeout(self.timeout_s, timeout_s)
+        settings = self.settings
+        if settings is None:
+            raise TransportError(f"{where}: coordinator-stub: {self._config_error}")
+        deadline = time.monotonic() + timeout
+
+        def lock(path: Path) -> contextlib.AbstractContextManager[None]:
+            return _timed_flock(path, deadline)
+
+        try:
+            status, answer = self._seam.run_request(settings, method, path, _encode(body), lock)
+            out = self._seam.encode_answer(status, answer).encode("utf-8")
+        except _LockTimeout as exc:
+            raise TransportError(
+                f"{where}: {exc.path} still locked by another process after {timeout:.3g}s"
+            ) from None
+        except Exception as exc:  # a bug or an OS error in the stub: the spawned seam would exit 1
+            log.debug("%s: the embedded coordinator-stub failed", where, exc_info=True)
+            text = " ".join(str(exc).split())[:_STDERR_TAIL]
+            raise TransportError(f"{where}: coordinator-stub failed: {type(exc).__name__}: {text}") from None
+        return _parse_seam_answer(out, where)
+
+    def close(self) -> None:
+        """Nothing to release: every request opens and closes its own lock file."""
+
+
+class _LockTimeout(Exception):
+    """Not an AQError on purpose: ``api.handle`` must not turn it into an answer."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
+_LOCK_POLL_MAX_S = 0.01
+
+
+@contextlib.contextmanager
+def _timed_flock(path: Path, deadline: float) -> Iterator[None]:
+    """``store.flock`` with a deadline (``time.monotonic``): LOCK_NB polled with short sleeps."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _LockTimeout(path) from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, _LOCK_POLL_MAX_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -295,13 +412,22 @@ def make_transport(
 ) -> Transport:
     """Pick the transport from settings: ``AQ_FLEET_API_CMD`` wins over ``AQ_FLEET_API``.
 
+    A seam command naming this installation's own ``coordinator-stub`` with
+    nothing but a call prefix runs in this process (``EmbeddedTransport``);
+    any other command is spawned per request (``CommandTransport``).
     HTTP requires a token unless the URL is loopback (a coordinator on this
     host, e.g. ``coordinator-stub serve`` for a one-host fleet). Credentials
     in the URL are refused: the token belongs in ``AQ_FLEET_TOKEN`` only,
     where it is kept out of logs.
     """
     if api_cmd and api_cmd.strip():
-        return CommandTransport(_split_cmd(api_cmd), timeout_s)
+        argv = _split_cmd(api_cmd)
+        stub_args = embedded_stub_args(argv)
+        if stub_args is None:
+            return CommandTransport(argv, timeout_s)
+        transport = EmbeddedTransport(stub_args, timeout_s)
+        _announce_embedded(transport)
+        return transport
     if api_url and api_url.strip():
         return _http_transport(api_url.strip(), token, timeout_s)
     raise ConfigError("fleet mode needs AQ_FLEET_API_CMD or AQ_FLEET_API")
@@ -317,6 +443,70 @@ def _split_cmd(api_cmd: str) -> list[str]:
     if shutil.which(argv[0]) is None:
         raise ConfigError(f"AQ_FLEET_API_CMD: program {argv[0]!r} not found or not executable")
     return argv
+
+
+def embedded_stub_args(argv: list[str]) -> list[str] | None:
+    """The stub's arguments when ``argv`` runs this installation's ``coordinator-stub`` call prefix, else None.
+
+    This installation's stub is the ``coordinator-stub`` script next to
+    ``sys.executable`` (same venv), or ``sys.executable -m coordinator_stub``;
+    ``argv[0]`` is resolved on PATH as the spawn would. Its arguments must be
+    exactly a call prefix (``[--state DIR] [--lease-ttl S] [--ignore-dry-run]
+    call [--ignore-dry-run]``). A wrapper, another program, another venv's
+    stub or any other argument keeps the spawning transport.
+    """
+    if not sys.executable:
+        return None
+    if argv[1:3] == ["-m", "coordinator_stub"] and _is_this_python(argv[0]):
+        stub_args = argv[3:]
+    elif _same_file(argv[0], os.path.join(os.path.dirname(sys.executable), "coordinator-stub")):
+        stub_args = argv[1:]
+    else:
+        return None
+    return stub_args if _call_prefix(stub_args) is not None else None
+
+
+def _call_prefix(stub_args: list[str]) -> tuple[str | None, str | None, bool] | None:
+    """(state, lease_ttl, ignore_dry_run) when ``stub_args`` are a call prefix and nothing more, else None."""
+    from coordinator_stub.seam import parse_call_prefix
+
+    parsed = parse_call_prefix(stub_args)
+    if parsed is None or parsed[3]:
+        return None
+    return parsed[0], parsed[1], parsed[2]
+
+
+def _same_file(program: str, expected: str) -> bool:
+    found = shutil.which(program)
+    try:
+        return found is not None and os.path.samefile(found, expected)
+    except OSError:
+        return False
+
+
+def _is_this_python(program: str) -> bool:
+    """``program`` is this interpreter: the same file in the same directory.
+
+    A venv's ``bin/python`` is a symlink to the base interpreter: the same file
+    as ``/usr/bin/python3``, but that one would not see this venv's packages.
+    """
+    found = shutil.which(program)
+    if found is None or not _same_file(found, sys.executable):
+        return False
+    here = os.path.realpath(os.path.dirname(os.path.abspath(sys.executable)))
+    return os.path.realpath(os.path.dirname(os.path.abspath(found))) == here
+
+
+_announced: set[str] = set()
+
+
+def _announce_embedded(transport: EmbeddedTransport) -> None:
+    """Say once per process (and state dir) that the seam runs in-process."""
+    key = str(transport.settings.state_dir) if transport.settings else ""
+    if key not in _announced:
+        _announced.add(key)
+        log.info("AQ_FLEET_API_CMD names this installation's coordinator-stub: requests run in-process (embedded)"
+                 " [%s]", transport)
 
 
 def _http_transport(url: str, token: str | None, timeout_s: float) -> HttpTransport:
