@@ -263,24 +263,58 @@ def archive_name(job_id: str) -> str | None:
     return "".join(f"^{c.lower()}" if c.isupper() else c for c in job_id) + ".json"
 
 
+class LockTimeout(Exception):
+    """``flock`` gave up at its deadline. Not an AQError on purpose: ``api.handle`` must not answer it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
+_LOCK_POLL_MAX_S = 0.01
+
+
 @contextlib.contextmanager
-def flock(path: Path) -> Iterator[None]:
+def flock(path: Path, deadline: float | None = None) -> Iterator[None]:
     """Exclusive flock(2) on ``path``: the same lock ``filelock.FileLock`` takes on Unix, minus its import cost.
 
     The command seam runs once per operation as a fresh process, where importing
     filelock would cost more than the whole operation; both exclude each other.
+    With ``deadline`` (``time.monotonic``), LOCK_NB is polled with short sleeps and
+    ``LockTimeout`` raised at the deadline: an in-process caller (the daemon's
+    embedded seam) must never hang on a lock a stuck process holds.
     """
     import fcntl
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if deadline is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            _flock_until(fd, path, deadline)
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _flock_until(fd: int, path: Path, deadline: float) -> None:
+    import fcntl
+    import time
+
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockTimeout(path) from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _LOCK_POLL_MAX_S)
 
 
 def filelock_lock(path: Path) -> ContextManager[Any]:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -193,13 +193,15 @@ class EmbeddedTransport:
             raise TransportError(f"{where}: coordinator-stub: {self._config_error}")
         deadline = time.monotonic() + timeout
 
+        from coordinator_stub.store import LockTimeout, flock
+
         def lock(path: Path) -> contextlib.AbstractContextManager[None]:
-            return _timed_flock(path, deadline)
+            return flock(path, deadline)
 
         try:
             status, answer = self._seam.run_request(settings, method, path, _encode(body), lock)
             out = self._seam.encode_answer(status, answer).encode("utf-8")
-        except _LockTimeout as exc:
+        except LockTimeout as exc:
             raise TransportError(
                 f"{where}: {exc.path} still locked by another process after {timeout:.3g}s"
             ) from None
@@ -211,43 +213,6 @@ class EmbeddedTransport:
 
     def close(self) -> None:
         """Nothing to release: every request opens and closes its own lock file."""
-
-
-class _LockTimeout(Exception):
-    """Not an AQError on purpose: ``api.handle`` must not turn it into an answer."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(str(path))
-        self.path = path
-
-
-_LOCK_POLL_MAX_S = 0.01
-
-
-@contextlib.contextmanager
-def _timed_flock(path: Path, deadline: float) -> Iterator[None]:
-    """``store.flock`` with a deadline (``time.monotonic``): LOCK_NB polled with short sleeps."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        pause = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _LockTimeout(path) from None
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, _LOCK_POLL_MAX_S)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
