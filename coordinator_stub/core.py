@@ -28,7 +28,7 @@ Times in records are epoch seconds (floats); on the wire they are RFC 3339.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import Enum, StrEnum
 
 from agent_queue.errors import AQError, BadInput, Conflict, Fenced, InvalidJob, NotFound, NotLeased
@@ -74,19 +74,6 @@ def lease_state(rec: Mapping[str, Any], now: float) -> LeaseState:
     if rec["state"] != JobState.LEASED.value or not lease:
         return LeaseState.NONE
     return LeaseState.ACTIVE if now < lease["expiresAt"] else LeaseState.EXPIRED
-
-
-def _claim_order(candidates: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Highest priority, then oldest enqueue; the first is found in one pass (usually it is ready)."""
-    if not candidates:
-        return
-
-    def key(r: Mapping[str, Any]) -> tuple[int, int]:
-        return -r["spec"].get("priority", 0), r["seq"]
-
-    first = min(candidates, key=key)
-    yield first
-    yield from (r for r in sorted(candidates, key=key) if r is not first)
 
 
 class InvalidReport(BadInput):
@@ -391,8 +378,7 @@ class Coordinator:
     def _reap(self, tx: Tx, now: float) -> list[dict[str, Any]]:
         """Expired leases end here: one attempt counted, back to queued or quarantined; one event each."""
         reclaimed = []
-        expired = [rec for rec in tx.hot["jobs"].values()  # one cheap pass: most records hold no lease
-                   if rec["lease"] and lease_state(rec, now) is LeaseState.EXPIRED]
+        expired = [rec for rec in tx.leased_records() if lease_state(rec, now) is LeaseState.EXPIRED]
         for rec in expired:
             if self._stale(tx, rec):  # crash leftover: the job already finished
                 del tx.hot["jobs"][rec["spec"]["id"]]
@@ -621,7 +607,7 @@ class Coordinator:
         return None if rec is None else str(rec["state"])
 
     def _lease_for_request(self, tx: Tx, factory_id: str, request_id: str) -> dict[str, Any] | None:
-        for rec in tx.hot["jobs"].values():
+        for rec in tx.leased_records():
             lease = rec.get("lease")
             if lease and lease["factoryId"] == factory_id and lease.get("requestId") == request_id:
                 found: dict[str, Any] = rec
@@ -632,13 +618,11 @@ class Coordinator:
               skip: frozenset[str] = frozenset()) -> dict[str, Any] | None:
         """Highest priority, then oldest enqueue, among queued jobs this caller may take now."""
         queued = JobState.QUEUED.value
-        candidates: list[dict[str, Any]] = [
-            r for r in tx.hot["jobs"].values()
-            if r["state"] == queued and (r["notBefore"] is None or r["notBefore"] <= now)
-            and caps.issuperset(r["spec"].get("requires", ())) and r["spec"]["id"] not in skip
-        ]
         parents: dict[str, dict[str, Any] | None] = {}
-        for rec in _claim_order(candidates):
+        for rec in tx.queued_in_claim_order():
+            if (rec["state"] != queued or (rec["notBefore"] is not None and rec["notBefore"] > now)
+                    or not caps.issuperset(rec["spec"].get("requires", ())) or rec["spec"]["id"] in skip):
+                continue
             job_id = rec["spec"]["id"]
             if self._stale(tx, rec):  # crash leftover: the archive is authoritative
                 del tx.hot["jobs"][job_id]

@@ -91,7 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s %s", self.address_string(), format % args)  # the request line only: never headers
+        if log.isEnabledFor(logging.DEBUG):  # called for every request: format nothing unless it is shown
+            log.debug("%s %s", self.address_string(), format % args)  # the request line only: never headers
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -168,7 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             head.append("Connection: close")
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + payload)  # one write: no Nagle stall
-        log.debug("%s %s -> %d", self.command, self.path.split("?")[0], status)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> %d", self.command, self.path.split("?")[0], status)
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
