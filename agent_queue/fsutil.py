@@ -105,6 +105,12 @@ def append_line(path: Path, line: str, mode: int = FILE_MODE, durable: bool = Tr
     try:
         os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
         if durable:
-            os.fsync(fd)
+            _datasync(fd)
     finally:
         os.close(fd)
+
+
+def _datasync(fd: int) -> None:
+    """fdatasync(2) where it exists (Linux): the data and the size, not the timestamps; fsync elsewhere (macOS)."""
+    sync = getattr(os, "fdatasync", None) or os.fsync
+    sync(fd)

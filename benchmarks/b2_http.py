@@ -6,11 +6,15 @@ alone), and ``coordinator-stub serve`` doing claim + report pairs (the real
 figure: each is a durable state change, lock plus fsync), the latter once with
 its state on the normal disk and once on tmpfs (/dev/shm, where fsync is nearly
 free: the gap is the durability cost, the rest is HTTP + logic). Each client is a
-thread with its own Session; each configuration runs for a fixed time.
+thread with its own Session; each configuration runs for a fixed time. The floor
+and the figures are measured back to back in several rounds, and each ratio is
+the median of the per-round ratios (min and max saved too).
 """
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,40 +105,59 @@ def claim_report_op(url: str) -> Callable[[int], Callable[[], int]]:
 
 def main() -> None:
     args = common.parse_args(__doc__)
-    seconds, jobs = (0.3, 2000) if args.smoke else (3.0, 6000)  # never runs dry: ~1000 ops/s
-    out: dict[str, dict[str, float]] = {}
-    port = common.free_port()
-    with common.running([common.PYTHON, str(Path(__file__).parent / "echo_server.py"), str(port)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
-        url = f"http://127.0.0.1:{port}"
-        common.wait_for(lambda: _up(url), 20, "echo server")
-        out["echo"] = {str(c): rate(c, seconds, echo_op(url)) for c in (1, 4)}
+    # Rounds: the floor and each figure are measured back to back, ROUNDS times, and each figure is the
+    # median of its per-round ratios. This VM's speed drifts by up to 2x within minutes (neighbours), so
+    # a floor measured once at the start made the ratio swing by +-15% between runs.
+    rounds, seconds, jobs = (1, 0.2, 2000) if args.smoke else (5, 1.0, 8000)  # never runs dry: ~1000 ops/s
+    configs = [("stub_healthz", None, healthz_op), ("stub_claim_report", None, claim_report_op),
+               ("stub_claim_report_tmpfs", _TMPFS, claim_report_op)]
+    configs = [c for c in configs if c[1] is None or Path(c[1]).is_dir()]  # no tmpfs here (macOS): disk only
+    samples: dict[str, dict[str, list[float]]] = {k: {"1": [], "4": []} for k in ["echo", *(c[0] for c in configs)]}
+    ratios_seen: dict[str, dict[str, list[float]]] = {c[0]: {"1": [], "4": []} for c in configs}
     h = common.History()
     h.queued(jobs)
-    for key, where in (("stub_claim_report", None), ("stub_claim_report_tmpfs", _TMPFS)):
-        if where is not None and not Path(where).is_dir():
-            continue  # no tmpfs here (macOS): the disk figure stands alone
-        with tempfile.TemporaryDirectory(dir=where) as tmp:
-            state = Path(tmp) / "stub"
-            h.dump(state)
-            proc, url = common.serve_stub(state)
-            try:
-                if where is None:
-                    out["stub_healthz"] = {str(c): rate(c, seconds, healthz_op(url)) for c in (1, 4)}
-                out[key] = {str(c): rate(c, seconds, claim_report_op(url)) for c in (1, 4)}
-            finally:
-                common.stop(proc)
-    ratios = {k: {c: common.ratio(v[c], out["echo"][c]) for c in v} for k, v in out.items() if k != "echo"}
+    with contextlib.ExitStack() as stack:
+        urls = {"echo": _start_echo(stack)}
+        for key, where, _ in configs:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=where)))
+            if key == "stub_healthz":
+                continue  # served by the disk stub below
+            h.dump(tmp / "stub")
+            proc, urls[key] = common.serve_stub(tmp / "stub")
+            stack.callback(common.stop, proc)
+        urls["stub_healthz"] = urls["stub_claim_report"]
+        for _ in range(rounds):
+            for c in ("1", "4"):
+                floor = rate(int(c), seconds, echo_op(urls["echo"]))
+                samples["echo"][c].append(floor)
+                for key, _, make_op in configs:
+                    got = rate(int(c), seconds, make_op(urls[key]))
+                    samples[key][c].append(got)
+                    ratios_seen[key][c].append(got / floor)
+    out = {k: {c: statistics.median(v) for c, v in per.items()} for k, per in samples.items()}
+    ratios = {k: {c: round(statistics.median(v), 3) for c, v in per.items()} for k, per in ratios_seen.items()}
+    spread = {k: {c: [round(min(v), 3), round(max(v), 3)] for c, v in per.items()} for k, per in ratios_seen.items()}
     headline = {"ops_s_1": round(out["stub_claim_report"]["1"], 1), "ops_s_4": round(out["stub_claim_report"]["4"], 1),
                 "floor_ops_s_1": round(out["echo"]["1"], 1), "ratio_1": ratios["stub_claim_report"]["1"],
                 "ratio_4": ratios["stub_claim_report"]["4"], "http_layer_ratio_1": ratios["stub_healthz"]["1"],
+                "ratio_1_range": spread["stub_claim_report"]["1"], "ratio_4_range": spread["stub_claim_report"]["4"],
                 "target": ">= 0.5"}
     if "stub_claim_report_tmpfs" in out:  # same work with fsync nearly free: separates logic from durability
         headline.update(tmpfs_ops_s_1=round(out["stub_claim_report_tmpfs"]["1"], 1),
                         tmpfs_ops_s_4=round(out["stub_claim_report_tmpfs"]["4"], 1),
                         tmpfs_ratio_1=ratios["stub_claim_report_tmpfs"]["1"])
     common.save(args.out, "b2_http", {"headline": headline, "ops_per_s": out, "ratios": ratios,
+                                      "ratio_ranges": spread, "samples": samples, "rounds": rounds,
                                       "seconds_per_config": seconds, "queued_at_start": jobs}, args.smoke)
+
+
+def _start_echo(stack: contextlib.ExitStack) -> str:
+    port = common.free_port()
+    stack.enter_context(common.running([common.PYTHON, str(Path(__file__).parent / "echo_server.py"), str(port)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    url = f"http://127.0.0.1:{port}"
+    common.wait_for(lambda: _up(url), 20, "echo server")
+    return url
 
 
 def _up(url: str) -> bool:

@@ -30,19 +30,21 @@ def measure(state: Path, n: int) -> dict[str, list[float]]:
     from coordinator_stub.core import Coordinator
     from coordinator_stub.store import JsonStore, flock
 
-    coord = Coordinator(JsonStore(state, lock=flock), time.time)
+    def coord() -> Coordinator:  # a fresh store per operation: it reads the files as a seam process does
+        return Coordinator(JsonStore(state, lock=flock), time.time)
+
     ops: dict[str, list[float]] = {"claim": [], "renew": [], "report": []}
     for _ in range(n):
         t0 = time.perf_counter()
-        view = coord.claim("b3", [])
+        view = coord().claim("b3", [])
         ops["claim"].append(time.perf_counter() - t0)
         assert view is not None and view["job"]["id"].startswith("m-"), view
         job_id, epoch = view["job"]["id"], view["lease"]["leaseEpoch"]
         t0 = time.perf_counter()
-        coord.renew(job_id, "b3", epoch)
+        coord().renew(job_id, "b3", epoch)
         ops["renew"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        coord.report(job_id, "b3", epoch, "shipped")
+        coord().report(job_id, "b3", epoch, "shipped")
         ops["report"].append(time.perf_counter() - t0)
     return ops
 

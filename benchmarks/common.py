@@ -281,6 +281,7 @@ class History:
         for job_id in self.store.hot["jobs"]:
             store.spec_path(job_id).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
         store.state_path.write_text(json.dumps({**self.store.hot, "version": STATE_VERSION}), encoding="utf-8")
+        store.journal_path.unlink(missing_ok=True)  # the snapshot above is the whole state: no older journal
 
 
 def ratio(a: float, b: float) -> float:

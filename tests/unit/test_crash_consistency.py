@@ -64,8 +64,9 @@ def _arm(kill_at: int, when: str) -> None:
 
         setattr(os, name, step)
 
-    for name in ("fsync", "replace", "rename", "write", "truncate"):  # write: the journal's append
-        wrap(name)
+    for name in ("fsync", "fdatasync", "replace", "rename", "write", "truncate"):  # write: the journal's append
+        if hasattr(os, name):  # no fdatasync on macOS
+            wrap(name)
     import atexit
 
     atexit.register(lambda: sys.stdout.write(f"steps={counter[0]}\n"))
