@@ -1,5 +1,9 @@
 """B4: end to end, 200 trivial jobs (``true``) through 2 factories and the command-seam stub.
 
+The seam command is the literal ``coordinator-stub --state DIR call``, which the
+daemons run in-process (the embedded transport, docs/fleet-client.md): no
+process per coordinator request, the same state directory and lock.
+
 Figure: jobs/s and overhead per job = (wall - the jobs' own run time) / jobs,
 where the jobs' own run time is the floor: ``bash -c true`` run 200 times by
 one process. Both factories must do some of the work. When this build's
@@ -61,7 +65,7 @@ def fleet(base: Path, n: int) -> dict[str, object]:
     for e in common.events(state):
         if e.get("op") == "report" and e.get("status") == 200:
             per[e["factoryId"]] = per.get(e["factoryId"], 0) + 1
-    return {"mode": "fleet, 2 factories, command seam", "wall_s": wall, "shipped": sum(per.values()),
+    return {"mode": "fleet, 2 factories, stub seam run in-process", "wall_s": wall, "shipped": sum(per.values()),
             "per_factory": per}
 
 

@@ -22,6 +22,14 @@ def _ms(s: dict[str, Any]) -> str:
     return f"{s['median'] * 1e3:.1f} ms ({s['min'] * 1e3:.1f}-{s['max'] * 1e3:.1f})"
 
 
+def _range(h: dict[str, Any]) -> str:
+    """B2's per-round spread, when the run measured rounds."""
+    if "ratio_1_range" not in h:
+        return ""
+    (a, b), (c, d) = h["ratio_1_range"], h["ratio_4_range"]
+    return f" (rounds {a}-{b} / {c}-{d})"
+
+
 def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
     """(figure, floor, ratio, target) of one result document."""
     h = d["headline"]
@@ -32,7 +40,7 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
         return (f"{o['stub_claim_report']['1']:.0f} / {o['stub_claim_report']['4']:.0f} ops/s "
                 f"(healthz {o['stub_healthz']['1']:.0f} / {o['stub_healthz']['4']:.0f})",
                 f"echo {o['echo']['1']:.0f} / {o['echo']['4']:.0f} ops/s",
-                f"{h['ratio_1']}x / {h['ratio_4']}x (HTTP layer {h['http_layer_ratio_1']}x)"
+                f"{h['ratio_1']}x / {h['ratio_4']}x" + _range(h) + f" (HTTP layer {h['http_layer_ratio_1']}x)"
                 + (f"; state on tmpfs {h['tmpfs_ops_s_1']:.0f} / {h['tmpfs_ops_s_4']:.0f} ops/s, "
                    f"{h['tmpfs_ratio_1']}x" if "tmpfs_ops_s_1" in h else ""), h["target"])
     if name == "b3_history":

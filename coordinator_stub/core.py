@@ -221,7 +221,10 @@ class Coordinator:
             op != "renew" and last is not None and last["op"] == op and last["factoryId"] == factory_id
             and last["leaseEpoch"] == epoch and last.get("outcome") == outcome
         ):
-            return rec, last["result"]
+            result: dict[str, Any] = last["result"]
+            if "job" not in result:  # kept without the spec in a hot record (see _requeue)
+                result = {**result, "job": tx.spec_of(rec)}
+            return rec, result
         state = lease_state(rec, now)
         where = f"job {job_id}: {op} by {factory_id} epoch {epoch}"
         if state is LeaseState.NONE:
@@ -546,7 +549,9 @@ class Coordinator:
     ) -> dict[str, Any]:
         rec.update(state=JobState.QUEUED.value, lease=None, reason=reason or None, notBefore=not_before)
         result = self._view(c.tx, rec, c.now)
-        rec["lastEnd"] = {**end, "result": result}
+        # Without the spec (it may hold a 1 MB prompt): the hot record and each journal line stay small;
+        # a replay puts the spec, which never changes, back in (_fence).
+        rec["lastEnd"] = {**end, "result": {k: v for k, v in result.items() if k != "job"}}
         c.tx.touch()
         return result
 

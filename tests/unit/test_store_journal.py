@@ -173,3 +173,15 @@ def test_the_self_check_catches_a_nested_change_the_journal_cannot_see(tmp_path:
         tx.hot["seq"] += 1
         tx.touch()
     assert "self-check failed" in info.value.message
+
+
+def test_a_requeued_job_keeps_its_spec_out_of_the_journal_and_a_replay_still_carries_it(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    big = "P" * 50_000
+    c.enqueue({"id": "a", "command": ["true"], "prompt": big})
+    c.claim("f1", ())
+    first = c.release("a", "f1", 1, "later")
+    assert big not in (root / "journal.jsonl").read_text()
+    replay = coord_on(root, [100.0]).release("a", "f1", 1, "later")  # the first answer was lost in transit
+    assert replay == first and replay["job"]["prompt"] == big
