@@ -103,7 +103,9 @@ def append_line(path: Path, line: str, mode: int = FILE_MODE, durable: bool = Tr
     """Append one line, durably unless told (O_APPEND keeps concurrent writers' lines whole)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
     try:
-        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+        data = memoryview((line.rstrip("\n") + "\n").encode("utf-8"))
+        while data:  # a short write (full disk, some network file systems) must not pass as whole
+            data = data[os.write(fd, data):]
         if durable:
             _datasync(fd)
     finally:

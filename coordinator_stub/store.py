@@ -46,6 +46,7 @@ import bisect
 import contextlib
 import heapq
 import json
+import logging
 import os
 import re
 import sys
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 
     LockFactory = Callable[[Path], ContextManager[Any]]
 
+log = logging.getLogger(__name__)
 STATE_VERSION = 2  # 2: hot specs are summaries (SCHED_KEYS); 1 (full specs inline) is read and migrated
 _READABLE_VERSIONS = (1, 2)
 # The spec keys a hot record keeps: everything the scheduler reads (claim order, capabilities,
@@ -129,16 +131,19 @@ class Tx(ABC):
             return full
         return self._load_spec(spec["id"])
 
-    def split_specs(self, changed: set[str] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    def split_specs(
+        self, changed: set[str] | None = None, scan_all: bool = False
+    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """At commit: (full specs of records new to the hot document, ids whose spec left it).
 
         New hot records get their spec summarized in place; archived records get
         their full spec back, so an archive file is whole on its own. ``changed``
-        (a store that tracks changes): only these ids can be new or gone.
+        (a store that tracks changes): only these ids can be new or gone, unless
+        ``scan_all`` (a version-1 snapshot, whose records may all hold full specs).
         """
         jobs = self.hot["jobs"]
         new: dict[str, dict[str, Any]] = {}
-        ids = jobs if changed is None else [job_id for job_id in changed if job_id in jobs]
+        ids = jobs if changed is None or scan_all else [job_id for job_id in changed if job_id in jobs]
         for job_id in ids:
             rec = jobs[job_id]
             if not isinstance(rec["spec"], SpecSummary):
@@ -185,7 +190,12 @@ class Tx(ABC):
         """
         if self.archived(job_id) is None:
             raise StateError(f"archive: {job_id!r} is not archived, nothing to supersede")
-        self.pending_history.add(job_id)
+        if job_id in self.pending_archive and job_id not in self.pending_history:
+            # Archived earlier in this same transaction (the reaper quarantined it just now): no
+            # stored version exists to keep, so the archiving is simply undone or replaced.
+            del self.pending_archive[job_id]
+        else:
+            self.pending_history.add(job_id)
         if record is not None:
             self.pending_archive[job_id] = record
         self.touch()
@@ -295,6 +305,19 @@ def archive_name(job_id: str) -> str | None:
     if ".." in job_id or not _SAFE_NAME.fullmatch(job_id):
         return None
     return "".join(f"^{c.lower()}" if c.isupper() else c for c in job_id) + ".json"
+
+
+def archive_id(name: str) -> str:
+    """The job id of an archive file name (the inverse of ``archive_name``)."""
+    stem, out, i = name.removesuffix(".json"), [], 0
+    while i < len(stem):
+        if stem[i] == "^" and i + 1 < len(stem):
+            out.append(stem[i + 1].upper())
+            i += 2
+        else:
+            out.append(stem[i])
+            i += 1
+    return "".join(out)
 
 
 class LockTimeout(Exception):
@@ -577,6 +600,8 @@ class _JsonTx(Tx):
             if rec is not None and job_id not in self.pending_archive:
                 yield rec
         for path in sorted(self._store.archive_dir.glob("*.json")):
+            if archive_id(path.name) in seen:  # the journal's version wins; the file may be torn
+                continue
             rec = _read_json_file(path)
             if isinstance(rec, dict) and rec.get("spec", {}).get("id") not in seen:
                 yield rec
@@ -689,11 +714,20 @@ class JsonStore(Store):
         except FileNotFoundError:
             data = b""
         good = data.rfind(b"\n") + 1  # beyond: a line whose write a crash cut short (never acknowledged)
-        for n, line in enumerate(data[:good].splitlines(), 1):
+        lines = data[:good].split(b"\n")[:-1]
+        for n, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
                 _apply(hot, archived, entry)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                if n == len(lines) and _unparseable(line):
+                    # The last line only: a power cut may persist a write's end but not all of its
+                    # middle. It was never acknowledged (its fsync did not return); cut at the next
+                    # append, with a copy kept in journal.torn.
+                    log.warning("%s: last line unreadable, treated as a write a crash cut short",
+                                self.journal_path)
+                    good -= len(line) + 1
+                    break
                 raise StateError(f"{self.journal_path}: line {n} is corrupt ({exc}); "
                                  "fix or move it away, it was not reset") from exc
         hot["version"] = STATE_VERSION
@@ -732,7 +766,7 @@ class JsonStore(Store):
         """
         for job_id in sorted(tx.pending_history):  # copy first: a crash from here on loses no version
             self._keep_history(tx, job_id)
-        new, gone = tx.split_specs(None if loaded.migrating else self._changed)
+        new, gone = tx.split_specs(self._changed, scan_all=loaded.migrating)
         for job_id, spec in new.items():  # before the journal: never a hot record without its spec
             write_bytes_atomic(self.spec_path(job_id), _compact(spec), sync_dir=False)
         if new:
@@ -748,8 +782,26 @@ class JsonStore(Store):
             "archive": archived,
         }
         if loaded.journal_good < loaded.journal_len:  # cut a torn tail before appending after it
-            os.truncate(self.journal_path, loaded.journal_good)
+            self._cut_torn_tail(loaded.journal_good)
         append_line(self.journal_path, _compact(entry).decode("utf-8"))
+        try:
+            self._after_journal(tx, loaded, archived, gone)
+        except OSError as exc:  # the operation is durable: answer it; the journal rebuilds the rest
+            log.warning("%s: after the journal line: %s (the next operation re-reads the state)", self.root, exc)
+            self._loaded = None
+
+    def _cut_torn_tail(self, good: int) -> None:
+        with open(self.journal_path, "rb") as fh:
+            fh.seek(good)
+            tail = fh.read()
+        with open(self.root / "journal.torn", "ab") as fh:  # kept: never delete what someone may need
+            fh.write(tail + b"\n")
+        os.truncate(self.journal_path, good)
+
+    def _after_journal(self, tx: _JsonTx, loaded: _Loaded, archived: dict[str, dict[str, Any] | None],
+                       gone: list[str]) -> None:
+        """What the journal line makes rebuildable: archive files, removals, memory, the next checkpoint."""
+        jobs = tx.hot["jobs"]
         loaded.archived.update(archived)
         for job_id, rec in archived.items():  # rebuildable from the journal: no fsync here
             if rec is None:
@@ -814,6 +866,12 @@ class JsonStore(Store):
         loaded.journal_len = loaded.journal_good = 0
 
     def _append_logs(self, tx: Tx) -> None:
+        try:
+            self._write_logs(tx)
+        except OSError as exc:  # after the state: the operation took effect, so it is still answered
+            log.warning("%s: event log line(s) not written: %s", self.root, exc)
+
+    def _write_logs(self, tx: Tx) -> None:
         """The audit logs: written at once (a crashed process loses no line), fsync'd at each checkpoint.
 
         The state, not the log, is what must survive a power cut; an fsync per line
@@ -861,6 +919,14 @@ def _apply(hot: dict[str, Any], archived: dict[str, dict[str, Any] | None], entr
     for job_id in entry["del"]:
         jobs.pop(job_id, None)
     archived.update(entry["archive"])
+
+
+def _unparseable(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return True
+    return False
 
 
 def _meta_copy(hot: dict[str, Any]) -> dict[str, Any]:

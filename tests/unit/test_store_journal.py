@@ -185,3 +185,93 @@ def test_a_requeued_job_keeps_its_spec_out_of_the_journal_and_a_replay_still_car
     assert big not in (root / "journal.jsonl").read_text()
     replay = coord_on(root, [100.0]).release("a", "f1", 1, "later")  # the first answer was lost in transit
     assert replay == first and replay["job"]["prompt"] == big
+
+
+def test_a_short_journal_write_is_not_acknowledged_and_is_cut_later(tmp_path: Path, monkeypatch) -> None:
+    """A full disk makes write(2) return a short count: the operation must fail, not pass as committed."""
+    import errno
+    import os
+
+    from agent_queue import fsutil
+
+    real_write = os.write
+
+    root = tmp_path / "coord"
+    server = coord_on(root, [100.0])
+    fill(server, 2)
+    calls = []
+
+    def short_write(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "write", short_write)
+    with pytest.raises(OSError):
+        server.claim("f1", ())
+    monkeypatch.undo()
+    assert coord_on(root, [100.0]).get_job("q0000")["meta"]["state"] == "queued"  # a fresh reader
+    assert server.get_job("q0000")["meta"]["state"] == "queued"  # the long-lived one agrees
+    view = server.claim("f1", ())
+    assert view is not None and view["job"]["id"] == "q0000"
+    assert coord_on(root, [100.0]).get_job("q0000")["meta"]["state"] == "leased"  # the torn half was cut
+    assert (root / "journal.torn").read_bytes().startswith(b'{"archive"')
+
+
+def test_an_unreadable_last_line_is_a_torn_write_and_is_kept_aside(tmp_path: Path) -> None:
+    """A power cut may persist a line's end (newline included) but not its middle."""
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 1)
+    with open(root / "journal.jsonl", "ab") as fh:
+        fh.write(b'{"meta": \x00\x00\x00\x00 "set": {}}\n')
+    assert coord_on(root, [100.0]).get_job("q0000")["meta"]["state"] == "queued"
+    c.enqueue({"id": "next", "command": ["true"]})
+    assert b"\x00" not in (root / "journal.jsonl").read_bytes()
+    assert b"\x00" in (root / "journal.torn").read_bytes()
+    assert [j["job"]["id"] for j in coord_on(root, [100.0]).list_jobs()] == ["q0000", "next"]
+
+
+def test_listing_survives_an_archive_file_torn_before_its_checkpoint(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 1)
+    c.claim("f1", ())
+    c.report("q0000", "f1", 1, "shipped")
+    (root / "archive" / "q0000.json").write_bytes(b"")  # a power cut after a write without fsync
+    jobs = coord_on(root, [100.0]).list_jobs()
+    assert [(j["job"]["id"], j["meta"]["state"]) for j in jobs] == [("q0000", "shipped")]
+
+
+def test_a_failure_after_the_journal_line_still_answers_the_durable_operation(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 1)
+    c.claim("f1", ())
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "write_bytes_atomic", no_space)  # the archive file cannot be written
+    result = c.report("q0000", "f1", 1, "shipped")
+    monkeypatch.undo()
+    assert result["meta"]["state"] == "shipped"
+    assert not (root / "archive" / "q0000.json").exists()
+    assert coord_on(root, [100.0]).get_job("q0000")["meta"]["state"] == "shipped"  # from the journal
+    assert c.report("q0000", "f1", 1, "shipped")["meta"]["state"] == "shipped"  # a replay agrees
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "json"])
+def test_requeue_of_a_job_the_same_call_just_quarantined_by_reaping(tmp_path: Path, store_kind: str) -> None:
+    from coordinator_stub.store import MemoryStore
+
+    now = [100.0]
+    store = MemoryStore() if store_kind == "memory" else JsonStore(tmp_path / "coord")
+    c = Coordinator(store, lambda: now[0], 10.0)
+    c.enqueue({"id": "a", "command": ["true"], "budget": {"maxAttempts": 1}})
+    c.claim("f1", ())
+    now[0] += 60  # the lease expired; nobody reaped yet
+    view = c.requeue("a")  # the reaper quarantines it in this same call, then the requeue revives it
+    assert view["meta"]["state"] == "queued"
+    assert c.get_job("a")["meta"]["state"] == "queued"
