@@ -46,7 +46,6 @@ import bisect
 import contextlib
 import heapq
 import json
-import logging
 import os
 import re
 import sys
@@ -65,7 +64,6 @@ if TYPE_CHECKING:
 
     LockFactory = Callable[[Path], ContextManager[Any]]
 
-log = logging.getLogger(__name__)
 STATE_VERSION = 2  # 2: hot specs are summaries (SCHED_KEYS); 1 (full specs inline) is read and migrated
 _READABLE_VERSIONS = (1, 2)
 # The spec keys a hot record keeps: everything the scheduler reads (claim order, capabilities,
@@ -724,8 +722,7 @@ class JsonStore(Store):
                     # The last line only: a power cut may persist a write's end but not all of its
                     # middle. It was never acknowledged (its fsync did not return); cut at the next
                     # append, with a copy kept in journal.torn.
-                    log.warning("%s: last line unreadable, treated as a write a crash cut short",
-                                self.journal_path)
+                    _warn("%s: last line unreadable, treated as a write a crash cut short", self.journal_path)
                     good -= len(line) + 1
                     break
                 raise StateError(f"{self.journal_path}: line {n} is corrupt ({exc}); "
@@ -787,7 +784,7 @@ class JsonStore(Store):
         try:
             self._after_journal(tx, loaded, archived, gone)
         except OSError as exc:  # the operation is durable: answer it; the journal rebuilds the rest
-            log.warning("%s: after the journal line: %s (the next operation re-reads the state)", self.root, exc)
+            _warn("%s: after the journal line: %s (the next operation re-reads the state)", self.root, exc)
             self._loaded = None
 
     def _cut_torn_tail(self, good: int) -> None:
@@ -869,7 +866,7 @@ class JsonStore(Store):
         try:
             self._write_logs(tx)
         except OSError as exc:  # after the state: the operation took effect, so it is still answered
-            log.warning("%s: event log line(s) not written: %s", self.root, exc)
+            _warn("%s: event log line(s) not written: %s", self.root, exc)
 
     def _write_logs(self, tx: Tx) -> None:
         """The audit logs: written at once (a crashed process loses no line), fsync'd at each checkpoint.
@@ -919,6 +916,12 @@ def _apply(hot: dict[str, Any], archived: dict[str, dict[str, Any] | None], entr
     for job_id in entry["del"]:
         jobs.pop(job_id, None)
     archived.update(entry["archive"])
+
+
+def _warn(msg: str, *args: Any) -> None:
+    import logging  # not at module level: the seam's per-call start-up would pay ~8 ms for it (B1)
+
+    logging.getLogger(__name__).warning(msg, *args)
 
 
 def _unparseable(line: bytes) -> bool:
