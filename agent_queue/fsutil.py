@@ -42,15 +42,32 @@ def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
 
 
 def fsync_dir(path: Path) -> None:
-    """Persist a rename/creation in ``path``; a no-op where dirs cannot be opened."""
+    """Persist a rename/creation in ``path``; a no-op where dirs cannot be opened or synced.
+
+    Some filesystems (and macOS for dirs) refuse; the rename still happened.
+    """
+    _fsync_path(path, tolerate_errors=True)
+
+
+def fsync_file(path: Path) -> None:
+    """Persist the data of an existing file written without a sync (a missing file is fine)."""
+    _fsync_path(path, tolerate_errors=False)
+
+
+def _fsync_path(path: Path, tolerate_errors: bool) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except FileNotFoundError:
         return
+    except OSError:
+        if tolerate_errors:
+            return
+        raise
     try:
         os.fsync(fd)
     except OSError:
-        pass  # some filesystems (and macOS for dirs) refuse; the rename still happened
+        if not tolerate_errors:
+            raise
     finally:
         os.close(fd)
 
@@ -89,9 +106,8 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
 
 
-def write_json_atomic(path: Path, obj: Any, mode: int = FILE_MODE, sync_dir: bool = True,
-                      durable: bool = True) -> None:
-    write_bytes_atomic(path, (dumps(obj) + "\n").encode("utf-8"), mode, sync_dir, durable)
+def write_json_atomic(path: Path, obj: Any, mode: int = FILE_MODE, sync_dir: bool = True) -> None:
+    write_bytes_atomic(path, (dumps(obj) + "\n").encode("utf-8"), mode, sync_dir)
 
 
 def read_json(path: Path) -> Any:

@@ -55,31 +55,27 @@ def rate(clients: int, seconds: float, make_op: Callable[[int], Callable[[], int
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def echo_op(url: str) -> Callable[[int], Callable[[], int]]:
+def request_op(url: str, method: str, path: str, with_body: bool) -> Callable[[int], Callable[[], int]]:
+    """One request per op; ``with_body``: a small JSON body, as a claim sends."""
     import requests
 
     def make(i: int) -> Callable[[], int]:
         s = requests.Session()
+        body = {"factoryId": f"c{i}"} if with_body else None
 
         def op() -> int:
-            r = s.post(url + "/v1/fleet/claim", json={"factoryId": f"c{i}"}, timeout=10)
-            r.raise_for_status()
+            s.request(method, url + path, json=body, timeout=10).raise_for_status()
             return 1
         return op
     return make
+
+
+def echo_op(url: str) -> Callable[[int], Callable[[], int]]:
+    return request_op(url, "POST", "/v1/fleet/claim", with_body=True)
 
 
 def healthz_op(url: str) -> Callable[[int], Callable[[], int]]:
-    import requests
-
-    def make(i: int) -> Callable[[], int]:
-        s = requests.Session()
-
-        def op() -> int:
-            s.get(url + "/v1/fleet/healthz", timeout=10).raise_for_status()
-            return 1
-        return op
-    return make
+    return request_op(url, "GET", "/v1/fleet/healthz", with_body=False)
 
 
 def claim_report_op(url: str) -> Callable[[int], Callable[[], int]]:

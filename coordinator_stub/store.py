@@ -54,7 +54,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from agent_queue.errors import StateError
-from agent_queue.fsutil import append_line, ensure_dir, fsync_dir, write_bytes_atomic, write_json_atomic
+from agent_queue.fsutil import append_line, ensure_dir, fsync_dir, fsync_file, write_bytes_atomic, write_json_atomic
 
 TYPE_CHECKING = False  # typing stays unimported on the seam's per-call path
 if TYPE_CHECKING:
@@ -775,7 +775,7 @@ class JsonStore(Store):
         entry = {
             "meta": {k: v for k, v in tx.hot.items() if k != "jobs"},
             "set": {job_id: jobs[job_id] for job_id in sorted(self._changed) if job_id in jobs},
-            "del": sorted(job_id for job_id in self._changed | set(gone) if job_id not in jobs),
+            "del": sorted(job_id for job_id in self._changed if job_id not in jobs),
             "archive": archived,
         }
         if loaded.journal_good < loaded.journal_len:  # cut a torn tail before appending after it
@@ -818,7 +818,7 @@ class JsonStore(Store):
         size = self.journal_path.stat().st_size
         after = _Loaded((None, None), tx.hot, loaded.archived, size, size)
         if loaded.index is not None:
-            loaded.index.update(jobs, self._changed | set(gone))
+            loaded.index.update(jobs, self._changed)
             after.index = loaded.index
         after.absent = loaded.absent - set(archived)  # (also in ``after.archived`` until a checkpoint)
         snapshot = _size(self.state_path)
@@ -852,7 +852,7 @@ class JsonStore(Store):
         else:
             fsync_dir(self.archive_dir)
             for path in (self.events_path, self.shadow_path):
-                _fsync_if_exists(path)
+                fsync_file(path)
         write_bytes_atomic(self.state_path, _compact(loaded.hot))
         fd = os.open(self.journal_path, os.O_WRONLY | os.O_TRUNC)
         try:
@@ -951,17 +951,6 @@ def _size(path: Path) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
-
-
-def _fsync_if_exists(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _compact(obj: Any) -> bytes:

@@ -19,6 +19,7 @@ when the test failed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -30,6 +31,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 STUB_ARGV = [sys.executable, "-m", "coordinator_stub"]
 START_DEADLINE_S = 20.0
@@ -149,3 +151,11 @@ def seam_call(
     data = body.encode() if isinstance(body, str) else body
     argv = [*STUB_ARGV, "--state", str(state_dir), *extra_args, "call", method, path]
     return subprocess.run(argv, input=data, capture_output=True, env=dict(env or stub_env()), timeout=60)
+
+
+def seam_answer(state_dir: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One ``coordinator-stub call`` process; (status, body) of its envelope (it must exit 0)."""
+    out = seam_call(state_dir, method, path, b"" if body is None else json.dumps(body))
+    assert out.returncode == 0, out.stderr
+    envelope = json.loads(out.stdout)
+    return int(envelope["status"]), envelope.get("body")

@@ -13,7 +13,7 @@ from agent_queue import composite
 from agent_queue.errors import InvalidJob
 from coordinator_stub.core import Coordinator
 from coordinator_stub.store import JsonStore, MemoryStore
-from tests.stubutil import seam_call
+from tests.stubutil import seam_answer as seam
 
 
 def fam(**states: str | tuple[str, list[str]] | tuple[str, list[str], int]) -> dict[str, dict[str, Any]]:
@@ -143,14 +143,6 @@ def test_coordinator_parent_verify_is_pending_not_skipped() -> None:
     coord.report("a", "f1", view["lease"]["leaseEpoch"], "shipped")
     roll = coord.get_job("epic")["rollup"]
     assert roll["state"] == "queued" and roll["verify"] == "pending"
-
-
-def seam(state: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """One ``coordinator-stub call`` process; its answer is an envelope {status, body}."""
-    out = seam_call(state, method, path, b"" if body is None else json.dumps(body))
-    assert out.returncode == 0, out.stderr
-    envelope = json.loads(out.stdout)
-    return int(envelope["status"]), envelope.get("body")
 
 
 def test_seam_refuses_a_cycle_and_serves_the_rollup(tmp_path: Path) -> None:

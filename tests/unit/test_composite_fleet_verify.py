@@ -11,7 +11,7 @@ import pytest
 from agent_queue.errors import Conflict, Fenced, NotLeased
 from coordinator_stub.core import Coordinator
 from coordinator_stub.store import JsonStore, MemoryStore
-from tests.stubutil import seam_call
+from tests.stubutil import seam_answer as seam
 
 
 def leaf(cid: str, **kw: Any) -> dict[str, Any]:
@@ -134,13 +134,6 @@ def test_requeue_of_a_job_that_is_not_quarantined_is_refused() -> None:
     ship_next(coord, "solo", "quarantined")
     assert coord.requeue("solo")["requeued"] == ["solo"]
     assert coord.get_job("solo")["meta"]["state"] == "queued"
-
-
-def seam(state: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    out = seam_call(state, method, path, b"" if body is None else json.dumps(body))
-    assert out.returncode == 0, out.stderr
-    envelope = json.loads(out.stdout)
-    return int(envelope["status"]), envelope.get("body")
 
 
 def test_requeue_over_the_seam_reruns_a_quarantined_child_and_unblocks_its_dependents(tmp_path: Path) -> None:

@@ -149,10 +149,15 @@ def test_parent_verify_runs_once_after_all_children_and_gates_the_parent(setting
     assert executions(verify_runs) == ["v", "v"] and executions(runs) == ["a", "b"]
 
 
+def b_fails_until(flag: Path, runs: Path) -> dict[str, Any]:
+    """a; b, which fails (one attempt) until ``flag`` exists; c, which depends on b."""
+    return comp(child("a", runs), child("b", runs, fail_unless=flag, budget={"maxAttempts": 1}),
+                child("c", runs, dependsOn=["b"]))
+
+
 def test_same_composite_again_reruns_only_what_did_not_ship(settings: Settings, runs: Path, tmp_path: Path) -> None:
     flag = tmp_path / "fixed"
-    spec = comp(child("a", runs), child("b", runs, fail_unless=flag, budget={"maxAttempts": 1}),
-                child("c", runs, dependsOn=["b"]))
+    spec = b_fails_until(flag, runs)
     service.enqueue(settings, spec, "spec")
     drain(settings)
     assert children_states(rollup(settings)) == {"a": "shipped", "b": "quarantined", "c": "blocked"}
@@ -171,8 +176,7 @@ def test_same_composite_again_reruns_only_what_did_not_ship(settings: Settings, 
 
 def test_requeue_parent_reruns_only_quarantined_children(settings: Settings, runs: Path, tmp_path: Path) -> None:
     flag = tmp_path / "fixed"
-    spec = comp(child("a", runs), child("b", runs, fail_unless=flag, budget={"maxAttempts": 1}),
-                child("c", runs, dependsOn=["b"]))
+    spec = b_fails_until(flag, runs)
     service.enqueue(settings, spec, "spec")
     drain(settings)
     flag.touch()
