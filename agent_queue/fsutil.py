@@ -115,15 +115,21 @@ def read_json(path: Path) -> Any:
         return json.load(fh)
 
 
-def append_line(path: Path, line: str, mode: int = FILE_MODE, durable: bool = True) -> None:
-    """Append one line, durably unless told (O_APPEND keeps concurrent writers' lines whole)."""
+def append_line(path: Path, line: str | bytes, mode: int = FILE_MODE, durable: bool = True) -> os.stat_result:
+    """Append one line, durably unless told (O_APPEND keeps concurrent writers' lines whole).
+
+    Returns the file's status right after the write, so a caller that tracks the
+    file's identity needs no second ``stat`` (the coordinator's journal, B2).
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
     try:
-        data = memoryview((line.rstrip("\n") + "\n").encode("utf-8"))
+        raw = line.encode("utf-8") if isinstance(line, str) else line
+        data = memoryview(raw.rstrip(b"\n") + b"\n")
         while data:  # a short write (full disk, some network file systems) must not pass as whole
             data = data[os.write(fd, data):]
         if durable:
             _datasync(fd)
+        return os.fstat(fd)
     finally:
         os.close(fd)
 

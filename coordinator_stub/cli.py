@@ -26,11 +26,11 @@ def _settings(ctx: click.Context, ignore_dry_run: bool = False) -> StubSettings:
     return load_settings(os.environ, opts["state"], opts["lease_ttl"], ignore_dry_run)
 
 
-def _coordinator(settings: StubSettings) -> Any:
+def _coordinator(settings: StubSettings, store: Any = None) -> Any:
     from coordinator_stub.core import Coordinator
     from coordinator_stub.store import JsonStore
 
-    return Coordinator(JsonStore(settings.state_dir), time.time, settings.lease_ttl_s)
+    return Coordinator(store or JsonStore(settings.state_dir), time.time, settings.lease_ttl_s)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,7 +75,11 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
     def announce(url: str) -> None:
         click.echo(f"listening on {url}", err=True)
 
-    run_server(_coordinator(settings), host, port, settings.token, settings.ignore_dry_run, announce)
+    from coordinator_stub.store import JsonStore
+
+    store = JsonStore(settings.state_dir)
+    run_server(_coordinator(settings, store), host, port, settings.token, settings.ignore_dry_run, announce)
+    store.checkpoint()  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
 
 
 @cli.command()

@@ -144,3 +144,19 @@ def test_sigterm_stops_cleanly_with_an_idle_keep_alive_connection(tmp_path: Path
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")
         assert s.stop() == 0
         conn.close()
+
+
+def test_a_stopped_server_leaves_its_state_folded_with_every_archive_file(tmp_path: Path) -> None:
+    state = tmp_path / "c"
+    with running_stub(state, token=None) as s, requests.Session() as h:
+        for i in range(3):
+            check(h.post(url(s, "/jobs"), json={"id": f"j{i}", "command": ["true"]}), 201)
+        for _ in range(3):
+            lease = check(h.post(url(s, "/claim"), json={"factoryId": "f1"}), 200)["lease"]
+            check(h.post(url(s, f"/jobs/{lease['jobId']}/report"),
+                         json={"factoryId": "f1", "leaseEpoch": lease["leaseEpoch"], "outcome": "shipped"}), 200)
+        assert not list((state / "archive").glob("*.json"))  # while serving: in the journal until a checkpoint
+        assert s.stop() == 0
+    assert sorted(p.name for p in (state / "archive").glob("*.json")) == ["j0.json", "j1.json", "j2.json"]
+    assert (state / "journal.jsonl").stat().st_size == 0
+    assert not list((state / "jobs").iterdir())

@@ -81,6 +81,7 @@ def test_failed_verify_quarantines_the_parent_and_requeue_runs_it_again_with_fen
     assert roll["reason"] == "the parent's verify gate failed: quarantined by test"
     history = sorted(p.name for p in (store.history_dir).iterdir())
     assert history == ["epic.1.json"]  # the parent's first version is kept, not overwritten
+    store.checkpoint()  # the current version's file is written at a checkpoint
     assert json.loads((store.archive_dir / "epic.json").read_text())["verify"]["state"] == "failed"
 
     answer = coord.requeue("epic")
@@ -103,6 +104,8 @@ def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their
     coord.enqueue(spec)
     ship_next(coord, "a")
     ship_next(coord, "b", "quarantined")
+    store.checkpoint()
+    assert (store.archive_dir / "b.json").exists()
     roll = rollup(coord)
     assert roll["state"] == "quarantined" and [c["state"] for c in roll["children"]] == [
         "shipped", "quarantined", "blocked"]
@@ -112,7 +115,8 @@ def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their
     assert not created and view["rollup"]["state"] == "queued"
     b = coord.get_job("b")
     assert b["meta"]["state"] == "queued" and b["meta"]["attempts"] == 0 and b["meta"]["leaseEpoch"] == 1
-    assert not (store.archive_dir / "b.json").exists()
+    store.checkpoint()
+    assert not (store.archive_dir / "b.json").exists()  # b is live again; its old version is history
     assert json.loads((store.history_dir / "b.1.json").read_text())["state"] == "quarantined"
     assert coord.status()["counts"]["quarantined"] == 0
     events = [json.loads(x) for x in store.events_path.read_text().splitlines()]
@@ -121,6 +125,7 @@ def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their
     ship_next(coord, "b")  # epoch 2; a, already shipped, is never offered again
     ship_next(coord, "c")
     assert rollup(coord)["state"] == "shipped"
+    store.checkpoint()
     assert json.loads((store.archive_dir / "b.json").read_text())["leaseEpoch"] == 2
     assert coord.enqueue(spec)[1]["rollup"]["state"] == "shipped"  # nothing left to re-run
     assert coord.claim("f1", ()) is None

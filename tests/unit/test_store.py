@@ -29,6 +29,7 @@ def test_permissions_and_layout(tmp_path: Path) -> None:
     c.claim("f1", ())
     c.report("a", "f1", 1, "shipped")
     c.shadow_report({"factoryId": "f1-shadow", "shadow": True, "verdict": "AGREE"})
+    JsonStore(root).checkpoint()  # archive files are written at a checkpoint
     assert mode(root) == 0o700 and mode(root / "archive") == 0o700
     for name in ("state.json", "events.jsonl", "shadow-reports.jsonl", "archive/a.json"):
         assert mode(root / name) == 0o600, name
@@ -47,7 +48,12 @@ def test_terminal_jobs_leave_the_hot_file(tmp_path: Path) -> None:
     hot = JsonStore(root).read_hot()
     assert hot["jobs"] == {}
     assert hot["terminalCounts"] == {"shipped": 2, "quarantined": 3}
+    assert not list((root / "archive").glob("*.json"))  # still in the journal: files come with the checkpoint
+    assert c.get_job("j3")["meta"]["state"] == "shipped"
+    JsonStore(root).checkpoint()
     assert sorted(p.name for p in (root / "archive").iterdir()) == [f"j{i}.json" for i in range(5)]
+    assert not list((root / "jobs").iterdir())  # their specs are inside the archived records now
+    assert (root / "journal.jsonl").stat().st_size == 0
     assert c.get_job("j3")["meta"]["state"] == "shipped"  # found by id in the archive
     assert c.status()["counts"]["shipped"] == 2
 
@@ -75,6 +81,7 @@ def test_a_crash_leftover_in_both_places_resolves_to_the_archive(tmp_path: Path)
     c.claim("f1", ())
     before = {name: (root / name).read_bytes() for name in ("state.json", "journal.jsonl")}
     c.report("a", "f1", 1, "shipped")
+    JsonStore(root).checkpoint()  # the archive file exists
     for name, data in before.items():  # as if an older version had crashed after the archive write
         (root / name).write_bytes(data)
     now[0] += 100  # lease expired: the reaper requeues the stale copy...

@@ -56,7 +56,12 @@ def test_the_journal_is_folded_into_the_snapshot_once_it_outgrows_it(tmp_path: P
     hot = json.loads((root / "state.json").read_text())
     assert hot["terminalCounts"]["shipped"] > 0  # the snapshot took the journal's changes
     assert JsonStore(root).read_hot()["terminalCounts"]["shipped"] == 40
+    folded = len(list((root / "archive").glob("*.json")))
+    assert 0 < folded < 40  # the files of the jobs the last checkpoint folded; the rest are in the journal
+    assert [j["meta"]["state"] for j in c.list_jobs()] == ["shipped"] * 40
+    JsonStore(root).checkpoint()
     assert len(list((root / "archive").glob("*.json"))) == 40
+    assert (root / "journal.jsonl").stat().st_size == 0
 
 
 def test_a_torn_last_line_is_ignored_and_cut_before_the_next_append(tmp_path: Path) -> None:
@@ -110,19 +115,40 @@ def test_replaying_a_journal_over_the_snapshot_that_already_holds_it_changes_not
     assert coord_on(root, [100.0]).get_job(view["job"]["id"])["meta"]["state"] == "shipped"
 
 
-def test_an_archive_file_lost_before_a_checkpoint_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
-    """Archive files are written without fsync between checkpoints: a power cut may lose one."""
+def test_archive_files_wait_for_the_checkpoint_and_a_lost_one_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
+    """The journal holds a finished job until a checkpoint writes its file; a power cut mid-checkpoint may lose it."""
     root = tmp_path / "coord"
     c = coord_on(root, [100.0])
     fill(c, 1)
     c.claim("f1", ())
     c.report("q0000", "f1", 1, "shipped", {"costUsd": 0.5})
-    (root / "archive" / "q0000.json").unlink()
-    c2 = coord_on(root, [100.0])
-    assert c2.get_job("q0000")["meta"]["state"] == "shipped"
-    store = JsonStore(root)
-    store._checkpoint(store._read(store._key()))
+    assert not (root / "archive" / "q0000.json").exists()
+    assert (root / "jobs" / "q0000.json").exists()  # its spec file goes at the checkpoint too
+    assert coord_on(root, [100.0]).get_job("q0000")["meta"]["state"] == "shipped"  # a fresh reader: the journal
+    before = {name: (root / name).read_bytes() for name in ("state.json", "journal.jsonl")}
+    JsonStore(root).checkpoint()
     assert json.loads((root / "archive" / "q0000.json").read_text())["detail"] == {"costUsd": 0.5}
+    assert not (root / "jobs" / "q0000.json").exists()
+    (root / "archive" / "q0000.json").unlink()  # a power cut before the checkpoint's sync lost the file...
+    for name, data in before.items():  # ...and the journal was not emptied yet
+        (root / name).write_bytes(data)
+    assert coord_on(root, [100.0]).get_job("q0000")["meta"]["state"] == "shipped"
+    JsonStore(root).checkpoint()
+    assert json.loads((root / "archive" / "q0000.json").read_text())["detail"] == {"costUsd": 0.5}
+
+
+def test_an_explicit_checkpoint_keeps_a_torn_tail_aside(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 2)
+    c.claim("f1", ())
+    with open(root / "journal.jsonl", "ab") as fh:
+        fh.write(b'{"meta": {"seq": 99}, "set": {"q0')  # a crash in the middle of an append
+    JsonStore(root).checkpoint()
+    assert (root / "journal.jsonl").stat().st_size == 0
+    assert (root / "journal.torn").read_bytes() == b'{"meta": {"seq": 99}, "set": {"q0\n'
+    assert coord_on(root, [100.0]).get_job("q0000")["meta"]["state"] == "leased"
+    assert c.get_job("q0001")["meta"]["state"] == "queued"  # the long-lived store saw the files change
 
 
 def test_a_long_lived_store_sees_what_another_process_wrote(tmp_path: Path) -> None:
@@ -239,7 +265,7 @@ def test_listing_survives_an_archive_file_torn_before_its_checkpoint(tmp_path: P
     fill(c, 1)
     c.claim("f1", ())
     c.report("q0000", "f1", 1, "shipped")
-    (root / "archive" / "q0000.json").write_bytes(b"")  # a power cut after a write without fsync
+    (root / "archive" / "q0000.json").write_bytes(b"")  # a power cut during a checkpoint, before its sync
     jobs = coord_on(root, [100.0]).list_jobs()
     assert [(j["job"]["id"], j["meta"]["state"]) for j in jobs] == [("q0000", "shipped")]
 
@@ -253,11 +279,13 @@ def test_a_failure_after_the_journal_line_still_answers_the_durable_operation(tm
     def no_space(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_mod, "write_bytes_atomic", no_space)  # the archive file cannot be written
+    monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 0)  # this report's commit checkpoints...
+    monkeypatch.setattr(store_mod, "write_bytes_atomic", no_space)  # ...and cannot write the archive file
     result = c.report("q0000", "f1", 1, "shipped")
     monkeypatch.undo()
     assert result["meta"]["state"] == "shipped"
     assert not (root / "archive" / "q0000.json").exists()
+    assert journal_lines(root)[-1]["archive"]["q0000"]["state"] == "shipped"  # the journal was not emptied
     assert coord_on(root, [100.0]).get_job("q0000")["meta"]["state"] == "shipped"  # from the journal
     assert c.report("q0000", "f1", 1, "shipped")["meta"]["state"] == "shipped"  # a replay agrees
 
