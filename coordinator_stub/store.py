@@ -516,8 +516,8 @@ class _ClaimIndex:
 class _Loaded:
     """The state as of the last read or commit: snapshot plus replayed journal, and what identifies it."""
 
-    __slots__ = ("key", "hot", "archived", "gone", "journal_len", "journal_good", "index", "migrating", "absent",
-                 "specs")
+    __slots__ = ("key", "hot", "archived", "gone", "written", "journal_len", "journal_good", "index", "migrating",
+                 "absent", "specs")
 
     def __init__(self, key: tuple[Any, Any], hot: dict[str, Any], archived: dict[str, dict[str, Any] | None],
                  journal_len: int, journal_good: int) -> None:
@@ -525,6 +525,9 @@ class _Loaded:
         self.hot = hot
         self.archived = archived  # archive versions the journal holds: their files are written at the checkpoint
         self.gone: set[str] = set()  # ids the journal removed from the hot document: spec files to remove then
+        # Ids in ``archived`` whose file this process wrote (or removed) since: whole in the page cache, so the
+        # checkpoint only syncs them. A state read from the files starts empty: after a crash, all are rewritten.
+        self.written: set[str] = set()
         self.journal_len = journal_len
         self.journal_good = journal_good  # bytes of whole lines; a torn tail beyond is cut at the next append
         self.index: _ClaimIndex | None = None  # built on first use
@@ -829,6 +832,7 @@ class JsonStore(Store):
         """Memory after the journal line: the new state, its claim index, and maybe a checkpoint."""
         jobs = tx.hot["jobs"]
         loaded.archived.update(archived)  # lookups read these before any archive file
+        loaded.written.difference_update(archived)  # a newer version than the file this process wrote
         loaded.gone.update(gone)
         for job_id in archived:  # its record holds the spec now: only live jobs' specs stay cached
             loaded.specs.pop(job_id, None)
@@ -841,7 +845,7 @@ class JsonStore(Store):
         size = journal.st_size
         state_id = loaded.key[0]  # unchanged since the read: only a checkpoint replaces state.json
         after = _Loaded((state_id, (journal.st_ino, size, journal.st_mtime_ns)), tx.hot, loaded.archived, size, size)
-        after.gone, after.specs = loaded.gone, loaded.specs
+        after.gone, after.written, after.specs = loaded.gone, loaded.written, loaded.specs
         if loaded.index is not None:
             loaded.index.update(jobs, self._changed)
             after.index = loaded.index
@@ -851,6 +855,8 @@ class JsonStore(Store):
         if snapshot == 0 or size > max(CHECKPOINT_MIN_BYTES, snapshot):  # the first commit writes state.json
             self._checkpoint(after)
             after.key = self._key()
+        elif len(after.archived) - len(after.written) >= MATERIALIZE_BATCH:
+            self._materialize(after)
         if self._selfcheck:
             self._check_against_disk(after.hot, "memory (after a commit)")
             if after.index is not None and not after.index.same_as(_ClaimIndex(jobs)):
@@ -859,6 +865,8 @@ class JsonStore(Store):
                 raise StateError(f"{self.root}: self-check failed: an id known absent is archived")
             if any(_read_json_file(self.spec_path(i)) != spec for i, spec in after.specs.items()):
                 raise StateError(f"{self.root}: self-check failed: a cached spec differs from its file")
+            if any(self.read_archive_file(i) != after.archived[i] for i in after.written):
+                raise StateError(f"{self.root}: self-check failed: an archive file differs from its journal record")
         self._loaded = after
 
     def _checkpoint(self, loaded: _Loaded) -> None:
@@ -869,20 +877,13 @@ class JsonStore(Store):
         (never increments), so the result is the same.
         """
         bulk = _SYNC_IS_A_BARRIER
-        for job_id, rec in sorted(loaded.archived.items()):  # also after a crash cut an earlier checkpoint short
-            if rec is None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.archive_path(job_id))
-            else:
-                write_bytes_atomic(self.archive_path(job_id), _compact(rec), sync_dir=False, durable=not bulk)
-        jobs = loaded.hot["jobs"]
-        for job_id in sorted(loaded.gone):  # a leftover spec file is harmless (never read): no fsync of its own
-            if job_id not in jobs:  # (a re-run job is hot again, with its spec file written anew)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.spec_path(job_id))
+        self._materialize(loaded)
         if bulk:
             os.sync()  # one barrier for every file above and the logs: ~3 ms, where 200 fsyncs take ~30 ms
         else:
+            for job_id, rec in loaded.archived.items():  # written earlier without a sync
+                if rec is not None:
+                    fsync_file(self.archive_path(job_id))
             fsync_dir(self.archive_dir)
             for path in (self.events_path, self.shadow_path):
                 fsync_file(path)
@@ -893,8 +894,30 @@ class JsonStore(Store):
         finally:
             os.close(fd)
         loaded.archived.clear()
-        loaded.gone.clear()
+        loaded.written.clear()
         loaded.journal_len = loaded.journal_good = 0
+
+    def _materialize(self, loaded: _Loaded) -> None:
+        """Write the archive files the journal holds and remove the specs it let go; no sync (the checkpoint's).
+
+        Also between checkpoints, every ``MATERIALIZE_BATCH`` finished jobs, so no single
+        operation waits for thousands of files (a checkpoint at 8,000 queued folds ~2,000 jobs).
+        """
+        for job_id, rec in sorted(loaded.archived.items()):
+            if job_id in loaded.written:
+                continue
+            if rec is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.archive_path(job_id))
+            else:
+                write_bytes_atomic(self.archive_path(job_id), _compact(rec), durable=False)
+            loaded.written.add(job_id)
+        jobs = loaded.hot["jobs"]
+        for job_id in sorted(loaded.gone):  # a leftover spec file is harmless (never read): no fsync of its own
+            if job_id not in jobs:  # (a re-run job is hot again, with its spec file written anew)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.spec_path(job_id))
+        loaded.gone.clear()
 
     def _append_logs(self, tx: Tx) -> None:
         try:
@@ -938,6 +961,7 @@ class JsonStore(Store):
 # file is fsync'd instead.
 _SYNC_IS_A_BARRIER = sys.platform.startswith("linux")
 CHECKPOINT_MIN_BYTES = 64 * 1024  # below this the journal is cheap to replay whatever the snapshot's size
+MATERIALIZE_BATCH = 128  # finished jobs whose files are written together between checkpoints
 _SPEC_CACHE_MAX = 256  # full specs kept between operations (a prompt may be 1 MB: bounded, then dropped)
 
 

@@ -137,6 +137,45 @@ def test_archive_files_wait_for_the_checkpoint_and_a_lost_one_is_rebuilt_from_th
     assert json.loads((root / "archive" / "q0000.json").read_text())["detail"] == {"costUsd": 0.5}
 
 
+def test_archive_files_are_written_in_batches_between_checkpoints(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store_mod, "MATERIALIZE_BATCH", 3)
+    root = tmp_path / "coord"
+    c = coord_on(root, [100.0])
+    fill(c, 5)
+    journal_before = (root / "journal.jsonl").stat().st_size
+    for i in range(5):
+        view = c.claim("f1", ())
+        assert view is not None
+        c.report(view["job"]["id"], "f1", 1, "shipped")
+        files = sorted(p.name for p in (root / "archive").glob("*.json"))
+        assert files == ([] if i < 2 else ["q0000.json", "q0001.json", "q0002.json"])
+    assert (root / "journal.jsonl").stat().st_size > journal_before  # no checkpoint: the batch is not one
+    assert sorted(p.name for p in (root / "jobs").iterdir()) == ["q0003.json", "q0004.json"]
+    (root / "archive" / "q0001.json").write_bytes(b"")  # torn by a power cut: never synced
+    fresh = coord_on(root, [100.0])  # a process after the restart: its journal still holds q0001
+    assert fresh.get_job("q0001")["meta"]["state"] == "shipped"
+    JsonStore(root).checkpoint()  # rewrites what a process it did not see may have left torn
+    assert json.loads((root / "archive" / "q0001.json").read_text())["state"] == "shipped"
+    assert len(list((root / "archive").glob("*.json"))) == 5
+
+
+def test_a_batch_written_file_of_a_job_run_again_is_removed_at_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store_mod, "MATERIALIZE_BATCH", 1)
+    root = tmp_path / "coord"
+    store = JsonStore(root)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+    c.enqueue({"id": "a", "command": ["true"]})
+    c.claim("f1", ())
+    c.release("a", "f1", 1, reason="no", retry=False)  # quarantined: archived, and its file written at once
+    assert json.loads((root / "archive" / "a.json").read_text())["state"] == "quarantined"
+    c.requeue("a")  # live again: the file is now an old version
+    assert c.get_job("a")["meta"]["state"] == "queued"
+    store.checkpoint()
+    assert not (root / "archive" / "a.json").exists()
+    assert json.loads((root / "archive" / "history" / "a.1.json").read_text())["state"] == "quarantined"
+    assert json.loads((root / "jobs" / "a.json").read_text())["id"] == "a"  # its spec is back for the re-run
+
+
 def test_an_explicit_checkpoint_keeps_a_torn_tail_aside(tmp_path: Path) -> None:
     root = tmp_path / "coord"
     c = coord_on(root, [100.0])
