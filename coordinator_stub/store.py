@@ -28,9 +28,9 @@ The commit point of an operation is its journal line (one ``write`` and one
 fsync): the hot records it changed, the ids it removed, the archive versions
 it wrote or superseded, and the small top-level fields. Before that line: new
 spec files and history copies, fsync'd (the line refers to them). Archive
-files and spec removals wait for the next checkpoint (lookups consult the
-journal's archive versions first): one batch there instead of a file created
-and one removed per report. When the journal outgrows the snapshot (and at
+files and spec removals wait for a batch of ``MATERIALIZE_BATCH`` finished jobs
+or the next checkpoint, without a sync (lookups consult the journal's archive
+versions first), instead of a file created and one removed per report. When the journal outgrows the snapshot (and at
 least ``CHECKPOINT_MIN_BYTES``), or on ``checkpoint()``, a checkpoint writes
 those files, makes them and the logs durable, writes a new snapshot and
 empties the journal. Every journal entry sets values (never increments), so a
