@@ -534,9 +534,9 @@ class _Loaded:
         # Ids with no archive file. Valid while this state is: another process archives only in a
         # transaction that also appends to the journal, which makes this process re-read everything.
         self.absent: set[str] = set()
-        # Full specs read or written since: write-once per id, and never changed in place by the core, so a
-        # report reuses what its claim read (a file read less per job). Valid while this state is.
-        self.specs: dict[str, dict[str, Any]] = {}
+        # The bytes of spec files read since (write-once per id), so a report reuses what its claim read: a
+        # file read less per job. Bytes, parsed per transaction: no object is shared with an earlier answer.
+        self.specs: dict[str, bytes] = {}
         self.migrating = False  # a version-1 snapshot: records may still hold full specs
 
     def claim_index(self) -> _ClaimIndex:
@@ -552,7 +552,7 @@ class _JsonTx(Tx):
         self._loaded = loaded
         self._changed = changed
         self._journal_archived = loaded.archived
-        self._specs = loaded.specs
+        self._specs: dict[str, dict[str, Any]] = {}  # this transaction's objects: never shared with the next
 
     def queued_in_claim_order(self) -> Iterator[dict[str, Any]]:
         """The index's order, merged with the records this transaction changed so far (re-read now)."""
@@ -591,14 +591,25 @@ class _JsonTx(Tx):
     def _load_spec(self, job_id: str) -> dict[str, Any]:
         if job_id not in self._specs:
             path = self._store.spec_path(job_id)
+            cache = self._loaded.specs
+            raw = cache.get(job_id)
+            if raw is None:
+                try:
+                    with open(path, "rb") as fh:
+                        raw = fh.read()
+                except FileNotFoundError:
+                    raise StateError(f"{path}: the spec of queued job {job_id!r} is missing") from None
+                except OSError as exc:
+                    raise StateError(f"{path}: unreadable ({exc})") from exc
+                if len(cache) >= _SPEC_CACHE_MAX or sum(map(len, cache.values())) + len(raw) > _SPEC_CACHE_BYTES:
+                    cache.clear()  # bounded (a prompt may be 1 MB); the live jobs' specs come back as used
+                cache[job_id] = raw
             try:
-                spec = _read_json_file(path)
-            except FileNotFoundError:
-                raise StateError(f"{path}: the spec of queued job {job_id!r} is missing") from None
+                spec = json.loads(raw)
+            except ValueError as exc:
+                raise StateError(f"{path}: unreadable or corrupt ({exc}); fix or move it away") from exc
             if not isinstance(spec, dict) or spec.get("id") != job_id:
                 raise StateError(f"{path}: not the spec of {job_id!r}")
-            if len(self._specs) >= _SPEC_CACHE_MAX:
-                self._specs.clear()
             self._specs[job_id] = spec
         return self._specs[job_id]
 
@@ -685,8 +696,6 @@ class JsonStore(Store):
         if name is None:
             return None
         path = self.archive_dir / name
-        if not os.access(path, os.F_OK):  # the usual answer of a claim's check: no exception to raise and catch
-            return None
         try:
             rec = _read_json_file(path)
         except FileNotFoundError:
@@ -705,7 +714,7 @@ class JsonStore(Store):
         """Fold the journal into ``state.json`` now and write the archive files it holds (``serve`` on stop)."""
         with self._thread_lock, self._lock_factory(self.lock_path):
             loaded = self._load()
-            if loaded.journal_len == 0:  # nothing to fold (and nothing written on a fresh directory)
+            if loaded.journal_len == 0 or loaded.migrating:  # nothing to fold; a version-1 state: its next commit
                 return
             self._loaded = None
             if loaded.journal_good < loaded.journal_len:  # keep a torn tail's bytes before the journal goes
@@ -863,7 +872,7 @@ class JsonStore(Store):
                 raise StateError(f"{self.root}: self-check failed: the claim index differs from the records")
             if any(self.read_archive_file(i) is not None for i in after.absent if i not in after.archived):
                 raise StateError(f"{self.root}: self-check failed: an id known absent is archived")
-            if any(_read_json_file(self.spec_path(i)) != spec for i, spec in after.specs.items()):
+            if any(self.spec_path(i).read_bytes() != raw for i, raw in after.specs.items()):
                 raise StateError(f"{self.root}: self-check failed: a cached spec differs from its file")
             if any(self.read_archive_file(i) != after.archived[i] for i in after.written):
                 raise StateError(f"{self.root}: self-check failed: an archive file differs from its journal record")
@@ -917,6 +926,7 @@ class JsonStore(Store):
             if job_id not in jobs:  # (a re-run job is hot again, with its spec file written anew)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.spec_path(job_id))
+                loaded.specs.pop(job_id, None)
         loaded.gone.clear()
 
     def _append_logs(self, tx: Tx) -> None:
@@ -962,7 +972,7 @@ class JsonStore(Store):
 _SYNC_IS_A_BARRIER = sys.platform.startswith("linux")
 CHECKPOINT_MIN_BYTES = 64 * 1024  # below this the journal is cheap to replay whatever the snapshot's size
 MATERIALIZE_BATCH = 128  # finished jobs whose files are written together between checkpoints
-_SPEC_CACHE_MAX = 256  # full specs kept between operations (a prompt may be 1 MB: bounded, then dropped)
+_SPEC_CACHE_MAX, _SPEC_CACHE_BYTES = 256, 8 * 1024 * 1024  # spec files kept between operations, then dropped
 
 
 def _apply(hot: dict[str, Any], archived: dict[str, dict[str, Any] | None], entry: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock, Timeout
@@ -140,8 +141,8 @@ def test_a_hot_record_without_its_spec_is_a_clear_error(tmp_path: Path) -> None:
     assert "a.json" in info.value.message and "missing" in info.value.message
 
 
-def test_a_version_1_state_file_is_migrated_on_the_next_write(tmp_path: Path) -> None:
-    root = tmp_path / "coord"
+def write_version_1_state(root: Path) -> dict[str, Any]:
+    """A state directory as version 1 wrote it (full specs inline); returns job "old"'s spec."""
     root.mkdir(mode=0o700)
     rec = {"spec": {"id": "old", "kind": "leaf", "command": ["true"], "prompt": "inline", "requires": [],
                     "priority": 0, "budget": {}, "parentId": None, "dependsOn": []},
@@ -150,6 +151,13 @@ def test_a_version_1_state_file_is_migrated_on_the_next_write(tmp_path: Path) ->
            "finishedAt": None, "lastEnd": None}
     (root / "state.json").write_text(json.dumps({"version": 1, "seq": 1, "jobs": {"old": rec}, "factories": {},
                                                   "terminalCounts": {"shipped": 0, "quarantined": 0}}))
+    spec: dict[str, Any] = rec["spec"]  # type: ignore[assignment]
+    return spec
+
+
+def test_a_version_1_state_file_is_migrated_on_the_next_write(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    write_version_1_state(root)
     c = coord_on(root, [100.0])
     assert c.get_job("old")["job"]["prompt"] == "inline"  # readable as it is
     c.enqueue({"id": "new", "command": ["true"]})  # any write moves the old spec out

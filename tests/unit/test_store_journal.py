@@ -342,3 +342,84 @@ def test_requeue_of_a_job_the_same_call_just_quarantined_by_reaping(tmp_path: Pa
     view = c.requeue("a")  # the reaper quarantines it in this same call, then the requeue revives it
     assert view["meta"]["state"] == "queued"
     assert c.get_job("a")["meta"]["state"] == "queued"
+
+
+@pytest.mark.parametrize("kind", ["memory", "json"])
+def test_a_caller_changing_an_answer_changes_nothing_stored(tmp_path: Path, kind: str) -> None:
+    from coordinator_stub.store import MemoryStore
+
+    store = MemoryStore() if kind == "memory" else JsonStore(tmp_path / "s")
+    c = Coordinator(store, lambda: 100.0, 60.0)
+    c.enqueue({"id": "a", "command": ["true"], "prompt": "hello"})
+    view = c.claim("f1", ())
+    assert view is not None
+    view["job"]["prompt"] = "CHANGED"  # an in-process caller annotating its answer
+    assert c.get_job("a")["job"]["prompt"] == "hello"
+    c.report("a", "f1", 1, "shipped")
+    if isinstance(store, JsonStore):
+        store.checkpoint()
+        assert json.loads((tmp_path / "s" / "archive" / "a.json").read_text())["spec"]["prompt"] == "hello"
+
+
+def test_checkpoint_leaves_a_version_1_state_to_its_next_write(tmp_path: Path) -> None:
+    """A version-1 state whose first migrating write was cut short: folding it would keep prompts in the snapshot."""
+    from tests.unit.test_store import write_version_1_state
+
+    root = tmp_path / "coord"
+    spec = write_version_1_state(root)
+    (root / "jobs").mkdir(mode=0o700)
+    (root / "jobs" / "old.json").write_text(json.dumps(spec))  # the first write stores specs before its line
+    (root / "journal.jsonl").write_bytes(b'{"meta":{"seq":2},"set":{"ne')  # ...and was cut short
+    JsonStore(root).checkpoint()  # serve's stop
+    assert json.loads((root / "state.json").read_text())["version"] == 1
+    c = coord_on(root, [100.0])
+    assert c.get_job("old")["job"]["prompt"] == "inline"
+    c.enqueue({"id": "new", "command": ["true"]})
+    assert "prompt" not in JsonStore(root).read_hot()["jobs"]["old"]["spec"]
+
+
+def test_an_archive_file_that_cannot_be_read_is_an_error_not_absence(tmp_path: Path) -> None:
+    """An unreadable file (here a symlink loop; also EACCES, EIO) must never make a finished job look new."""
+    root = tmp_path / "s"
+    c = coord_on(root, [100.0])
+    c.enqueue({"id": "a", "command": ["true"]})
+    c.claim("f1", ())
+    c.report("a", "f1", 1, "shipped")
+    JsonStore(root).checkpoint()  # archive/a.json written, the journal empty
+    path = root / "archive" / "a.json"
+    path.unlink()
+    path.symlink_to(path)  # ELOOP: exists, cannot be opened
+    with pytest.raises(StateError, match="archive/a.json"):
+        coord_on(root, [100.0]).enqueue({"id": "a", "command": ["true"]})  # would run it a second time
+
+
+def test_spec_files_of_jobs_run_again_survive_checkpoints_across_processes(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    now = [1_000_000.0]
+    a, b = JsonStore(root), JsonStore(root)
+    ca, cb = Coordinator(a, lambda: now[0], 60.0), Coordinator(b, lambda: now[0], 60.0)
+    ca.enqueue({"id": "x", "command": ["true"], "prompt": "px", "budget": {"maxAttempts": 1}})
+    ca.claim("f1", ())
+    ca.report("x", "f1", 1, "quarantined")
+    cb.requeue("x")  # hot again, its spec file written anew, while an earlier line still removes it
+    a.checkpoint()
+    assert (root / "jobs" / "x.json").exists()
+    v = cb.claim("f1", ())
+    assert v is not None and v["job"]["prompt"] == "px" and v["lease"]["leaseEpoch"] == 2
+    ca.enqueue({"id": "p", "kind": "composite", "verify": ["make"], "budget": {"maxAttempts": 1},
+                "children": [{"id": "p1", "command": ["true"]}]})
+    ca.report("x", "f1", 2, "shipped")
+    v = cb.claim("f1", ())
+    assert v is not None and v["job"]["id"] == "p1"
+    cb.report("p1", "f1", 1, "shipped")  # the parent's verify record "p" is queued (hot, same id as the parent)
+    b.checkpoint()
+    assert (root / "jobs" / "p.json").exists()
+    v = ca.claim("f1", ())
+    assert v is not None and v["job"]["id"] == "p" and v["job"]["command"] == ["make"]
+    ca.report("p", "f1", v["lease"]["leaseEpoch"], "quarantined")  # the verify failed
+    a.checkpoint()
+    assert not (root / "jobs" / "p.json").exists()
+    cb.requeue("p")  # verify again
+    a.checkpoint()
+    v2 = ca.claim("f1", ())
+    assert v2 is not None and v2["job"]["id"] == "p" and v2["lease"]["leaseEpoch"] == v["lease"]["leaseEpoch"] + 1
