@@ -104,7 +104,7 @@ def main() -> None:
     # Rounds: the floor and each figure are measured back to back, ROUNDS times, and each figure is the
     # median of its per-round ratios. This VM's speed drifts by up to 2x within minutes (neighbours), so
     # a floor measured once at the start made the ratio swing by +-15% between runs.
-    rounds, seconds, jobs = (1, 0.2, 2000) if args.smoke else (5, 1.0, 8000)  # never runs dry: ~1000 ops/s
+    rounds, seconds, jobs = (1, 0.2, 2000) if args.smoke else (7, 1.0, 8000)  # never runs dry: ~1000 ops/s
     configs = [("stub_healthz", None, healthz_op), ("stub_claim_report", None, claim_report_op),
                ("stub_claim_report_tmpfs", _TMPFS, claim_report_op)]
     configs = [c for c in configs if c[1] is None or Path(c[1]).is_dir()]  # no tmpfs here (macOS): disk only
