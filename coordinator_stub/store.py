@@ -30,11 +30,11 @@ it wrote or superseded, and the small top-level fields. Before that line: new
 spec files and history copies, fsync'd (the line refers to them). Archive
 files and spec removals wait for a batch of ``MATERIALIZE_BATCH`` finished jobs
 or the next checkpoint, without a sync (lookups consult the journal's archive
-versions first), instead of a file created and one removed per report. When the journal outgrows the snapshot (and at
-least ``CHECKPOINT_MIN_BYTES``), or on ``checkpoint()``, a checkpoint writes
-those files, makes them and the logs durable, writes a new snapshot and
-empties the journal. Every journal entry sets values (never increments), so a
-crash between the new snapshot and the emptied journal replays to the same
+versions first), instead of a file created and one removed per report. When
+the journal outgrows the snapshot (and at least ``CHECKPOINT_MIN_BYTES``), or on
+``checkpoint()``, a checkpoint writes the rest of those files, makes them and
+the logs durable, writes a new snapshot and empties the journal. Every journal
+entry sets values (never increments), so a crash between the new snapshot and the emptied journal replays to the same
 state. A line a crash cut short (no final newline) was never acknowledged: it
 is ignored and cut before the next append; any other unreadable line is a
 ``StateError`` and nothing is reset. A crash leftover of an older version
@@ -523,7 +523,7 @@ class _Loaded:
                  journal_len: int, journal_good: int) -> None:
         self.key = key
         self.hot = hot
-        self.archived = archived  # archive versions the journal holds: their files are written at the checkpoint
+        self.archived = archived  # archive versions the journal holds (files: in batches, or by the checkpoint)
         self.gone: set[str] = set()  # ids the journal removed from the hot document: spec files to remove then
         # Ids in ``archived`` whose file this process wrote (or removed) since: whole in the page cache, so the
         # checkpoint only syncs them. A state read from the files starts empty: after a crash, all are rewritten.
@@ -797,8 +797,8 @@ class JsonStore(Store):
 
         Order: history copies and new spec files first (durable: the journal line
         refers to them), then the journal line. What the journal can rebuild (archive
-        files, removed specs) waits for the next checkpoint, which writes it in one batch:
-        a file created or removed here would cost every report ~0.15 ms on ext4 (B2).
+        files, removed specs) waits for a batch or the next checkpoint (``_materialize``):
+        a file created and one removed here would cost every report ~0.15 ms on ext4 (B2).
         """
         for job_id in sorted(tx.pending_history):  # copy first: a crash from here on loses no version
             self._keep_history(tx, job_id)
