@@ -34,8 +34,8 @@ versions first), instead of a file created and one removed per report. When
 the journal outgrows the snapshot (and at least ``CHECKPOINT_MIN_BYTES``), or on
 ``checkpoint()``, a checkpoint writes the rest of those files, makes them and
 the logs durable, writes a new snapshot and empties the journal. Every journal
-entry sets values (never increments), so a crash between the new snapshot and the emptied journal replays to the same
-state. A line a crash cut short (no final newline) was never acknowledged: it
+entry sets values (never increments), so a crash between the new snapshot and
+the emptied journal replays to the same state. A line a crash cut short (no final newline) was never acknowledged: it
 is ignored and cut before the next append; any other unreadable line is a
 ``StateError`` and nothing is reset. A crash leftover of an older version
 (a job both archived and hot) still resolves to the archive in the core.
