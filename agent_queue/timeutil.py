@@ -18,9 +18,17 @@ def to_rfc3339(ts: float) -> str:
     us = round((ts - sec) * 1_000_000)
     if us >= 1_000_000:
         sec, us = sec + 1, us - 1_000_000
-    t = time.gmtime(sec)
-    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-            f".{us // 1000:03d}Z")
+    prefix = _seconds.get(sec)
+    if prefix is None:  # an operation formats the same few seconds again and again (now, enqueuedAt, ...)
+        t = time.gmtime(sec)
+        prefix = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        if len(_seconds) >= 1024:
+            _seconds.clear()
+        _seconds[sec] = prefix
+    return f"{prefix}.{us // 1000:03d}Z"
+
+
+_seconds: dict[int, str] = {}  # formatted seconds; a lost race only formats one twice
 
 
 def parse_rfc3339(text: str) -> float:

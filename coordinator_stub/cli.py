@@ -77,7 +77,7 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
 
     from coordinator_stub.store import JsonStore
 
-    store = JsonStore(settings.state_dir)
+    store = JsonStore(settings.state_dir, tidy_later=True)  # the server tidies after each answer is sent
     run_server(_coordinator(settings, store), host, port, settings.token, settings.ignore_dry_run, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
         store.checkpoint()

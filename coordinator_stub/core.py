@@ -182,6 +182,10 @@ class Coordinator:
         return self._run("shadow_report", lambda c: self._shadow(c, report),
                          factoryId=report.get("factoryId") if isinstance(report, Mapping) else None)
 
+    def tidy(self) -> None:
+        """Let the store finish what the last operation left for after its answer (``serve``, once it is sent)."""
+        self._store.tidy()
+
     # ------------------------------------------------------------ the frame of every operation
 
     def _run(self, op: str, fn: Callable[[_Ctx], T], *, log: bool = True, **fields: Any) -> T:

@@ -3,7 +3,8 @@
 HTTP/1.1 keep-alive on a ThreadingHTTPServer. Each response (status line,
 headers and body) leaves in ONE socket write with TCP_NODELAY set: the stdlib
 writes headers and body separately, and Nagle plus delayed ACKs then cap a
-keep-alive client at ~25 requests per second. SIGTERM/SIGINT stop accepting,
+keep-alive client at ~25 requests per second. What an operation can do after
+its answer (the store's ``tidy``) waits until the answer is sent. SIGTERM/SIGINT stop accepting,
 let in-flight requests finish, close idle connections, and exit 0.
 """
 
@@ -115,11 +116,21 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # a bug must not kill the connection thread silently
             log.exception("internal error on %s %s", method, self.path)
             status, body = 500, {"error": {"code": "internal_error", "message": "internal error (see server log)"}}
-        self._send(status, body)
+        try:
+            self._send(status, body)
+        finally:
+            self._tidy(method)
         with self.server.conn_lock:
             self.server.conns[self.connection] = False
             if self.server.stopping:
                 self.close_connection = True
+
+    def _tidy(self, method: str) -> None:
+        """The operation's bookkeeping (memory, a few archive files), now that its caller is not waiting."""
+        try:
+            self.server.coord.tidy()
+        except Exception:  # the answer stands (the journal line is durable); the next operation re-reads
+            log.exception("internal error after answering %s %s", method, self.path)
 
     def _answer(self, method: str) -> tuple[int, dict[str, Any] | None]:
         if self.path.split("?")[0].rstrip("/") != PREFIX + "/healthz" and not self._authorized():

@@ -28,9 +28,11 @@ The commit point of an operation is its journal line (one ``write`` and one
 fsync): the hot records it changed, the ids it removed, the archive versions
 it wrote or superseded, and the small top-level fields. Before that line: new
 spec files and history copies, fsync'd (the line refers to them). Archive
-files and spec removals wait for a batch of ``MATERIALIZE_BATCH`` finished jobs
-or the next checkpoint, without a sync (lookups consult the journal's archive
-versions first), instead of a file created and one removed per report. When
+files and spec removals come after the answer, without a sync (lookups consult
+the journal's archive versions first): a store built with ``tidy_later``
+(``serve``) keeps a commit's bookkeeping for ``tidy()``, called once the answer
+is sent, which writes ``TIDY_FILES`` of them each time; other stores write them
+in batches of ``MATERIALIZE_BATCH`` finished jobs. When
 the journal outgrows the snapshot (and at least ``CHECKPOINT_MIN_BYTES``), or on
 ``checkpoint()``, a checkpoint writes the rest of those files, makes them and
 the logs durable, writes a new snapshot and empties the journal. Every journal
@@ -47,6 +49,7 @@ import _thread  # not threading: its import is ~1 ms of the seam's per-call star
 import bisect
 import contextlib
 import heapq
+import itertools
 import json
 import os
 import re
@@ -229,6 +232,9 @@ class Store(ABC):
     def transaction(self) -> ContextManager[Tx]:
         """Exclusive access for one operation; commits on normal exit, discards on exception."""
 
+    def tidy(self) -> None:  # noqa: B027 - an optional hook: most stores leave nothing for later
+        """Do what the last operation left for after its answer (a store built to defer it; else nothing)."""
+
 
 # ---------------------------------------------------------------- memory
 
@@ -303,6 +309,8 @@ def archive_name(job_id: str) -> str | None:
     """
     if ".." in job_id or not _SAFE_NAME.fullmatch(job_id):
         return None
+    if job_id.lower() == job_id:  # the common case: nothing to escape
+        return job_id + ".json"
     return "".join(f"^{c.lower()}" if c.isupper() else c for c in job_id) + ".json"
 
 
@@ -516,7 +524,7 @@ class _ClaimIndex:
 class _Loaded:
     """The state as of the last read or commit: snapshot plus replayed journal, and what identifies it."""
 
-    __slots__ = ("key", "hot", "archived", "gone", "written", "journal_len", "journal_good", "index", "migrating",
+    __slots__ = ("key", "hot", "archived", "gone", "unwritten", "journal_len", "journal_good", "index", "migrating",
                  "absent", "specs")
 
     def __init__(self, key: tuple[Any, Any], hot: dict[str, Any], archived: dict[str, dict[str, Any] | None],
@@ -524,10 +532,12 @@ class _Loaded:
         self.key = key
         self.hot = hot
         self.archived = archived  # archive versions the journal holds (files: in batches, or by the checkpoint)
-        self.gone: set[str] = set()  # ids the journal removed from the hot document: spec files to remove then
-        # Ids in ``archived`` whose file this process wrote (or removed) since: whole in the page cache, so the
-        # checkpoint only syncs them. A state read from the files starts empty: after a crash, all are rewritten.
-        self.written: set[str] = set()
+        # Ids the journal removed from the hot document, whose spec files are still to remove (ordered sets).
+        self.gone: dict[str, None] = {}
+        # Ids in ``archived`` whose file this process has not written (or removed) since: the others are whole
+        # in the page cache, so the checkpoint only syncs them. A state read from the files starts with all of
+        # them: after a crash, every file the journal holds is rewritten.
+        self.unwritten: dict[str, None] = {}
         self.journal_len = journal_len
         self.journal_good = journal_good  # bytes of whole lines; a torn tail beyond is cut at the next append
         self.index: _ClaimIndex | None = None  # built on first use
@@ -590,7 +600,7 @@ class _JsonTx(Tx):
 
     def _load_spec(self, job_id: str) -> dict[str, Any]:
         if job_id not in self._specs:
-            path = self._store.spec_path(job_id)
+            path = self._store.spec_file(job_id)
             cache = self._loaded.specs
             raw = cache.get(job_id)
             if raw is None:
@@ -640,7 +650,7 @@ class JsonStore(Store):
     differs from what it last wrote).
     """
 
-    def __init__(self, root: Path, lock: LockFactory = flock) -> None:
+    def __init__(self, root: Path, lock: LockFactory = flock, tidy_later: bool = False) -> None:
         self.root = Path(root)
         self.state_path = self.root / "state.json"
         self.journal_path = self.root / "journal.jsonl"
@@ -650,10 +660,16 @@ class JsonStore(Store):
         self.jobs_dir = self.root / "jobs"
         self.events_path = self.root / "events.jsonl"
         self.shadow_path = self.root / "shadow-reports.jsonl"
+        self._jobs_prefix, self._archive_prefix = os.path.join(self.jobs_dir, ""), os.path.join(self.archive_dir, "")
         self._lock_factory = lock
         self._thread_lock = _thread.allocate_lock()  # threads of one server: serialize before the file lock
         self._changed: set[str] = set()  # ids of hot records changed in the current transaction
         self._loaded: _Loaded | None = None
+        # ``tidy_later``: a commit's bookkeeping (memory, archive batches, checkpoints) waits for ``tidy()``,
+        # which ``serve`` calls once the answer is sent, so the caller does not wait for it (B2). The
+        # journal identity it expects comes along: if another process wrote since, the work is dropped.
+        self._tidy_later = tidy_later
+        self._untidy: Callable[[], _Loaded] | None = None
         self._selfcheck = os.environ.get("AQ_STUB_SELFCHECK") == "1"
         try:
             ensure_dir(self.root)
@@ -665,6 +681,7 @@ class JsonStore(Store):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._thread_lock, self._lock_factory(self.lock_path):
+            self._tidy_now(file_locked=True)
             loaded = self._load()
             self._loaded = None  # until this transaction ends well, memory may differ from disk
             self._changed.clear()
@@ -679,23 +696,63 @@ class JsonStore(Store):
                 self._loaded = loaded
             self._append_logs(tx)
 
+    def tidy(self) -> None:
+        """Finish the last commit's bookkeeping now (``serve``: after the answer is sent; cheap if none is left).
+
+        Memory needs only this process's lock; files (a few archive files, a
+        checkpoint) take the file lock too, and only if no other process wrote since.
+        """
+        if self._untidy is not None:
+            with self._thread_lock:
+                self._tidy_now(file_locked=False)
+
+    def _tidy_now(self, file_locked: bool) -> None:
+        remember, self._untidy = self._untidy, None
+        if remember is not None:
+            self._after_commit(remember, file_locked, fresh=False)
+
+    def _after_commit(self, remember: Callable[[], _Loaded], file_locked: bool, fresh: bool) -> None:
+        """Memory after a journal line, then the files due. ``fresh``: no other process can have written since."""
+        try:
+            after = remember()
+            if not self._files_due(after):
+                return
+            if file_locked:
+                self._tidy_files(after, fresh)
+            else:
+                with self._lock_factory(self.lock_path):
+                    self._tidy_files(after, fresh)
+        except OSError as exc:  # the operation is durable: the journal rebuilds the rest
+            _warn("%s: after the journal line: %s (the next operation re-reads the state)", self.root, exc)
+            self._loaded = None
+        except BaseException:  # (a failed self-check): memory is not trusted, the next operation re-reads
+            self._loaded = None
+            raise
+
     def spec_path(self, job_id: str) -> Path:
+        return Path(self.spec_file(job_id))
+
+    def archive_path(self, job_id: str) -> Path:
+        return Path(self.archive_file(job_id))
+
+    def spec_file(self, job_id: str) -> str:
+        """``spec_path`` as a string: on every operation's path, where building a Path costs more than the read."""
         name = archive_name(job_id)
         if name is None:
             raise StateError(f"spec: {job_id[:40]!r} is not a storable id")
-        return self.jobs_dir / name
+        return self._jobs_prefix + name
 
-    def archive_path(self, job_id: str) -> Path:
+    def archive_file(self, job_id: str) -> str:
         name = archive_name(job_id)
         if name is None:
             raise StateError(f"archive: {job_id[:40]!r} is not a storable id")
-        return self.archive_dir / name
+        return self._archive_prefix + name
 
     def read_archive_file(self, job_id: str) -> dict[str, Any] | None:
         name = archive_name(job_id)
         if name is None:
             return None
-        path = self.archive_dir / name
+        path = self._archive_prefix + name
         try:
             rec = _read_json_file(path)
         except FileNotFoundError:
@@ -707,12 +764,14 @@ class JsonStore(Store):
     def read_hot(self) -> dict[str, Any]:
         """The hot document as the next operation would see it (snapshot plus journal), as plain JSON."""
         with self._thread_lock, self._lock_factory(self.lock_path):
+            self._tidy_now(file_locked=True)
             loaded = self._load()
             return json.loads(_compact(loaded.hot))  # type: ignore[no-any-return]
 
     def checkpoint(self) -> None:
         """Fold the journal into ``state.json`` now and write the archive files it holds (``serve`` on stop)."""
         with self._thread_lock, self._lock_factory(self.lock_path):
+            self._tidy_now(file_locked=True)
             loaded = self._load()
             if loaded.journal_len == 0 or loaded.migrating:  # nothing to fold; a version-1 state: its next commit
                 return
@@ -748,12 +807,12 @@ class JsonStore(Store):
             data = b""
         good = data.rfind(b"\n") + 1  # beyond: a line whose write a crash cut short (never acknowledged)
         lines = data[:good].split(b"\n")[:-1]
-        gone: set[str] = set()
+        gone: dict[str, None] = {}
         for n, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
                 _apply(hot, archived, entry)
-                gone.update(entry["del"])
+                gone.update(dict.fromkeys(entry["del"]))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 if n == len(lines) and _unparseable(line):
                     # The last line only: a power cut may persist a write's end but not all of its
@@ -769,7 +828,7 @@ class JsonStore(Store):
         hot["jobs"] = HotJobs({job_id: HotRecord(rec, job_id, self._changed) for job_id, rec in jobs.items()},
                               self._changed)
         loaded = _Loaded(key, hot, archived, len(data), good)
-        loaded.gone = gone
+        loaded.gone, loaded.unwritten = gone, dict.fromkeys(archived)
         loaded.migrating = migrating
         return loaded
 
@@ -822,11 +881,13 @@ class JsonStore(Store):
         if loaded.journal_good < loaded.journal_len:  # cut a torn tail before appending after it
             self._cut_torn_tail(loaded.journal_good)
         journal = append_line(self.journal_path, _compact(entry))
-        try:
-            self._after_journal(tx, loaded, archived, removed, journal)
-        except OSError as exc:  # the operation is durable: answer it; the journal rebuilds the rest
-            _warn("%s: after the journal line: %s (the next operation re-reads the state)", self.root, exc)
-            self._loaded = None
+
+        def remember() -> _Loaded:
+            return self._remember(tx, loaded, archived, removed, journal)
+        if self._tidy_later:
+            self._untidy = remember
+        else:
+            self._after_commit(remember, file_locked=True, fresh=True)
 
     def _cut_torn_tail(self, good: int) -> None:
         with open(self.journal_path, "rb") as fh:
@@ -836,13 +897,13 @@ class JsonStore(Store):
             fh.write(tail + b"\n")
         os.truncate(self.journal_path, good)
 
-    def _after_journal(self, tx: _JsonTx, loaded: _Loaded, archived: dict[str, dict[str, Any] | None],
-                       gone: list[str], journal: os.stat_result) -> None:
-        """Memory after the journal line: the new state, its claim index, and maybe a checkpoint."""
+    def _remember(self, tx: _JsonTx, loaded: _Loaded, archived: dict[str, dict[str, Any] | None],
+                  gone: list[str], journal: os.stat_result) -> _Loaded:
+        """Memory after the journal line: the new state and its claim index, kept for the next operation."""
         jobs = tx.hot["jobs"]
         loaded.archived.update(archived)  # lookups read these before any archive file
-        loaded.written.difference_update(archived)  # a newer version than the file this process wrote
-        loaded.gone.update(gone)
+        loaded.unwritten.update(dict.fromkeys(archived))  # (also a newer version than a file written earlier)
+        loaded.gone.update(dict.fromkeys(gone))
         for job_id in archived:  # its record holds the spec now: only live jobs' specs stay cached
             loaded.specs.pop(job_id, None)
         if not isinstance(jobs, HotJobs):
@@ -852,31 +913,50 @@ class JsonStore(Store):
             if rec is not None and not isinstance(rec, HotRecord):
                 dict.__setitem__(jobs, job_id, HotRecord(rec, job_id, self._changed))
         size = journal.st_size
-        state_id = loaded.key[0]  # unchanged since the read: only a checkpoint replaces state.json
-        after = _Loaded((state_id, (journal.st_ino, size, journal.st_mtime_ns)), tx.hot, loaded.archived, size, size)
-        after.gone, after.written, after.specs = loaded.gone, loaded.written, loaded.specs
+        after = _Loaded(_key_after(loaded.key, journal), tx.hot, loaded.archived, size, size)
+        after.gone, after.unwritten, after.specs = loaded.gone, loaded.unwritten, loaded.specs
         if loaded.index is not None:
             loaded.index.update(jobs, self._changed)
             after.index = loaded.index
         loaded.absent.difference_update(archived)
         after.absent = loaded.absent
-        snapshot = 0 if state_id is None else state_id[1]
-        if snapshot == 0 or size > max(CHECKPOINT_MIN_BYTES, snapshot):  # the first commit writes state.json
+        self._loaded = after
+        return after
+
+    def _checkpoint_due(self, after: _Loaded) -> bool:
+        snapshot = 0 if after.key[0] is None else after.key[0][1]
+        return snapshot == 0 or after.journal_len > max(CHECKPOINT_MIN_BYTES, snapshot)  # the first commit writes it
+
+    def _files_due(self, after: _Loaded) -> bool:
+        if self._tidy_later:  # a few files after each answer: the caller is not waiting for them
+            return bool(after.unwritten or after.gone) or self._checkpoint_due(after) or self._selfcheck
+        return len(after.unwritten) >= MATERIALIZE_BATCH or self._checkpoint_due(after) or self._selfcheck
+
+    def _tidy_files(self, after: _Loaded, fresh: bool) -> None:
+        """The files due after a commit, under the file lock: a checkpoint, or archive files and spec removals."""
+        if not fresh and self._key() != after.key:
+            return  # another process wrote since: the next operation reads the files afresh
+        if self._checkpoint_due(after):
             self._checkpoint(after)
             after.key = self._key()
-        elif len(after.archived) - len(after.written) >= MATERIALIZE_BATCH:
+        elif self._tidy_later:
+            self._materialize(after, TIDY_FILES)
+        elif len(after.unwritten) >= MATERIALIZE_BATCH:
             self._materialize(after)
         if self._selfcheck:
-            self._check_against_disk(after.hot, "memory (after a commit)")
-            if after.index is not None and not after.index.same_as(_ClaimIndex(jobs)):
-                raise StateError(f"{self.root}: self-check failed: the claim index differs from the records")
-            if any(self.read_archive_file(i) is not None for i in after.absent if i not in after.archived):
-                raise StateError(f"{self.root}: self-check failed: an id known absent is archived")
-            if any(self.spec_path(i).read_bytes() != raw for i, raw in after.specs.items()):
-                raise StateError(f"{self.root}: self-check failed: a cached spec differs from its file")
-            if any(self.read_archive_file(i) != after.archived[i] for i in after.written):
-                raise StateError(f"{self.root}: self-check failed: an archive file differs from its journal record")
-        self._loaded = after
+            self._check_remembered(after)
+
+    def _check_remembered(self, after: _Loaded) -> None:
+        """Self-check (AQ_STUB_SELFCHECK=1): what this process keeps in memory must match the files."""
+        self._check_against_disk(after.hot, "memory (after a commit)")
+        if after.index is not None and not after.index.same_as(_ClaimIndex(after.hot["jobs"])):
+            raise StateError(f"{self.root}: self-check failed: the claim index differs from the records")
+        if any(self.read_archive_file(i) is not None for i in after.absent if i not in after.archived):
+            raise StateError(f"{self.root}: self-check failed: an id known absent is archived")
+        if any(self.spec_path(i).read_bytes() != raw for i, raw in after.specs.items()):
+            raise StateError(f"{self.root}: self-check failed: a cached spec differs from its file")
+        if any(self.read_archive_file(i) != rec for i, rec in after.archived.items() if i not in after.unwritten):
+            raise StateError(f"{self.root}: self-check failed: an archive file differs from its journal record")
 
     def _checkpoint(self, loaded: _Loaded) -> None:
         """Fold the journal into a new snapshot; everything it could rebuild is made durable first.
@@ -903,31 +983,30 @@ class JsonStore(Store):
         finally:
             os.close(fd)
         loaded.archived.clear()
-        loaded.written.clear()
         loaded.journal_len = loaded.journal_good = 0
 
-    def _materialize(self, loaded: _Loaded) -> None:
+    def _materialize(self, loaded: _Loaded, limit: int | None = None) -> None:
         """Write the archive files the journal holds and remove the specs it let go; no sync (the checkpoint's).
 
-        Also between checkpoints, every ``MATERIALIZE_BATCH`` finished jobs, so no single
-        operation waits for thousands of files (a checkpoint at 8,000 queued folds ~2,000 jobs).
+        All of them at a checkpoint. Between checkpoints, a process serving one
+        operation at a time writes every ``MATERIALIZE_BATCH`` finished jobs (no single
+        operation waits for thousands of files); ``serve`` writes ``limit`` after each answer.
         """
-        for job_id, rec in sorted(loaded.archived.items()):
-            if job_id in loaded.written:
-                continue
+        for job_id in _take(loaded.unwritten, limit):
+            rec = loaded.archived[job_id]
             if rec is None:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.archive_path(job_id))
+                    os.unlink(self.archive_file(job_id))
             else:
-                write_bytes_atomic(self.archive_path(job_id), _compact(rec), durable=False)
-            loaded.written.add(job_id)
+                write_bytes_atomic(Path(self.archive_file(job_id)), _compact(rec), durable=False)
+            del loaded.unwritten[job_id]
         jobs = loaded.hot["jobs"]
-        for job_id in sorted(loaded.gone):  # a leftover spec file is harmless (never read): no fsync of its own
+        for job_id in _take(loaded.gone, limit):  # a leftover spec file is harmless (never read): no fsync of its own
             if job_id not in jobs:  # (a re-run job is hot again, with its spec file written anew)
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.spec_path(job_id))
+                    os.unlink(self.spec_file(job_id))
                 loaded.specs.pop(job_id, None)
-        loaded.gone.clear()
+            del loaded.gone[job_id]
 
     def _append_logs(self, tx: Tx) -> None:
         try:
@@ -972,6 +1051,7 @@ class JsonStore(Store):
 _SYNC_IS_A_BARRIER = sys.platform.startswith("linux")
 CHECKPOINT_MIN_BYTES = 64 * 1024  # below this the journal is cheap to replay whatever the snapshot's size
 MATERIALIZE_BATCH = 128  # finished jobs whose files are written together between checkpoints
+TIDY_FILES = 4  # archive files (and as many spec removals) ``serve`` writes after each answer
 _SPEC_CACHE_MAX, _SPEC_CACHE_BYTES = 256, 8 * 1024 * 1024  # spec files kept between operations, then dropped
 
 
@@ -985,6 +1065,11 @@ def _apply(hot: dict[str, Any], archived: dict[str, dict[str, Any] | None], entr
     for job_id in entry["del"]:
         jobs.pop(job_id, None)
     archived.update(entry["archive"])
+
+
+def _take(ids: dict[str, None], limit: int | None) -> list[str]:
+    """The first ``limit`` ids (all with None), in the order they were added; a copy, so the caller may remove."""
+    return list(ids) if limit is None else list(itertools.islice(ids, limit))
 
 
 def _warn(msg: str, *args: Any) -> None:
@@ -1015,13 +1100,19 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _key_after(key: tuple[Any, Any], journal: os.stat_result) -> tuple[Any, Any]:
+    """The files' identity right after this process appended to the journal (state.json is unchanged:
+    only a checkpoint replaces it)."""
+    return key[0], (journal.st_ino, journal.st_size, journal.st_mtime_ns)
+
+
 def _compact(obj: Any) -> bytes:
     # Compact, not fsutil's indented form: indent forces json's pure-Python encoder, 3.5x slower,
     # and the hot file is rewritten by every operation (benchmark B3: 25 ms -> 7 ms at 1k queued).
     return (json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def _read_json_file(path: Path) -> Any:
+def _read_json_file(path: str | Path) -> Any:
     """Parse ``path``; FileNotFoundError passes through, anything unparseable is a StateError."""
     try:
         with open(path, encoding="utf-8") as fh:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,8 +157,23 @@ def test_a_stopped_server_leaves_its_state_folded_with_every_archive_file(tmp_pa
             lease = check(h.post(url(s, "/claim"), json={"factoryId": "f1"}), 200)["lease"]
             check(h.post(url(s, f"/jobs/{lease['jobId']}/report"),
                          json={"factoryId": "f1", "leaseEpoch": lease["leaseEpoch"], "outcome": "shipped"}), 200)
-        assert not list((state / "archive").glob("*.json"))  # while serving: in the journal until a checkpoint
+        assert (state / "journal.jsonl").stat().st_size > 0  # while serving: the journal holds them
         assert s.stop() == 0
     assert sorted(p.name for p in (state / "archive").glob("*.json")) == ["j0.json", "j1.json", "j2.json"]
     assert (state / "journal.jsonl").stat().st_size == 0
     assert not list((state / "jobs").iterdir())
+
+
+def test_the_server_writes_a_finished_jobs_files_after_answering_without_another_request(tmp_path: Path) -> None:
+    state = tmp_path / "c"
+    with running_stub(state, token=None) as s, requests.Session() as h:
+        check(h.post(url(s, "/jobs"), json={"id": "j0", "command": ["true"]}), 201)
+        lease = check(h.post(url(s, "/claim"), json={"factoryId": "f1"}), 200)["lease"]
+        check(h.post(url(s, "/jobs/j0/report"),
+                     json={"factoryId": "f1", "leaseEpoch": lease["leaseEpoch"], "outcome": "shipped"}), 200)
+        deadline = time.monotonic() + 10
+        while not (state / "archive" / "j0.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert json.loads((state / "archive" / "j0.json").read_text())["state"] == "shipped"
+        assert not (state / "jobs" / "j0.json").exists()  # the spec is inside the archived record now
+        assert (state / "journal.jsonl").stat().st_size > 0  # no checkpoint: the journal still holds the line

@@ -4,7 +4,9 @@ Random operations (leaf and composite jobs, re-enqueue, claims with request ids,
 renew, release, report, requeue, reaping by time jumps) run on both; every answer
 and, every ten steps, the full listing and status must agree. Random checkpoints,
 a small checkpoint threshold, small archive batches and a small spec cache make
-every path of the store run. The crash variant kills the operation at the K-th
+every path of the store run. One long-lived store defers its bookkeeping to
+``tidy`` as ``serve``'s does, tidied after most operations and at random times
+(also after other stores wrote). The crash variant kills the operation at the K-th
 write, rename, unlink, truncate or sync (before it, after it, or with half a
 write done): the files must then read as exactly the state before or after it.
 """
@@ -90,7 +92,7 @@ class World:
         self.rng = rng
         self.t = 1_000_000.0
         self.mem = MemoryStore()
-        self.js = [JsonStore(root), JsonStore(root)]
+        self.js = long_lived(root)
         self.ids: list[str] = []
         self.held: list[tuple[str, str, int]] = []
         self.n = 0
@@ -180,6 +182,17 @@ class World:
         return norm([coord.list_jobs(), coord.status()])
 
 
+def long_lived(root: Path) -> list[JsonStore]:
+    """Two long-lived stores: ``serve``'s (its bookkeeping waits for ``tidy``) and an embedded daemon's."""
+    return [JsonStore(root, tidy_later=True), JsonStore(root)]
+
+
+def maybe_tidy(st: JsonStore, rng: random.Random) -> None:
+    """``serve`` tidies after each answer; sometimes another store writes first (the tidy must then skip)."""
+    if rng.random() < 0.7:
+        st.tidy()
+
+
 def pick_store(w: World) -> JsonStore:
     r = w.rng.random()
     if r < 0.4:
@@ -199,6 +212,8 @@ def one_run(tmp_path: Path, seed: int, steps: int, crashes: bool) -> None:
         if fn is None:
             w.t += rng.choice([1.0, 6.0, 11.0, 25.0])
             continue
+        if rng.random() < 0.15:
+            w.js[0].tidy()  # late: other stores may have written since its last operation
         if rng.random() < 0.08:
             st = pick_store(w)
             w.log.append(f"checkpoint {id(st) % 1000}")
@@ -213,6 +228,7 @@ def one_run(tmp_path: Path, seed: int, steps: int, crashes: bool) -> None:
             inj.install()
             try:
                 res = w.run_on(w.coord(st), fn)
+                maybe_tidy(st, rng)
                 crashed = False
             except Crash as c:
                 crashed = True
@@ -222,7 +238,7 @@ def one_run(tmp_path: Path, seed: int, steps: int, crashes: bool) -> None:
                 inj.kill_at = 0
             if crashed:
                 # the process died: its in-memory stores are gone
-                w.js = [JsonStore(root), JsonStore(root)]
+                w.js = long_lived(root)
                 after = clone_mem(before)
                 res_mem = w.run_on(w.coord(after), fn)
                 got = w.fingerprint(w.coord(JsonStore(root)))
@@ -240,6 +256,7 @@ def one_run(tmp_path: Path, seed: int, steps: int, crashes: bool) -> None:
                 continue
         else:
             res = w.run_on(w.coord(st), fn)
+            maybe_tidy(st, rng)
         exp = w.run_on(w.coord(w.mem), fn)
         if res != exp:
             raise AssertionError(f"seed {seed} step {step}: {name}: json {res} != mem {exp}\n" + "\n".join(w.log[-30:]))
@@ -269,6 +286,7 @@ def test_fuzz_no_crash(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 3000)
     monkeypatch.setattr(store_mod, "_SPEC_CACHE_MAX", 5)
     monkeypatch.setattr(store_mod, "MATERIALIZE_BATCH", 1 + seed % 4)
+    monkeypatch.setattr(store_mod, "TIDY_FILES", 1 + seed % 3)
     one_run(tmp_path, seed, int(os.environ.get("FUZZ_STEPS", "200")), crashes=False)
 
 
@@ -277,4 +295,5 @@ def test_fuzz_crash(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 3000)
     monkeypatch.setattr(store_mod, "_SPEC_CACHE_MAX", 5)
     monkeypatch.setattr(store_mod, "MATERIALIZE_BATCH", 1 + seed % 4)
+    monkeypatch.setattr(store_mod, "TIDY_FILES", 1 + seed % 3)
     one_run(tmp_path, 1000 + seed, int(os.environ.get("FUZZ_STEPS", "200")), crashes=True)

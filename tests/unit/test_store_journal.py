@@ -176,6 +176,84 @@ def test_a_batch_written_file_of_a_job_run_again_is_removed_at_the_checkpoint(tm
     assert json.loads((root / "jobs" / "a.json").read_text())["id"] == "a"  # its spec is back for the re-run
 
 
+def test_a_store_that_tidies_later_writes_a_finished_jobs_files_when_tidied(tmp_path: Path) -> None:
+    """``serve``'s store: the journal line is the answer's commit; the files come with ``tidy()`` after it."""
+    root = tmp_path / "coord"
+    store = JsonStore(root, tidy_later=True)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+    fill(c, 2)
+    store.tidy()
+    for job_id in ("q0000", "q0001"):
+        view = c.claim("f1", ())
+        assert view is not None and view["job"]["id"] == job_id
+        c.report(job_id, "f1", 1, "shipped")
+        assert not (root / "archive" / f"{job_id}.json").exists()  # not tidied yet: the journal holds it
+        assert coord_on(root, [100.0]).get_job(job_id)["meta"]["state"] == "shipped"  # as any process reads
+        store.tidy()
+        assert json.loads((root / "archive" / f"{job_id}.json").read_text())["state"] == "shipped"
+        assert not (root / "jobs" / f"{job_id}.json").exists()
+    assert (root / "journal.jsonl").stat().st_size > 0  # no checkpoint for that
+
+
+def test_a_state_read_afresh_rewrites_its_journals_files_a_few_per_tidy(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store_mod, "TIDY_FILES", 2)
+    root = tmp_path / "coord"
+    store = JsonStore(root, tidy_later=True)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+    fill(c, 3)
+    for _ in range(3):
+        view = c.claim("f1", ())
+        assert view is not None
+        c.report(view["job"]["id"], "f1", 1, "shipped")
+        store.tidy()
+    for p in (root / "archive").glob("*.json"):  # as if lost: never synced before a power cut
+        p.unlink()
+    coord_on(root, [100.0]).enqueue({"id": "other", "command": ["true"]})  # another process: files read afresh
+    c.enqueue({"id": "mine", "command": ["true"]})
+    store.tidy()
+    assert sorted(p.name for p in (root / "archive").glob("*.json")) == ["q0000.json", "q0001.json"]
+    c.get_job("q0002")  # a read leaves nothing to tidy
+    store.tidy()
+    assert len(list((root / "archive").glob("*.json"))) == 2
+    c.enqueue({"id": "mine2", "command": ["true"]})
+    store.tidy()
+    assert sorted(p.name for p in (root / "archive").glob("*.json")) == ["q0000.json", "q0001.json", "q0002.json"]
+
+
+def test_a_late_tidy_writes_no_file_when_another_process_wrote_since(tmp_path: Path) -> None:
+    """Its memory may be stale: an archive file written from it could bring back a job that runs again."""
+    root = tmp_path / "coord"
+    store = JsonStore(root, tidy_later=True)
+    served = Coordinator(store, lambda: 100.0, 10.0)
+    served.enqueue({"id": "a", "command": ["true"]})
+    store.tidy()
+    served.claim("f1", ())
+    served.report("a", "f1", 1, "quarantined")  # answered; its file waits for the tidy
+    other = coord_on(root, [100.0])  # a seam call or the CLI
+    assert other.requeue("a")["meta"]["state"] == "queued"
+    store.tidy()  # too late: the journal changed since this store's line
+    assert not (root / "archive" / "a.json").exists()
+    assert coord_on(root, [100.0]).get_job("a")["meta"]["state"] == "queued"
+    assert served.get_job("a")["meta"]["state"] == "queued"  # it reads the files afresh
+    view = served.claim("f2", ())
+    assert view is not None and view["job"]["id"] == "a"
+
+
+def test_an_untidied_store_tidies_before_its_next_operation(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    store = JsonStore(root, tidy_later=True)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+    fill(c, 2)
+    view = c.claim("f1", ())
+    assert view is not None
+    c.report(view["job"]["id"], "f1", 1, "shipped")
+    c.claim("f1", ())  # no tidy between: this operation does the last one's bookkeeping first
+    assert (root / "archive" / "q0000.json").exists()
+    store.checkpoint()
+    assert (root / "journal.jsonl").stat().st_size == 0
+    assert coord_on(root, [100.0]).get_job("q0001")["meta"]["state"] == "leased"
+
+
 def test_an_explicit_checkpoint_keeps_a_torn_tail_aside(tmp_path: Path) -> None:
     root = tmp_path / "coord"
     c = coord_on(root, [100.0])
