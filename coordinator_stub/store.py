@@ -17,7 +17,7 @@ families read); ``Tx.spec_of(rec)`` gives the full spec (one file read).
 
     DIR/state.json            snapshot of the hot document (tmp, fsync, rename, fsync dir at each checkpoint)
     DIR/journal.jsonl         write-ahead log: one fsync'd line per committed operation since the snapshot
-    DIR/.lock                 one exclusive lock per operation (flock(2); never held across a spawn)
+    DIR/.lock                 exclusive flock(2) per operation (and per tidy that writes files); never across a spawn
     DIR/jobs/<id>.json        full spec of a queued or leased job, written once at enqueue (durable)
     DIR/archive/<id>.json     write-once: a terminal job or composite parent (its current version, full spec inside)
     DIR/archive/history/<id>.<n>.json  superseded versions (a re-run job, a parent after its verify): kept
@@ -531,7 +531,7 @@ class _Loaded:
                  journal_len: int, journal_good: int) -> None:
         self.key = key
         self.hot = hot
-        self.archived = archived  # archive versions the journal holds (files: in batches, or by the checkpoint)
+        self.archived = archived  # archive versions the journal holds (files: after answers, or by the checkpoint)
         # Ids the journal removed from the hot document, whose spec files are still to remove (ordered sets).
         self.gone: dict[str, None] = {}
         # Ids in ``archived`` whose file this process has not written (or removed) since: the others are whole
@@ -665,12 +665,15 @@ class JsonStore(Store):
         self._thread_lock = _thread.allocate_lock()  # threads of one server: serialize before the file lock
         self._changed: set[str] = set()  # ids of hot records changed in the current transaction
         self._loaded: _Loaded | None = None
-        # ``tidy_later``: a commit's bookkeeping (memory, archive batches, checkpoints) waits for ``tidy()``,
-        # which ``serve`` calls once the answer is sent, so the caller does not wait for it (B2). The
-        # journal identity it expects comes along: if another process wrote since, the work is dropped.
+        # ``tidy_later``: a commit's bookkeeping (memory, archive files, checkpoints) waits for ``tidy()``,
+        # which ``serve`` calls once the answer is sent, so the caller does not wait for it (B2). Its files
+        # are written only if no other process wrote since (memory is then re-read by the next operation).
         self._tidy_later = tidy_later
         self._untidy: Callable[[], _Loaded] | None = None
         self._selfcheck = os.environ.get("AQ_STUB_SELFCHECK") == "1"
+        # A self-check that failed after an answer was sent (in ``tidy``): every later operation fails with
+        # it, so a test sees it in an answer and not only in the server's log.
+        self._selfcheck_failed: StateError | None = None
         try:
             ensure_dir(self.root)
             ensure_dir(self.archive_dir)
@@ -681,6 +684,8 @@ class JsonStore(Store):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._thread_lock, self._lock_factory(self.lock_path):
+            if self._selfcheck_failed is not None:
+                raise self._selfcheck_failed
             self._tidy_now(file_locked=True)
             loaded = self._load()
             self._loaded = None  # until this transaction ends well, memory may differ from disk
@@ -856,8 +861,9 @@ class JsonStore(Store):
 
         Order: history copies and new spec files first (durable: the journal line
         refers to them), then the journal line. What the journal can rebuild (archive
-        files, removed specs) waits for a batch or the next checkpoint (``_materialize``):
-        a file created and one removed here would cost every report ~0.15 ms on ext4 (B2).
+        files, removed specs) comes after the answer (``tidy``) or in batches, and at the
+        latest with the next checkpoint (``_materialize``): a file created and one removed
+        here would cost every report ~0.15 ms on ext4 (B2).
         """
         for job_id in sorted(tx.pending_history):  # copy first: a crash from here on loses no version
             self._keep_history(tx, job_id)
@@ -948,6 +954,14 @@ class JsonStore(Store):
 
     def _check_remembered(self, after: _Loaded) -> None:
         """Self-check (AQ_STUB_SELFCHECK=1): what this process keeps in memory must match the files."""
+        try:
+            self._check_memory(after)
+        except StateError as exc:
+            if self._tidy_later:  # maybe after the answer: fail every later operation with it
+                self._selfcheck_failed = exc
+            raise
+
+    def _check_memory(self, after: _Loaded) -> None:
         self._check_against_disk(after.hot, "memory (after a commit)")
         if after.index is not None and not after.index.same_as(_ClaimIndex(after.hot["jobs"])):
             raise StateError(f"{self.root}: self-check failed: the claim index differs from the records")

@@ -172,8 +172,9 @@ def test_the_server_writes_a_finished_jobs_files_after_answering_without_another
         check(h.post(url(s, "/jobs/j0/report"),
                      json={"factoryId": "f1", "leaseEpoch": lease["leaseEpoch"], "outcome": "shipped"}), 200)
         deadline = time.monotonic() + 10
-        while not (state / "archive" / "j0.json").exists() and time.monotonic() < deadline:
+        archived, spec = state / "archive" / "j0.json", state / "jobs" / "j0.json"
+        while (not archived.exists() or spec.exists()) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert json.loads((state / "archive" / "j0.json").read_text())["state"] == "shipped"
-        assert not (state / "jobs" / "j0.json").exists()  # the spec is inside the archived record now
+        assert json.loads(archived.read_text())["state"] == "shipped"
+        assert not spec.exists()  # the spec is inside the archived record now
         assert (state / "journal.jsonl").stat().st_size > 0  # no checkpoint: the journal still holds the line

@@ -501,3 +501,20 @@ def test_spec_files_of_jobs_run_again_survive_checkpoints_across_processes(tmp_p
     a.checkpoint()
     v2 = ca.claim("f1", ())
     assert v2 is not None and v2["job"]["id"] == "p" and v2["lease"]["leaseEpoch"] == v["lease"]["leaseEpoch"] + 1
+
+
+def test_a_self_check_that_fails_after_the_answer_fails_every_later_operation(tmp_path: Path, monkeypatch) -> None:
+    """``serve`` tidies after answering, so a failed self-check must reach a later answer, not only the log."""
+    monkeypatch.setenv("AQ_STUB_SELFCHECK", "1")
+    store = JsonStore(tmp_path / "coord", tidy_later=True)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+
+    def broken(after: object) -> None:
+        raise StateError("self-check failed: planted")
+    monkeypatch.setattr(store, "_check_memory", broken)
+    c.enqueue({"id": "a", "command": ["true"]})  # answered: its bookkeeping waits for the tidy
+    with pytest.raises(StateError, match="planted"):
+        store.tidy()
+    for _ in range(2):
+        with pytest.raises(StateError, match="planted"):
+            c.get_job("a")
