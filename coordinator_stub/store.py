@@ -710,6 +710,25 @@ class JsonStore(Store):
         if self._untidy is not None:
             with self._thread_lock:
                 self._tidy_now(file_locked=False)
+                self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        """Read what the next claim looks up (the first queued job's spec file and archive miss) while no one waits.
+
+        Without the file lock: both kinds of file are replaced whole (rename), and if
+        another process wrote since, the next operation re-reads and drops this state.
+        """
+        loaded = self._loaded
+        if loaded is None or loaded.index is None or not loaded.index.order:
+            return
+        job_id = loaded.index.order[0][2]
+        rec = loaded.hot["jobs"].get(job_id)
+        if rec is None:
+            return
+        tx = _JsonTx(self, loaded, set())
+        with contextlib.suppress(StateError, OSError):  # the claim itself reports it
+            tx.archived(job_id)
+            tx.spec_of(rec)
 
     def _tidy_now(self, file_locked: bool) -> None:
         remember, self._untidy = self._untidy, None

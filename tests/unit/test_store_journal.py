@@ -518,3 +518,20 @@ def test_a_self_check_that_fails_after_the_answer_fails_every_later_operation(tm
     for _ in range(2):
         with pytest.raises(StateError, match="planted"):
             c.get_job("a")
+
+
+def test_a_tidy_reads_ahead_what_the_next_claim_looks_up(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    store = JsonStore(root, tidy_later=True)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+    fill(c, 3)
+    store.tidy()
+    view = c.claim("f1", ())
+    assert view is not None and view["job"]["id"] == "q0000"
+    store.tidy()
+    loaded = store._loaded
+    assert loaded is not None
+    assert loaded.specs["q0001"] == (root / "jobs" / "q0001.json").read_bytes()  # the next in claim order
+    assert "q0001" in loaded.absent and "q0002" not in loaded.specs
+    nxt = c.claim("f1", ())
+    assert nxt is not None and nxt["job"]["prompt"] == "x" * 200  # answered from what was read ahead
