@@ -886,7 +886,7 @@ class JsonStore(Store):
         """
         for job_id in sorted(tx.pending_history):  # copy first: a crash from here on loses no version
             self._keep_history(tx, job_id)
-        new, _gone = tx.split_specs(self._changed, scan_all=loaded.migrating)
+        new, gone = tx.split_specs(self._changed, scan_all=loaded.migrating)
         for job_id, spec in new.items():  # before the journal: never a hot record without its spec
             write_bytes_atomic(self.spec_path(job_id), _compact(spec), sync_dir=False)
             loaded.specs.pop(job_id, None)  # (a re-run job's spec is written anew)
@@ -896,7 +896,7 @@ class JsonStore(Store):
         archived: dict[str, dict[str, Any] | None] = {
             job_id: None for job_id in tx.pending_history if job_id not in tx.pending_archive}
         archived.update(tx.pending_archive)
-        removed = sorted(job_id for job_id in self._changed if job_id not in jobs)
+        removed = sorted(gone)
         entry = {
             "meta": {k: v for k, v in tx.hot.items() if k != "jobs"},
             "set": {job_id: jobs[job_id] for job_id in sorted(self._changed) if job_id in jobs},
@@ -937,16 +937,14 @@ class JsonStore(Store):
             rec = jobs.get(job_id)
             if rec is not None and not isinstance(rec, HotRecord):
                 dict.__setitem__(jobs, job_id, HotRecord(rec, job_id, self._changed))
-        size = journal.st_size
-        after = _Loaded(_key_after(loaded.key, journal), tx.hot, loaded.archived, size, size)
-        after.gone, after.unwritten, after.specs = loaded.gone, loaded.unwritten, loaded.specs
+        loaded.key = _key_after(loaded.key, journal)
+        loaded.journal_len = loaded.journal_good = journal.st_size
+        loaded.migrating = False  # this commit moved every full spec out of the hot document
         if loaded.index is not None:
             loaded.index.update(jobs, self._changed)
-            after.index = loaded.index
         loaded.absent.difference_update(archived)
-        after.absent = loaded.absent
-        self._loaded = after
-        return after
+        self._loaded = loaded
+        return loaded
 
     def _checkpoint_due(self, after: _Loaded) -> bool:
         snapshot = 0 if after.key[0] is None else after.key[0][1]
@@ -1031,7 +1029,7 @@ class JsonStore(Store):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.archive_file(job_id))
             else:
-                write_bytes_atomic(Path(self.archive_file(job_id)), _compact(rec), durable=False)
+                write_bytes_atomic(self.archive_path(job_id), _compact(rec), durable=False)
             del loaded.unwritten[job_id]
         jobs = loaded.hot["jobs"]
         for job_id in _take(loaded.gone, limit):  # a leftover spec file is harmless (never read): no fsync of its own

@@ -281,19 +281,21 @@ def one_run(tmp_path: Path, seed: int, steps: int, crashes: bool) -> None:
         assert (root / "archive").joinpath(store_mod.archive_name(job_id)).exists(), job_id
 
 
-@pytest.mark.parametrize("seed", range(int(os.environ.get("FUZZ_SEEDS", "20"))))
-def test_fuzz_no_crash(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def small_limits(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Checkpoints, caches and batches small enough that every path of the store runs."""
     monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 3000)
     monkeypatch.setattr(store_mod, "_SPEC_CACHE_MAX", 5)
     monkeypatch.setattr(store_mod, "MATERIALIZE_BATCH", 1 + seed % 4)
     monkeypatch.setattr(store_mod, "TIDY_FILES", 1 + seed % 3)
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("FUZZ_SEEDS", "20"))))
+def test_fuzz_no_crash(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_limits(monkeypatch, seed)
     one_run(tmp_path, seed, int(os.environ.get("FUZZ_STEPS", "200")), crashes=False)
 
 
 @pytest.mark.parametrize("seed", range(int(os.environ.get("FUZZ_SEEDS", "20"))))
 def test_fuzz_crash(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 3000)
-    monkeypatch.setattr(store_mod, "_SPEC_CACHE_MAX", 5)
-    monkeypatch.setattr(store_mod, "MATERIALIZE_BATCH", 1 + seed % 4)
-    monkeypatch.setattr(store_mod, "TIDY_FILES", 1 + seed % 3)
+    small_limits(monkeypatch, seed)
     one_run(tmp_path, 1000 + seed, int(os.environ.get("FUZZ_STEPS", "200")), crashes=True)

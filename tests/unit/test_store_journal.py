@@ -18,6 +18,12 @@ def journal_lines(root: Path) -> list[dict]:
     return [json.loads(line) for line in (root / "journal.jsonl").read_text().splitlines()]
 
 
+def served(root: Path) -> tuple[JsonStore, Coordinator]:
+    """A store as ``serve`` builds it (bookkeeping after the answer, in ``tidy``) and its coordinator."""
+    store = JsonStore(root, tidy_later=True)
+    return store, Coordinator(store, lambda: 100.0, 10.0)
+
+
 def fill(c: Coordinator, n: int, prefix: str = "q") -> None:
     for i in range(n):
         c.enqueue({"id": f"{prefix}{i:04d}", "command": ["true"], "prompt": "x" * 200})
@@ -179,8 +185,7 @@ def test_a_batch_written_file_of_a_job_run_again_is_removed_at_the_checkpoint(tm
 def test_a_store_that_tidies_later_writes_a_finished_jobs_files_when_tidied(tmp_path: Path) -> None:
     """``serve``'s store: the journal line is the answer's commit; the files come with ``tidy()`` after it."""
     root = tmp_path / "coord"
-    store = JsonStore(root, tidy_later=True)
-    c = Coordinator(store, lambda: 100.0, 10.0)
+    store, c = served(root)
     fill(c, 2)
     store.tidy()
     for job_id in ("q0000", "q0001"):
@@ -198,8 +203,7 @@ def test_a_store_that_tidies_later_writes_a_finished_jobs_files_when_tidied(tmp_
 def test_a_state_read_afresh_rewrites_its_journals_files_a_few_per_tidy(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(store_mod, "TIDY_FILES", 2)
     root = tmp_path / "coord"
-    store = JsonStore(root, tidy_later=True)
-    c = Coordinator(store, lambda: 100.0, 10.0)
+    store, c = served(root)
     fill(c, 3)
     for _ in range(3):
         view = c.claim("f1", ())
@@ -223,26 +227,24 @@ def test_a_state_read_afresh_rewrites_its_journals_files_a_few_per_tidy(tmp_path
 def test_a_late_tidy_writes_no_file_when_another_process_wrote_since(tmp_path: Path) -> None:
     """Its memory may be stale: an archive file written from it could bring back a job that runs again."""
     root = tmp_path / "coord"
-    store = JsonStore(root, tidy_later=True)
-    served = Coordinator(store, lambda: 100.0, 10.0)
-    served.enqueue({"id": "a", "command": ["true"]})
+    store, serving = served(root)
+    serving.enqueue({"id": "a", "command": ["true"]})
     store.tidy()
-    served.claim("f1", ())
-    served.report("a", "f1", 1, "quarantined")  # answered; its file waits for the tidy
+    serving.claim("f1", ())
+    serving.report("a", "f1", 1, "quarantined")  # answered; its file waits for the tidy
     other = coord_on(root, [100.0])  # a seam call or the CLI
     assert other.requeue("a")["meta"]["state"] == "queued"
     store.tidy()  # too late: the journal changed since this store's line
     assert not (root / "archive" / "a.json").exists()
     assert coord_on(root, [100.0]).get_job("a")["meta"]["state"] == "queued"
-    assert served.get_job("a")["meta"]["state"] == "queued"  # it reads the files afresh
-    view = served.claim("f2", ())
+    assert serving.get_job("a")["meta"]["state"] == "queued"  # it reads the files afresh
+    view = serving.claim("f2", ())
     assert view is not None and view["job"]["id"] == "a"
 
 
 def test_an_untidied_store_tidies_before_its_next_operation(tmp_path: Path) -> None:
     root = tmp_path / "coord"
-    store = JsonStore(root, tidy_later=True)
-    c = Coordinator(store, lambda: 100.0, 10.0)
+    store, c = served(root)
     fill(c, 2)
     view = c.claim("f1", ())
     assert view is not None
@@ -506,8 +508,7 @@ def test_spec_files_of_jobs_run_again_survive_checkpoints_across_processes(tmp_p
 def test_a_self_check_that_fails_after_the_answer_fails_every_later_operation(tmp_path: Path, monkeypatch) -> None:
     """``serve`` tidies after answering, so a failed self-check must reach a later answer, not only the log."""
     monkeypatch.setenv("AQ_STUB_SELFCHECK", "1")
-    store = JsonStore(tmp_path / "coord", tidy_later=True)
-    c = Coordinator(store, lambda: 100.0, 10.0)
+    store, c = served(tmp_path / "coord")
 
     def broken(after: object) -> None:
         raise StateError("self-check failed: planted")
@@ -522,8 +523,7 @@ def test_a_self_check_that_fails_after_the_answer_fails_every_later_operation(tm
 
 def test_a_tidy_reads_ahead_what_the_next_claim_looks_up(tmp_path: Path) -> None:
     root = tmp_path / "coord"
-    store = JsonStore(root, tidy_later=True)
-    c = Coordinator(store, lambda: 100.0, 10.0)
+    store, c = served(root)
     fill(c, 3)
     store.tidy()
     view = c.claim("f1", ())
