@@ -1,0 +1,96 @@
+"""Where the coordinator lives and how each party reaches it: one class per mode.
+
+A mode answers five questions: what the header calls it; how each factory's
+daemon reaches it (its environment: a seam command, or a URL and a
+credential); how the demo reaches it, as an observer or on behalf of one
+factory (the dead worker's late report); the lease TTL; and where its event
+log is, when the demo may read one. A new mode (a PostgreSQL store behind one
+`coordinator-stub serve` replica per factory, enrolled factories with a
+credential each) is one more subclass and one more line in `open_coordinator`;
+the scenarios do not change.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from .api import Api, HttpTransport, SeamTransport
+from .knobs import DemoError, Knobs
+from .processes import console_script
+
+
+class Coordinator:
+    """A coordinator the daemons and the demo share; subclasses say how each one reaches it."""
+
+    label = ""
+    events_path: Path | None = None  # the coordinator's events.jsonl, when the demo may read it
+
+    def __init__(self, lease_ttl_s: float, base_env: dict[str, str]) -> None:
+        self.lease_ttl_s = lease_ttl_s
+        self.base_env = base_env  # the demo's environment without any AQ_* setting
+
+    def start(self) -> None:
+        """Make it ready (learn its lease TTL, start servers); DemoError if it cannot be reached."""
+
+    def daemon_env(self, factory: str) -> dict[str, str]:
+        """The settings a factory's daemon needs to reach the coordinator (never printed)."""
+        raise NotImplementedError
+
+    def api(self, as_factory: str | None = None) -> Api:
+        """A client of the demo's own: an observer, or one speaking for `as_factory`."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop what `start` started."""
+
+
+class StubSeam(Coordinator):
+    """Stub mode: `coordinator-stub` on a temp state dir, reached by everyone through the command seam."""
+
+    label = "stub (command seam)"
+
+    def __init__(self, knobs: Knobs, state: Path, base_env: dict[str, str]) -> None:
+        super().__init__(knobs.lease_ttl_s, base_env)
+        stub = knobs.stub_cmd or console_script("coordinator-stub", "coordinator_stub")
+        self.prefix = [*stub, "--state", str(state), "--lease-ttl", f"{knobs.lease_ttl_s:g}", "call"]
+        self.events_path = state / "events.jsonl"
+
+    def daemon_env(self, factory: str) -> dict[str, str]:
+        return {"AQ_FLEET_API_CMD": shlex.join(self.prefix)}
+
+    def api(self, as_factory: str | None = None) -> Api:
+        return Api(SeamTransport(self.prefix, self.base_env))
+
+
+class LiveHttp(Coordinator):
+    """Live mode: the coordinator at AQ_FLEET_API, one bearer token for every party; its files are not ours."""
+
+    def __init__(self, knobs: Knobs, base_env: dict[str, str]) -> None:
+        super().__init__(knobs.lease_ttl_s, base_env)
+        assert knobs.api and knobs.token
+        self.url, self._token = knobs.api, knobs.token
+        self.label = f"live {self.url}"
+
+    def start(self) -> None:
+        """The lease TTL is whatever the server says."""
+        with self.api() as api:
+            ttl = api.status().get("leaseTtlS")
+        if isinstance(ttl, (int, float)):
+            self.lease_ttl_s = float(ttl)
+
+    def daemon_env(self, factory: str) -> dict[str, str]:
+        return {"AQ_FLEET_API": self.url, "AQ_FLEET_TOKEN": self._token}
+
+    def api(self, as_factory: str | None = None) -> Api:
+        try:
+            return Api(HttpTransport(self.url, self._token))
+        except ValueError as exc:
+            raise DemoError(f"AQ_FLEET_API: {exc}") from None
+
+
+def open_coordinator(knobs: Knobs, base: Path, base_env: dict[str, str]) -> Coordinator:
+    """The mode the knobs ask for: live when AQ_FLEET_API and AQ_FLEET_TOKEN are both set, else stub."""
+    if knobs.live:
+        return LiveHttp(knobs, base_env)
+    return StubSeam(knobs, base / "coordinator", base_env)
