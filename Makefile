@@ -1,10 +1,13 @@
 # Two commands for a newcomer: `make demo` and `make test`. Everything else
-# they need (the venv, the project, its test tools) is installed from here.
+# they need (the venv, the project, its test tools, the linters for `make lint`)
+# is installed from here.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-test
+DEV_STAMP := $(VENV)/.installed-dev
+LINT_PATHS := agent_queue coordinator_stub tests demo benchmarks
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench bench-smoke chaos clean venv
@@ -17,6 +20,11 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The dev extra (linters, type stubs) includes the test extra: one install serves both.
+$(DEV_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP) $(DEV_STAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
@@ -25,9 +33,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-lint: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(BIN)/ruff check agent_queue coordinator_stub tests
+# ruff on everything with Python in it; mypy (strict) on what pyproject.toml's [tool.mypy] files lists.
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
 
 bench: $(STAMP)
