@@ -28,9 +28,10 @@ from agent_queue.fsutil import append_line, ensure_dir
 from agent_queue.gitrepo import GitFenced
 from agent_queue.inbox import LocalQueue, State
 from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job
+from agent_queue.local_source import LocalClaim
 from agent_queue.process import ProcResult
 from agent_queue.settings import Settings
-from agent_queue.source import Claim, LocalClaim, Record, Source
+from agent_queue.source import Claim, Record, Source
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from filelock import FileLock, Timeout
 
 from agent_queue import composite_queue
 from agent_queue import log as aqlog
+from agent_queue.assemble import build_source
 from agent_queue.errors import StateError
 from agent_queue.fleet.flags import resolve_flags
 from agent_queue.fsutil import read_json, write_json_atomic
@@ -26,7 +27,6 @@ from agent_queue.inbox import LocalQueue, State, decode_spec
 from agent_queue.jobs import Job, new_job_id
 from agent_queue.runner import Runner, RunOptions
 from agent_queue.settings import Settings
-from agent_queue.source import build_source
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 from agent_queue.tools import check_known
 

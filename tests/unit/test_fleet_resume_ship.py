@@ -15,7 +15,8 @@ from core_support import make_settings, result
 from test_fleet_claim import FakeClient
 
 from agent_queue.errors import NotLeased
-from agent_queue.fleet.source import LEASE_FILE, FleetSource
+from agent_queue.fleet.records import LEASE_FILE
+from agent_queue.fleet.source import FleetSource
 from agent_queue.fsutil import write_json_atomic
 from agent_queue.inbox import LocalQueue
 from agent_queue.jobs import Job, Lease
