@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agent_queue.control import Control
 from agent_queue.inbox import LocalQueue
 from agent_queue.jobs import Job
 from agent_queue.local_source import LocalSource
-from agent_queue.runner import Control, Runner, RunOptions
+from agent_queue.runner import Runner, RunOptions
 from agent_queue.settings import Settings, load_settings
 
 

@@ -91,7 +91,7 @@ def test_a_failure_after_the_accepted_report_parks_the_job_never_files_it_fenced
 def test_a_ship_hook_cut_short_by_shutdown_keeps_its_marker_and_runs_again(tmp_path: Path) -> None:
     import json
 
-    from agent_queue.runner import Control
+    from agent_queue.control import Control
 
     root = tmp_path / "root"
     queue = crashed_while_shipping(root, tmp_path)
