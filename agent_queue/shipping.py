@@ -18,7 +18,7 @@ from pathlib import Path
 from agent_queue import process, shiphooks, workspace
 from agent_queue.control import Control
 from agent_queue.errors import AQError, Fenced, ReportPending
-from agent_queue.gitrepo import GitFenced
+from agent_queue.gitcmd import GitFenced
 from agent_queue.inbox import LocalQueue, State
 from agent_queue.joblog import log_fields, log_header, log_path, show
 from agent_queue.local_source import LocalClaim
