@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from agent_queue import doctor, process, tools
-from agent_queue.adapters import AgentAdapter, assess
+from agent_queue.adapters import AgentAdapter
+from agent_queue.assessment import assess
 from agent_queue.control import Control
 from agent_queue.joblog import log_header, log_path, log_size, show
 from agent_queue.jobs import Job
@@ -75,7 +76,7 @@ class AttemptRunner:
 
     def _assess(self, job: Job, adapter: AgentAdapter, tool: ProcResult, offset: int,
                 record: Record) -> Verdict | None:
-        """Read what the tool said (``adapters.assess``): usage limit, expired login, over budget, or plain.
+        """Read what the tool said (``assessment.assess``): usage limit, expired login, over budget, or plain.
 
         Keeps the transcript with the job and puts the parsed fields
         (costUsd, tokensIn, tokensOut, turns, sessionId) in the attempt record.

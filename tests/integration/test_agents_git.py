@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "fakes"))
 from agent_helpers import fake_adapter, git, make_remote, remote_branch, run_invocation  # noqa: E402
 
 from agent_queue import gitcmd, gitrepo, gitship  # noqa: E402
-from agent_queue.adapters import prepare_invocation  # noqa: E402
 from agent_queue.errors import BadInput  # noqa: E402
+from agent_queue.invocation import prepare_invocation  # noqa: E402
 from agent_queue.jobs import Job  # noqa: E402
 
 
