@@ -51,6 +51,7 @@ def encode_body(body: Mapping[str, Any] | None) -> bytes:
 
 
 def effective_timeout(default: float, override: float | None) -> float:
+    """A per-call timeout may shorten the transport's own, never lengthen it."""
     if override is None:
         return default
     return max(0.001, min(default, override))
@@ -63,6 +64,7 @@ def check_status(status: Any, where: str) -> int:
 
 
 def parse_seam_answer(out: bytes, where: str) -> Response:
+    """The seam's stdout (spawned or embedded): exactly one ``{"status": N, "body": ...}`` object."""
     if len(out) > MAX_RESPONSE_BYTES:
         raise TransportError(f"{where}: answer larger than {MAX_RESPONSE_BYTES} bytes")
     try:
