@@ -1,61 +1,36 @@
-"""How agent-queue talks to each coding-agent CLI: argv, prompt, env, output.
+"""How agent-queue describes each coding-agent CLI: an ``AgentAdapter`` is data, not code.
 
-An ``AgentAdapter`` is data, not code: the argv template of one tool, how it
-receives the prompt, which environment variables it may see, how to ask it for
-its version, which structured-output parser reads its transcript, and which
-patterns in its output mean "usage limit, come back later" or "login expired".
-The runner (``tools.py`` executes processes) asks this module three things:
+An adapter is the argv template of one tool, how it receives the prompt,
+which environment variables it may see, how to ask it for its version, which
+structured-output parser reads its transcript (``agent_output``), and which
+patterns in its output mean "usage limit, come back later" or "login
+expired". Built-ins live in ``BUILTIN_ADAPTERS``; ``adapter_from_config``
+merges a ``[tools.NAME]`` table of agent-queue.toml over them.
 
-* ``prepare_invocation`` - the exact argv / env / stdin of one attempt. The
-  prompt never travels as one argv element when it may be large (Linux caps a
-  single argument at MAX_ARG_STRLEN = 128 KiB): every built-in adapter reads
-  it from stdin or from a prompt file.
-* ``assess`` - after the process exited: what the tool reported (cost,
-  tokens, turns, session id) and whether this attempt is a real failure, an
-  agent-side limit (requeue with ``notBefore``, no attempt counted), an
-  expired login, or over the job's cost budget.
-* ``tool_env`` - the minimal environment: never the daemon's AQ_* settings,
-  never ``AQ_FLEET_TOKEN``, whatever a config file asks for.
-
-Built-ins live in ``BUILTIN_ADAPTERS``; ``adapter_from_config`` merges a
-``[tools.NAME]`` table of agent-queue.toml over them.
+What is done with an adapter lives beside it: ``invocation`` builds the argv /
+env / stdin of one attempt, ``assessment`` says what a finished attempt
+means; ``tools`` is the runner's door to all three.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent_queue.errors import BadInput, ConfigError
-from agent_queue.fsutil import write_bytes_atomic
-from agent_queue.jobs import Job
+from agent_queue.agent_output import OUTPUT_FORMATS, PARSERS, reset_time_from_text
+from agent_queue.errors import ConfigError
 
 PromptVia = Literal["argv", "stdin", "file"]
 PROMPT_VIA: tuple[PromptVia, ...] = ("argv", "stdin", "file")
-OUTPUT_FORMATS = ("none", "claude-json", "codex-jsonl", "gemini-json", "aider-text")
 PLACEHOLDERS = ("prompt", "prompt_file", "workdir", "job_id", "root")
-# Linux MAX_ARG_STRLEN is 32 pages = 128 KiB per argv element; stay well under it.
-MAX_ARGV_PROMPT_BYTES = 100 * 1024
 # Only the tail of a transcript is searched for limit / login messages: they are
 # printed last, and a multi-megabyte transcript must not cost a regex scan.
 SCAN_TAIL_CHARS = 64 * 1024
 DEFAULT_BACKOFF_S = 900.0
-PROMPT_FILE_NAME = "prompt.txt"
 
-BASE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_*", "TERM", "TMPDIR", "USER")
 _ENV_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
-
-
-def _is_daemon_secret(name: str) -> bool:
-    """The daemon's own settings (AQ_*) never reach a tool, the fleet token least of all."""
-    return name.startswith("AQ_") or name == "AQ_FLEET_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -81,7 +56,7 @@ class AgentAdapter:
 
     def parse_output(self, text: str) -> dict[str, Any]:
         """What the tool reported about itself: costUsd, tokensIn, tokensOut, turns, sessionId (when known)."""
-        return _PARSERS[self.output_format](text)
+        return PARSERS[self.output_format](text)
 
     def detect_rate_limit(self, exit_code: int, output: str, now: float) -> float | None:
         """``notBefore`` (epoch seconds) when this attempt hit a usage/rate limit, else None.
@@ -90,7 +65,7 @@ class AgentAdapter:
         as an error): an agent that succeeded while *talking about* rate
         limits in its answer is not rate limited.
         """
-        if not _failed(self, exit_code, output):
+        if not failed(self, exit_code, output):
             return None
         tail = output[-SCAN_TAIL_CHARS:]
         if not any(p.search(tail) for p in self._rate_res):
@@ -100,7 +75,7 @@ class AgentAdapter:
 
     def detect_auth_expired(self, exit_code: int, output: str) -> bool:
         """True when a failed attempt says the login / API key is missing or expired."""
-        if not _failed(self, exit_code, output):
+        if not failed(self, exit_code, output):
             return False
         tail = output[-SCAN_TAIL_CHARS:]
         return any(p.search(tail) for p in self._auth_res)
@@ -116,235 +91,11 @@ def _compile(patterns: Iterable[str], tool: str, key: str) -> tuple[re.Pattern[s
     return tuple(out)
 
 
-def _failed(adapter: AgentAdapter, exit_code: int, output: str) -> bool:
+def failed(adapter: AgentAdapter, exit_code: int, output: str) -> bool:
+    """A non-zero exit, or a zero exit whose structured output flags an error."""
     if exit_code != 0:
         return True
     return bool(adapter.parse_output(output).get("isError"))
-
-
-# --------------------------------------------------------------------------- parsers
-
-
-def _json_objects(text: str) -> list[dict[str, Any]]:
-    """Every JSON object in ``text``: the whole text if it is one, else one per line."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            whole = json.loads(stripped)
-        except ValueError:
-            pass
-        else:
-            return [whole] if isinstance(whole, dict) else []
-    out = []
-    for line in stripped.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _int(value: Any) -> int | None:
-    n = _num(value)
-    return None if n is None else int(n)
-
-
-def _obj(d: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = d.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _clean(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
-
-
-def parse_none(text: str) -> dict[str, Any]:
-    return {}
-
-
-def parse_claude_json(text: str) -> dict[str, Any]:
-    """``claude -p --output-format json|stream-json``: the ``type: result`` object carries the totals."""
-    objs = _json_objects(text)
-    results = [o for o in objs if o.get("type") == "result"] or objs[-1:]
-    if not results:
-        return {}
-    res = results[-1]
-    usage = _obj(res, "usage")
-    tokens_in = sum(
-        (_int(usage.get(k)) or 0 for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")),
-        0,
-    )
-    cost = _num(res.get("total_cost_usd"))
-    if cost is None:
-        cost = _num(res.get("cost_usd"))  # older releases
-    return _clean(
-        {
-            "costUsd": cost,
-            "tokensIn": tokens_in if usage else None,
-            "tokensOut": _int(usage.get("output_tokens")),
-            "turns": _int(res.get("num_turns")),
-            "sessionId": res.get("session_id") if isinstance(res.get("session_id"), str) else None,
-            "isError": True if res.get("is_error") is True else None,
-        }
-    )
-
-
-def parse_codex_jsonl(text: str) -> dict[str, Any]:
-    """``codex exec --json``: ``thread.started`` names the session, each ``turn.completed`` adds usage."""
-    session = None
-    tokens_in = tokens_out = turns = 0
-    seen_usage = failed = False
-    for obj in _json_objects(text):
-        kind = obj.get("type")
-        if kind == "thread.started" and isinstance(obj.get("thread_id"), str):
-            session = obj["thread_id"]
-        elif kind in ("turn.completed", "turn.failed"):
-            turns += 1
-            failed = failed or kind == "turn.failed"
-            usage = obj.get("usage")
-            if isinstance(usage, dict):
-                seen_usage = True
-                tokens_in += _int(usage.get("input_tokens")) or 0
-                tokens_out += _int(usage.get("output_tokens")) or 0
-        elif kind == "error":
-            failed = True
-    return _clean(
-        {
-            "tokensIn": tokens_in if seen_usage else None,
-            "tokensOut": tokens_out if seen_usage else None,
-            "turns": turns or None,
-            "sessionId": session,
-            "isError": True if failed else None,
-        }
-    )
-
-
-def parse_gemini_json(text: str) -> dict[str, Any]:
-    """``gemini --output-format json``: ``stats.models.<model>.tokens`` summed over models."""
-    objs = _json_objects(text)
-    if not objs:
-        return {}
-    res = objs[-1]
-    stats = _obj(res, "stats")
-    models = _obj(stats, "models")
-    tin = tout = turns = 0
-    seen = False
-    for m in models.values():
-        if not isinstance(m, dict):
-            continue
-        toks, api = _obj(m, "tokens"), _obj(m, "api")
-        seen = seen or bool(toks)
-        tin += _int(toks.get("prompt")) or 0
-        tout += _int(toks.get("candidates")) or 0
-        turns += _int(api.get("totalRequests")) or 0
-    if not seen and ("inputTokens" in stats or "outputTokens" in stats):
-        seen, tin, tout = True, _int(stats.get("inputTokens")) or 0, _int(stats.get("outputTokens")) or 0
-    session = res.get("session_id") or res.get("sessionId")
-    return _clean(
-        {
-            "tokensIn": tin if seen else None,
-            "tokensOut": tout if seen else None,
-            "turns": turns or None,
-            "sessionId": session if isinstance(session, str) else None,
-            "isError": True if res.get("error") else None,
-        }
-    )
-
-
-_AIDER_TOKENS = re.compile(r"Tokens:\s*([\d.]+)(k|m)?\s*sent.*?([\d.]+)(k|m)?\s*received", re.IGNORECASE)
-_AIDER_COST = re.compile(r"Cost:\s*\$([\d.]+)\s*message,\s*\$([\d.]+)\s*session", re.IGNORECASE)
-
-
-def _aider_count(num: str, suffix: str | None) -> int:
-    scale = {"k": 1_000, "m": 1_000_000}.get((suffix or "").lower(), 1)
-    return int(float(num) * scale)
-
-
-def parse_aider_text(text: str) -> dict[str, Any]:
-    """aider prints ``Tokens: 2.1k sent, 150 received. Cost: $0.01 message, $0.02 session.`` per reply."""
-    tin = tout = turns = 0
-    for m in _AIDER_TOKENS.finditer(text):
-        turns += 1
-        tin += _aider_count(m.group(1), m.group(2))
-        tout += _aider_count(m.group(3), m.group(4))
-    costs = _AIDER_COST.findall(text)
-    return _clean(
-        {
-            "costUsd": float(costs[-1][1]) if costs else None,
-            "tokensIn": tin if turns else None,
-            "tokensOut": tout if turns else None,
-            "turns": turns or None,
-        }
-    )
-
-
-_PARSERS = {
-    "none": parse_none,
-    "claude-json": parse_claude_json,
-    "codex-jsonl": parse_codex_jsonl,
-    "gemini-json": parse_gemini_json,
-    "aider-text": parse_aider_text,
-}
-
-
-# --------------------------------------------------------------------------- reset times
-
-_EPOCH_AFTER_BAR = re.compile(r"limit reached\|(\d{9,11})")
-_RETRY_IN = re.compile(r"(?:try again|retry|resets?)\s+(?:in|after)\s+(.{1,60})", re.IGNORECASE)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)\b", re.I)
-_RESETS_AT = re.compile(
-    r"resets?\s+(?:at\s+)?(\d{1,2})(?::(\d{2}))?\s*(am|pm)\b(?:\s*\(([A-Za-z_]+(?:/[A-Za-z_+-]+)*)\))?", re.IGNORECASE
-)
-_UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-
-
-def reset_time_from_text(text: str, now: float) -> float | None:
-    """The reset time a tool announced, as epoch seconds; None when it named none.
-
-    Understands ``...limit reached|1718000000`` (Claude Code's machine form),
-    ``try again in 2 hours 5 minutes`` / ``retry in 31.5s`` (codex, gemini) and
-    ``resets 3pm (Europe/Berlin)`` / ``resets at 10:30am`` (next such wall-clock
-    time, in the named zone, else local time).
-    """
-    m = _EPOCH_AFTER_BAR.search(text)
-    if m:
-        return max(float(m.group(1)), now)
-    m = _RETRY_IN.search(text)
-    if m:
-        window = re.split(r"[.;!\n]\s|[;!\n]", m.group(1), maxsplit=1)[0]
-        total = sum(float(n) * _UNIT_S[unit[0].lower()] for n, unit in _DURATION_PART.findall(window))
-        if total > 0:
-            return now + total
-    m = _RESETS_AT.search(text)
-    if m:
-        return _next_wall_clock(int(m.group(1)), int(m.group(2) or 0), m.group(3).lower(), m.group(4), now)
-    return None
-
-
-def _next_wall_clock(hour12: int, minute: int, ampm: str, zone: str | None, now: float) -> float | None:
-    if not (1 <= hour12 <= 12 and 0 <= minute < 60):
-        return None
-    hour = hour12 % 12 + (12 if ampm == "pm" else 0)
-    try:
-        tz = ZoneInfo(zone) if zone else None
-    except (ZoneInfoNotFoundError, ValueError):
-        tz = None
-    current = datetime.fromtimestamp(now, tz=tz) if tz else datetime.fromtimestamp(now).astimezone()
-    target = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if target <= current:
-        target += timedelta(days=1)
-    return target.timestamp()
 
 
 # --------------------------------------------------------------------------- built-ins
@@ -495,155 +246,3 @@ def _validate(adapter: AgentAdapter, where: str) -> None:
         raise ConfigError(f"{where}: prompt_via = 'argv' needs a {{prompt}} placeholder in argv")
     if adapter.prompt_via == "file" and "prompt_file" not in uses:
         raise ConfigError(f"{where}: prompt_via = 'file' needs a {{prompt_file}} placeholder in argv")
-
-
-# --------------------------------------------------------------------------- argv and env
-
-
-def render_argv(adapter: AgentAdapter, values: Mapping[str, str]) -> list[str]:
-    """Substitute ``{placeholder}`` inside each argv element; the result is argv, never a shell line.
-
-    A value can never split into two arguments or inject an option: it only
-    ever replaces its placeholder inside the element that names it.
-    """
-    pattern = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
-
-    def sub(m: re.Match[str]) -> str:
-        key = m.group(1)
-        if key not in values:
-            raise BadInput(f"tool {adapter.name}: argv needs {{{key}}} but no value was given")
-        return values[key]
-
-    return [pattern.sub(sub, item) for item in adapter.argv]
-
-
-def _allowed(name: str, patterns: Iterable[str]) -> bool:
-    for pat in patterns:
-        if pat.endswith("*") and name.startswith(pat[:-1]):
-            return True
-        if name == pat:
-            return True
-    return False
-
-
-def tool_env(
-    adapter: AgentAdapter, base_env: Mapping[str, str], extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The minimal environment of a tool: base names + the adapter's pass-through + ``extra`` (job env).
-
-    Every AQ_* name (AQ_FLEET_TOKEN above all) is stripped last, whatever
-    ``env_pass`` or ``extra`` say: a tool is third-party code reading a
-    third-party prompt, and must never see the fleet's credentials.
-    """
-    names = BASE_ENV_NAMES + adapter.env_pass
-    env = {k: v for k, v in base_env.items() if _allowed(k, names)}
-    env.update(extra or {})
-    return {k: v for k, v in env.items() if not _is_daemon_secret(k)}
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """Everything needed to start one attempt: run ``argv`` in ``cwd`` with ``env``, feed ``stdin``."""
-
-    argv: tuple[str, ...]
-    env: Mapping[str, str]
-    cwd: Path
-    stdin: bytes | None
-    prompt_file: Path | None
-
-
-def prepare_invocation(
-    adapter: AgentAdapter,
-    job: Job,
-    *,
-    workdir: Path,
-    root: Path,
-    run_dir: Path,
-    base_env: Mapping[str, str],
-) -> Invocation:
-    """Build argv / env / stdin of one attempt; writes ``run_dir/prompt.txt`` (0600) when a file is needed.
-
-    For the ``shell`` adapter (empty argv template) the job's ``command`` is
-    the argv. A prompt given ``via = "argv"`` larger than 100 KiB is refused
-    here with a clear error rather than failing in execve with E2BIG.
-    """
-    prompt = job.prompt or ""
-    prompt_file: Path | None = None
-    uses_file = adapter.prompt_via == "file" or any("{prompt_file}" in a for a in adapter.argv)
-    if uses_file:
-        prompt_file = run_dir / PROMPT_FILE_NAME
-        write_bytes_atomic(prompt_file, prompt.encode("utf-8"))
-    if adapter.prompt_via == "argv" and len(prompt.encode("utf-8")) > MAX_ARGV_PROMPT_BYTES:
-        raise BadInput(
-            f"job {job.id}: tool {adapter.name} takes the prompt as an argument, and a "
-            f"{len(prompt.encode('utf-8'))}-byte prompt exceeds the {MAX_ARGV_PROMPT_BYTES}-byte limit "
-            "(set prompt_via = \"stdin\" or \"file\" in agent-queue.toml)"
-        )
-    values = {
-        "prompt": prompt,
-        "prompt_file": str(prompt_file) if prompt_file else "",
-        "workdir": str(workdir),
-        "job_id": job.id,
-        "root": str(root),
-    }
-    argv = tuple(job.command) if not adapter.argv else tuple(render_argv(adapter, values))
-    if not argv:
-        raise BadInput(f"job {job.id}: tool {adapter.name} has no argv and the job no command")
-    stdin = prompt.encode("utf-8") if adapter.prompt_via == "stdin" and job.prompt is not None else None
-    env = tool_env(adapter, base_env, dict(job.env))
-    return Invocation(argv=argv, env=env, cwd=workdir, stdin=stdin, prompt_file=prompt_file)
-
-
-# --------------------------------------------------------------------------- verdict
-
-Verdict = Literal["ok", "failed", "rate_limited", "auth_expired", "over_budget"]
-
-
-@dataclass(frozen=True)
-class Assessment:
-    """What one finished attempt means for its job.
-
-    ``ok``/``failed``: as usual (failed counts an attempt). ``rate_limited``:
-    put the job back with ``not_before``, do NOT count an attempt.
-    ``auth_expired`` and ``over_budget``: quarantine with ``reason``.
-    ``report`` goes into result.json as is.
-    """
-
-    verdict: Verdict
-    report: Mapping[str, Any]
-    reason: str = ""
-    not_before: float | None = None
-
-
-def assess(adapter: AgentAdapter, job: Job, exit_code: int, output: str, now: float) -> Assessment:
-    """Classify a finished attempt from its exit status and full output (stdout+stderr)."""
-    report = {k: v for k, v in adapter.parse_output(output).items() if k != "isError"}
-    report = {"tool": adapter.name, "exitCode": exit_code, **report}
-    not_before = adapter.detect_rate_limit(exit_code, output, now)
-    if not_before is not None:
-        return Assessment("rate_limited", report, f"tool {adapter.name} hit a usage/rate limit", not_before)
-    if adapter.detect_auth_expired(exit_code, output):
-        return Assessment("auth_expired", report, f"tool {adapter.name}: login expired or API key invalid")
-    reason = budget_exceeded(job, report)
-    if reason:
-        return Assessment("over_budget", report, reason)
-    if exit_code != 0 or _failed(adapter, exit_code, output):
-        return Assessment("failed", report, f"tool {adapter.name} exited with status {exit_code}")
-    return Assessment("ok", report)
-
-
-def budget_exceeded(job: Job, report: Mapping[str, Any]) -> str | None:
-    """The quarantine reason when the attempt's reported cost is over ``budget.costUsd``, else None."""
-    limit = job.budget.cost_usd
-    cost = report.get("costUsd")
-    if limit is None or not isinstance(cost, int | float):
-        return None
-    if float(cost) > limit:
-        return f"over budget: the attempt cost ${float(cost):.4f}, budget.costUsd is ${limit:.4f}"
-    return None
-
-
-def transcript_name(adapter: AgentAdapter) -> str:
-    """File name under the job's directory for the tool's full output (kept for post-mortems)."""
-    names = {"claude-json": "transcript.json", "codex-jsonl": "transcript.jsonl", "gemini-json": "transcript.json"}
-    return names.get(adapter.output_format, "transcript.log")

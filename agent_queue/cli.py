@@ -19,7 +19,6 @@ from agent_queue import service
 from agent_queue.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AQError, BadInput
 from agent_queue.fleet import ops as fleet_ops
 from agent_queue.fleet import shadow
-from agent_queue.runner import RunOptions
 from agent_queue.settings import Settings, load_settings
 
 PROG = "agent-queue"
@@ -136,6 +135,8 @@ def run(ctx: _Ctx, /, once: bool, drain: bool, max_jobs: int | None, **flags: An
     """The daemon: take jobs, run them, verify, ship or quarantine. SIGTERM/SIGINT stop it."""
     if once and drain:
         raise BadInput("run: --once and --drain exclude each other")
+    from agent_queue.runner import RunOptions  # the daemon's modules load only when it runs
+
     service.run_daemon(ctx.settings(**flags), RunOptions(once=once, drain=drain, max_jobs=max_jobs))
 
 

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
@@ -24,11 +24,12 @@ from agent_queue.fleet.flags import resolve_flags
 from agent_queue.fsutil import read_json, write_json_atomic
 from agent_queue.inbox import LocalQueue, State, decode_spec
 from agent_queue.jobs import Job, new_job_id
-from agent_queue.runner import Runner, RunOptions
 from agent_queue.settings import Settings
-from agent_queue.source import build_source
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 from agent_queue.tools import check_known
+
+if TYPE_CHECKING:
+    from agent_queue.runner import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ def requeue(settings: Settings, job_id: str) -> None:
 
 def run_daemon(settings: Settings, opts: RunOptions) -> int:
     """Start-up checks, lock, then the runner loop; returns the number of jobs processed."""
+    # The daemon's modules (runner, attempt, shipping, git, the Sources) load only when a daemon runs.
+    from agent_queue.assemble import build_source
+    from agent_queue.runner import Runner
+
     aqlog.setup(settings.log_format, settings.verbose, settings.factory_id)
     # Resolved once; each precedence warning (ROUTE wins over SHADOW...) is given once per process.
     flags = resolve_flags(settings.fleet, settings.fleet_route, settings.fleet_shadow, log.warning)

@@ -7,7 +7,7 @@ the templates here). Profiles add env, extra args, a timeout, max attempts and
 a ship hook. ``invocation`` turns (tool, profile, job) into the argv / env /
 stdin file of one attempt, delivering the prompt the adapter's way (stdin or a
 0600 file, so a 1 MB prompt never meets ARG_MAX). ``attempt_output`` and
-``keep_transcript`` give the runner what ``adapters.assess`` reads and what a
+``keep_transcript`` give the runner what ``assessment.assess`` reads and what a
 post-mortem needs.
 """
 
@@ -20,18 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from agent_queue.adapters import (
-    BASE_ENV_NAMES,
-    BUILTIN_ADAPTERS,
-    PROMPT_FILE_NAME,
-    AgentAdapter,
-    adapter_from_config,
-    prepare_invocation,
-    tool_env,
-    transcript_name,
-)
+from agent_queue.adapters import BUILTIN_ADAPTERS, AgentAdapter, adapter_from_config
+from agent_queue.assessment import transcript_name
 from agent_queue.errors import ConfigError, InvalidJob
 from agent_queue.fsutil import write_bytes_atomic
+from agent_queue.invocation import BASE_ENV_NAMES, PROMPT_FILE_NAME, prepare_invocation, tool_env
 from agent_queue.jobs import NAME_RE, Job
 
 SHELL = "shell"

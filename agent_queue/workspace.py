@@ -1,8 +1,8 @@
 """The directory a job's tool runs in: ``<root>/work/<id>``, a git worktree when ``job.repo`` is set.
 
-Git mechanics live in ``agent_queue.gitrepo``; this module is the runner's
-one door to them, so the runner never branches on "repo or not" more than
-once per step. Plain workspaces are kept for inspection. Worktrees of
+Git mechanics live in ``agent_queue.gitrepo`` (worktrees) and ``gitship``
+(shipping); this module is the runner's one door to them, so the runner never
+branches on "repo or not" more than once per step. Plain workspaces are kept for inspection. Worktrees of
 finished (shipped / quarantined / fenced) jobs are pruned after
 ``keep_worktrees_days``, their branches stay; worktrees of unfinished jobs
 that are not in ``running/`` are removed at start-up (a crashed attempt).
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from agent_queue import gitrepo
+from agent_queue import gitrepo, gitship
 from agent_queue.errors import AQError
 from agent_queue.fsutil import ensure_dir
 from agent_queue.jobs import Job
@@ -67,22 +67,22 @@ def existing(root: Path, job: Job) -> Path:
     return ensure_dir(root / "work" / job.id) if job.repo is None else gitrepo.worktree_path(root, job.id)
 
 
-def push(root: Path, job: Job, workdir: Path, *, factory_id: str, epoch: int | None) -> gitrepo.ShipResult:
+def push(root: Path, job: Job, workdir: Path, *, factory_id: str, epoch: int | None) -> gitship.ShipResult:
     """Commit what the agent left and push ``aq/<id>`` (fenced); no hook. Idempotent.
 
-    Raises ``gitrepo.GitFenced`` when a newer attempt owns the branch, ``GitError`` otherwise.
+    Raises ``gitcmd.GitFenced`` when a newer attempt owns the branch, ``GitError`` otherwise.
     """
-    return gitrepo.ship_worktree(root, replace(job, ship=()), workdir, factory_id=factory_id, epoch=epoch)
+    return gitship.ship_worktree(root, replace(job, ship=()), workdir, factory_id=factory_id, epoch=epoch)
 
 
 def run_ship_hook(root: Path, job: Job, workdir: Path, hook: tuple[str, ...], *, factory_id: str,
-                  epoch: int | None, env: Mapping[str, str]) -> gitrepo.ShipResult:
+                  epoch: int | None, env: Mapping[str, str]) -> gitship.ShipResult:
     """Run the ship hook of an already pushed repo job, once (a completed hook is never re-run).
 
     Goes through ``ship_worktree`` again: the commit and push are already
     there (no-ops), and it records ``hookDone`` so a re-ship skips the hook.
     """
-    return gitrepo.ship_worktree(root, replace(job, ship=hook), workdir, factory_id=factory_id, epoch=epoch,
+    return gitship.ship_worktree(root, replace(job, ship=hook), workdir, factory_id=factory_id, epoch=epoch,
                                  hook_env=env)
 
 

@@ -33,7 +33,7 @@ from agent_queue.errors import (
     NotLeased,
     TransportError,
 )
-from agent_queue.fleet.transport import Response, Transport
+from agent_queue.fleet.wire import Response, Transport
 from agent_queue.jobs import Job, Lease, validate_id
 from agent_queue.timeutil import to_rfc3339
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from agent_queue import composite
 from agent_queue.fleet import shadow
-from agent_queue.fleet.source import fleet_flags, make_client
+from agent_queue.fleet.connect import fleet_flags, make_client
 from agent_queue.jobs import Job, new_job_id, validate_id
 from agent_queue.settings import Settings
 

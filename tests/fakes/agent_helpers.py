@@ -9,7 +9,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from agent_queue.adapters import BUILTIN_ADAPTERS, AgentAdapter, Invocation
+from agent_queue.adapters import BUILTIN_ADAPTERS, AgentAdapter
+from agent_queue.invocation import Invocation
 
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
 

@@ -12,7 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "fakes"))
 from agent_helpers import fake_adapter, run_invocation  # noqa: E402
 
-from agent_queue.adapters import assess, prepare_invocation  # noqa: E402
+from agent_queue.assessment import assess  # noqa: E402
+from agent_queue.invocation import prepare_invocation  # noqa: E402
 from agent_queue.jobs import Job  # noqa: E402
 
 AGENTS = ("claude", "codex", "gemini", "aider")

@@ -11,9 +11,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "fakes"))
 from agent_helpers import fake_adapter, git, make_remote, remote_branch, run_invocation  # noqa: E402
 
-from agent_queue import gitrepo  # noqa: E402
-from agent_queue.adapters import prepare_invocation  # noqa: E402
+from agent_queue import gitcmd, gitrepo, gitship  # noqa: E402
 from agent_queue.errors import BadInput  # noqa: E402
+from agent_queue.invocation import prepare_invocation  # noqa: E402
 from agent_queue.jobs import Job  # noqa: E402
 
 
@@ -49,13 +49,13 @@ def test_branch_arrives_with_the_change_and_trailers_and_reship_is_a_noop(tmp_pa
     assert wt == (root / "work" / "j1").resolve()
     assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=wt) == "aq/j1"
     run_agent(root, job, wt)
-    first = gitrepo.ship_worktree(root, job, wt, factory_id="mac-1", epoch=3)
+    first = gitship.ship_worktree(root, job, wt, factory_id="mac-1", epoch=3)
     assert first.pushed and first.branch == "aq/j1"
     assert remote_branch(remote, "aq/j1") == first.sha
     assert git("show", f"{first.sha}:j1.txt", cwd=remote) == "edited by fake claude"
     msg = git("log", "-1", "--format=%B", first.sha, cwd=remote)
     assert "Agent-Queue-Job: j1" in msg and "Agent-Queue-Factory: mac-1" in msg and "Agent-Queue-Epoch: 3" in msg
-    again = gitrepo.ship_worktree(root, job, wt, factory_id="mac-1", epoch=3)
+    again = gitship.ship_worktree(root, job, wt, factory_id="mac-1", epoch=3)
     assert not again.pushed and again.sha == first.sha
     assert git("rev-list", "--count", "aq/j1", cwd=remote) == "2"  # initial + one ship commit
 
@@ -79,7 +79,7 @@ def test_two_jobs_on_one_repo_at_once_get_separate_worktrees(tmp_path: Path, rem
             job = repo_job(remote, job_id)
             wt = gitrepo.prepare_worktree(root, job)
             run_agent(root, job, wt)
-            results[job_id] = gitrepo.ship_worktree(root, job, wt, factory_id="f", epoch=1).sha
+            results[job_id] = gitship.ship_worktree(root, job, wt, factory_id="f", epoch=1).sha
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -102,9 +102,9 @@ def test_stale_epoch_cannot_overwrite_a_newer_attempts_branch(tmp_path: Path, re
     new_wt = gitrepo.prepare_worktree(new_root, job)  # epoch 2 after the reclaim
     run_agent(stale_root, job, stale_wt)
     run_agent(new_root, job, new_wt)
-    newer = gitrepo.ship_worktree(new_root, job, new_wt, factory_id="b", epoch=2)
-    with pytest.raises(gitrepo.GitFenced, match="aq/j1"):
-        gitrepo.ship_worktree(stale_root, job, stale_wt, factory_id="a", epoch=1)
+    newer = gitship.ship_worktree(new_root, job, new_wt, factory_id="b", epoch=2)
+    with pytest.raises(gitcmd.GitFenced, match="aq/j1"):
+        gitship.ship_worktree(stale_root, job, stale_wt, factory_id="a", epoch=1)
     assert remote_branch(remote, "aq/j1") == newer.sha
 
 
@@ -133,7 +133,7 @@ def test_base_selects_the_start_point(tmp_path: Path, remote: Path) -> None:
     root = tmp_path / "root"
     assert (gitrepo.prepare_worktree(root, repo_job(remote, "b1", base="feature")) / "F.md").exists()
     assert not (gitrepo.prepare_worktree(root, repo_job(remote, "b2")) / "F.md").exists()
-    with pytest.raises(gitrepo.GitError, match="nope"):
+    with pytest.raises(gitcmd.GitError, match="nope"):
         gitrepo.prepare_worktree(root, repo_job(remote, "b3", base="nope"))
 
 
@@ -156,8 +156,8 @@ def test_ship_hook_runs_once_with_placeholders(tmp_path: Path, remote: Path) -> 
     job = repo_job(remote, ship=[sys.executable, "-c", script, "{job_id}", "{branch}"])
     wt = gitrepo.prepare_worktree(root, job)
     run_agent(root, job, wt)
-    assert gitrepo.ship_worktree(root, job, wt, factory_id="f", epoch=None).hook_ran
-    assert not gitrepo.ship_worktree(root, job, wt, factory_id="f", epoch=None).hook_ran
+    assert gitship.ship_worktree(root, job, wt, factory_id="f", epoch=None).hook_ran
+    assert not gitship.ship_worktree(root, job, wt, factory_id="f", epoch=None).hook_ran
     assert log.read_text() == "j1 aq/j1\n"
 
 
@@ -166,7 +166,7 @@ def test_prune_and_orphans_respect_live_leases_and_keep_branches(tmp_path: Path,
     done, live, orphan = repo_job(remote, "done"), repo_job(remote, "live"), repo_job(remote, "orph")
     paths = {j.id: gitrepo.prepare_worktree(root, j) for j in (done, live, orphan)}
     run_agent(root, done, paths["done"])
-    gitrepo.ship_worktree(root, done, paths["done"], factory_id="f", epoch=1)
+    gitship.ship_worktree(root, done, paths["done"], factory_id="f", epoch=1)
     gitrepo.mark_finished(root, "live", "quarantined")
     assert gitrepo.clean_orphans(root, running_ids={"live"}) == ["orph"]
     assert not paths["orph"].exists() and paths["done"].exists()
@@ -182,6 +182,6 @@ def test_prune_and_orphans_respect_live_leases_and_keep_branches(tmp_path: Path,
 def test_bad_repo_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="must not start with '-'"):
         gitrepo.prepare_worktree(tmp_path, Job.from_dict({"id": "x", "command": ["true"], "repo": "--upload-pack=x"}))
-    with pytest.raises(gitrepo.GitError, match="repo .*missing.*clone"):
+    with pytest.raises(gitcmd.GitError, match="repo .*missing.*clone"):
         gitrepo.prepare_worktree(tmp_path, Job.from_dict({"id": "x", "command": ["true"],
                                                           "repo": str(tmp_path / "missing")}))

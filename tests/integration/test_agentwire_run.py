@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from cli_support import aq, clean_env
 
-from agent_queue import gitrepo
+from agent_queue import gitship
 from agent_queue.jobs import Job
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 from tests.fakes.agent_helpers import FAKE_AGENT, git, make_remote, remote_branch
@@ -87,7 +87,7 @@ def test_repo_job_pushes_the_agents_change_and_a_second_ship_is_a_no_op(tmp_path
         assert TOKEN not in path.read_text()
     # Shipping the same job again pushes nothing and does not re-run the completed hook.
     job = Job.from_dict(spec)
-    again = gitrepo.ship_worktree(root, job, root / "work" / "fix-1", factory_id="x", epoch=None)
+    again = gitship.ship_worktree(root, job, root / "work" / "fix-1", factory_id="x", epoch=None)
     assert (again.pushed, again.sha, again.hook_ran) == (False, sha, False)
     assert remote_branch(remote, "aq/fix-1") == sha and hooks.read_text().count("\n") == 1
 

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agent_queue.control import Control
 from agent_queue.inbox import LocalQueue
 from agent_queue.jobs import Job
-from agent_queue.runner import Control, Runner, RunOptions
+from agent_queue.local_source import LocalSource
+from agent_queue.runner import Runner, RunOptions
 from agent_queue.settings import Settings, load_settings
-from agent_queue.source import LocalSource
 
 
 def make_settings(root: Path, config: str | None = None, env: dict[str, str] | None = None,

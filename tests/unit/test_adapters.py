@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agent_queue.adapters import (
-    BUILTIN_ADAPTERS,
-    MAX_ARGV_PROMPT_BYTES,
-    AgentAdapter,
-    adapter_from_config,
-    assess,
-    prepare_invocation,
-    render_argv,
-    reset_time_from_text,
-    tool_env,
-)
+from agent_queue.adapters import BUILTIN_ADAPTERS, AgentAdapter, adapter_from_config
+from agent_queue.agent_output import reset_time_from_text
+from agent_queue.assessment import assess
 from agent_queue.errors import BadInput, ConfigError
+from agent_queue.invocation import MAX_ARGV_PROMPT_BYTES, prepare_invocation, render_argv, tool_env
 from agent_queue.jobs import Job
 
 NOW = 1_700_000_000.0

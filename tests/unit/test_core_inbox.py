@@ -10,7 +10,7 @@ from core_support import shell_job
 
 from agent_queue.errors import Conflict, NotFound
 from agent_queue.inbox import LocalQueue, State
-from agent_queue.source import LocalSource
+from agent_queue.local_source import LocalSource
 
 
 @pytest.fixture()

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from agent_queue.errors import Fenced, NotLeased, ReportPending, TransportError
+from agent_queue.fleet.claim import FleetClaim
 from agent_queue.fleet.heartbeat import Heartbeat
-from agent_queue.fleet.source import FleetClaim, FleetSource
+from agent_queue.fleet.source import FleetSource
 from agent_queue.inbox import LocalQueue, State
 from agent_queue.jobs import Job, Lease
 

@@ -23,7 +23,7 @@ from agent_queue.errors import (
     TransportError,
 )
 from agent_queue.fleet.client import FleetClient, RetryPolicy, is_retryable
-from agent_queue.fleet.transport import Response
+from agent_queue.fleet.wire import Response
 from agent_queue.jobs import Lease
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 

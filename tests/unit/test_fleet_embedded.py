@@ -28,7 +28,10 @@ import pytest
 import coordinator_stub.api
 from agent_queue.errors import TransportError
 from agent_queue.fleet.client import FleetClient, RetryPolicy
-from agent_queue.fleet.transport import CommandTransport, EmbeddedTransport, Response, make_transport
+from agent_queue.fleet.command_transport import CommandTransport
+from agent_queue.fleet.embedded import EmbeddedTransport
+from agent_queue.fleet.transport import make_transport
+from agent_queue.fleet.wire import Response
 from tests.stubutil import STUB_ARGV, seam_call, stub_env
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -125,7 +128,7 @@ def test_everything_else_keeps_spawning(tmp_path: Path) -> None:
 
 
 def test_embedded_announces_itself_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="agent_queue.fleet.transport")
+    caplog.set_level(logging.INFO, logger="agent_queue.fleet.embedded")
     state = tmp_path / "announced"
     embedded(state)
     embedded(state, 5.0)
@@ -332,7 +335,7 @@ def test_an_exception_in_the_stub_is_a_transport_error_the_client_retries(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(coordinator_stub.api, "handle", flaky)
-    caplog.set_level(logging.DEBUG, logger="agent_queue.fleet.transport")
+    caplog.set_level(logging.DEBUG, logger="agent_queue.fleet.embedded")
     transport = embedded(tmp_path / "coord")
     with pytest.raises(TransportError) as raised:
         transport.request("GET", "/v1/fleet/status")

@@ -21,7 +21,8 @@ import pytest
 
 from agent_queue.errors import AQError, ConfigError, CoordinatorError, Fenced, TransportError
 from agent_queue.fleet.client import FleetClient, RetryPolicy
-from agent_queue.fleet.transport import HttpTransport, make_transport
+from agent_queue.fleet.http_transport import HttpTransport
+from agent_queue.fleet.transport import make_transport
 from agent_queue.jobs import Lease
 
 FAKE_HTTP = Path(__file__).resolve().parents[1] / "fakes" / "fake_http.py"
@@ -170,7 +171,7 @@ def test_make_transport_http_rules() -> None:
 
 
 def test_plain_http_to_remote_host_warns(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="agent_queue.fleet.transport")
+    caplog.set_level(logging.WARNING, logger="agent_queue.fleet.http_transport")
     make_transport(None, "http://10.1.2.3:8080", SECRET, 5.0)
     assert "unencrypted" in caplog.text and SECRET not in caplog.text
 
@@ -179,7 +180,7 @@ def test_sessions_of_finished_threads_are_closed_not_kept_one_per_job() -> None:
     """Each job's heartbeat thread gets its own keep-alive session; when it is gone, so is its session."""
     import threading
 
-    from agent_queue.fleet.transport import HttpTransport
+    from agent_queue.fleet.http_transport import HttpTransport
 
     transport = HttpTransport("http://127.0.0.1:9", None, 1.0, 1.0)
     for _ in range(5):  # five jobs, each with its own heartbeat thread

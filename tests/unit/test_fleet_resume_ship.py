@@ -15,7 +15,8 @@ from core_support import make_settings, result
 from test_fleet_claim import FakeClient
 
 from agent_queue.errors import NotLeased
-from agent_queue.fleet.source import LEASE_FILE, FleetSource
+from agent_queue.fleet.records import LEASE_FILE
+from agent_queue.fleet.source import FleetSource
 from agent_queue.fsutil import write_json_atomic
 from agent_queue.inbox import LocalQueue
 from agent_queue.jobs import Job, Lease
@@ -90,7 +91,7 @@ def test_a_failure_after_the_accepted_report_parks_the_job_never_files_it_fenced
 def test_a_ship_hook_cut_short_by_shutdown_keeps_its_marker_and_runs_again(tmp_path: Path) -> None:
     import json
 
-    from agent_queue.runner import Control
+    from agent_queue.control import Control
 
     root = tmp_path / "root"
     queue = crashed_while_shipping(root, tmp_path)

@@ -18,7 +18,8 @@ import pytest
 
 from agent_queue.errors import ConfigError, Fenced, InvalidJob, NotFound, NotLeased, TransportError
 from agent_queue.fleet.client import FleetClient, RetryPolicy
-from agent_queue.fleet.transport import CommandTransport, make_transport
+from agent_queue.fleet.command_transport import CommandTransport
+from agent_queue.fleet.transport import make_transport
 from agent_queue.jobs import Lease
 from agent_queue.timeutil import to_rfc3339
 

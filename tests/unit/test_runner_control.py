@@ -13,10 +13,12 @@ from pathlib import Path
 from core_support import make_settings, result, shell_job
 
 from agent_queue import log as aqlog
+from agent_queue.control import Control
 from agent_queue.errors import Fenced
 from agent_queue.inbox import LocalQueue, State
-from agent_queue.runner import Control, Runner, RunOptions
-from agent_queue.source import Claim, LocalClaim, LocalSource, Record
+from agent_queue.local_source import LocalClaim, LocalSource
+from agent_queue.runner import Runner, RunOptions
+from agent_queue.source import Claim, Record
 
 
 class ScriptedClaim(LocalClaim):

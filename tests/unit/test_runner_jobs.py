@@ -108,8 +108,8 @@ def test_idle_drain_returns_zero(tmp_path: Path) -> None:
 
 
 def test_once_and_max_jobs_bound_the_loop(tmp_path: Path) -> None:
+    from agent_queue.local_source import LocalSource
     from agent_queue.runner import Runner, RunOptions
-    from agent_queue.source import LocalSource
 
     s = make_settings(tmp_path / "r")
     q = LocalQueue(s.root).init()

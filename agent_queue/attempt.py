@@ -1,0 +1,117 @@
+"""One attempt of one job: run the tool, read what it said, run the verify gate; describe it as a ``Record``.
+
+Nothing here decides the job's next state: the attempt ends in an outcome
+(passed | failed | lost | shutdown | rate_limited | auth_expired |
+over_budget) and a reason, and the runner turns that into a claim ending.
+Every child runs under the daemon's ``Control``, so a lost claim or a
+shutdown kills the tool group at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent_queue import doctor, process, tools
+from agent_queue.adapters import AgentAdapter
+from agent_queue.assessment import assess
+from agent_queue.control import Control
+from agent_queue.joblog import log_header, log_path, log_size, show
+from agent_queue.jobs import Job
+from agent_queue.planning import Plan, run_dir
+from agent_queue.process import ProcResult
+from agent_queue.settings import Settings
+from agent_queue.source import Claim, Record
+from agent_queue.timeutil import to_rfc3339
+
+log = logging.getLogger(__name__)
+
+Verdict = tuple[str, str]  # (outcome, reason) of a step that did not pass
+
+
+def new_record(attempt: int, outcome: str, **fields: Any) -> Record:
+    """An attempt record (what result.json's history keeps), before its timing is known."""
+    return {"attempt": attempt, "outcome": outcome, "reason": None, **fields}
+
+
+class AttemptRunner:
+    """Runs attempts for one daemon: its root and factory id for the job log, its ``Control`` for every child."""
+
+    def __init__(self, settings: Settings, control: Control) -> None:
+        self.settings = settings
+        self.control = control
+        self.root = settings.root
+
+    def run(self, claim: Claim, plan: Plan, workdir: Path, attempt: int) -> Record:
+        """Run the tool, then the verify gate if the tool succeeded; describe what happened."""
+        job = claim.job
+        started = time.time()
+        self._header(job, f"attempt {attempt} of {plan.max_attempts}: {show(plan.argv)}")
+        log.info("attempt started", extra={"job_id": job.id, "attempt": attempt})
+        offset = log_size(self.root, job.id)
+        tool = self._run(job, plan.argv, plan, workdir, stdin=plan.stdin_path, on_start=claim.note_pid)
+        record = new_record(attempt, "passed", exitCode=tool.exit_code, toolDurationS=round(tool.duration_s, 3),
+                            startedAt=to_rfc3339(started))
+        verdict = self._verdict("tool", tool, plan.timeout_s)
+        if verdict is None or verdict[0] == "failed" and tool.exit_code is not None and not tool.timed_out:
+            verdict = self._assess(job, plan.adapter, tool, offset, record) or verdict
+        if verdict is None and plan.verify:
+            verdict = self._verify(job, plan, workdir, record)
+        if verdict is not None:
+            record.update(outcome=verdict[0], reason=verdict[1])
+        record.update(endedAt=to_rfc3339(time.time()), durationS=round(time.time() - started, 3))
+        return record
+
+    def _verify(self, job: Job, plan: Plan, workdir: Path, record: Record) -> Verdict | None:
+        self._header(job, f"verify: {show(plan.verify)}")
+        gate = self._run(job, plan.verify, plan, workdir)
+        record["verifyExitCode"] = gate.exit_code
+        verdict = self._verdict("verify gate", gate, plan.timeout_s)
+        log.info("verify %s", "passed" if verdict is None else "failed",
+                 extra={"job_id": job.id, "attempt": record["attempt"], "exitCode": gate.exit_code})
+        return verdict
+
+    def _assess(self, job: Job, adapter: AgentAdapter, tool: ProcResult, offset: int,
+                record: Record) -> Verdict | None:
+        """Read what the tool said (``assessment.assess``): usage limit, expired login, over budget, or plain.
+
+        Keeps the transcript with the job and puts the parsed fields
+        (costUsd, tokensIn, tokensOut, turns, sessionId) in the attempt record.
+        """
+        output = tools.attempt_output(log_path(self.root, job.id), offset)
+        record["transcript"] = str(tools.keep_transcript(run_dir(self.root, job), adapter, record["attempt"], output))
+        now = time.time()
+        a = assess(adapter, job, tool.exit_code if tool.exit_code is not None else -1, output, now)
+        record.update({k: v for k, v in a.report.items() if k not in ("tool", "exitCode")})
+        if a.verdict == "rate_limited":
+            record["notBefore"] = to_rfc3339(a.not_before or now)
+        elif a.verdict == "auth_expired":
+            doctor.record_auth_expired(self.root, adapter.name, now, job.id, a.reason)
+        elif a.verdict == "ok":
+            doctor.clear_auth_expired(self.root, adapter.name)
+        if a.verdict == "failed":  # a plain failure keeps the exit-status reason; exit 0 + is_error gets one here
+            return None if tool.exit_code else ("failed", f"tool: reported an error ({a.reason})")
+        return None if a.verdict == "ok" else (a.verdict, a.reason)
+
+    def _run(self, job: Job, argv: tuple[str, ...], plan: Plan, workdir: Path, *, stdin: Path | None = None,
+             on_start: Callable[[int], None] | None = None) -> ProcResult:
+        return process.run(argv, cwd=workdir, env=plan.env, log_path=log_path(self.root, job.id),
+                           timeout_s=plan.timeout_s, watch=self.control, stdin_path=stdin, on_start=on_start)
+
+    def _verdict(self, what: str, res: ProcResult, timeout_s: float) -> Verdict | None:
+        """None when ``res`` passed; else (outcome, reason) with outcome lost | shutdown | failed."""
+        if res.aborted is not None:
+            return ("lost" if self.control.lost_reason is not None else "shutdown"), res.aborted
+        if res.error is not None:
+            return "failed", f"{what}: {res.error}"
+        if res.timed_out:
+            return "failed", f"{what}: timed out after {timeout_s:g}s"
+        if res.exit_code != 0:
+            return "failed", f"{what}: exited with status {res.exit_code}"
+        return None
+
+    def _header(self, job: Job, text: str) -> None:
+        log_header(self.root, self.settings.factory_id, job.id, text)

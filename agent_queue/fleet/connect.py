@@ -1,0 +1,33 @@
+"""How this factory reaches its coordinator: the resolved fleet flags and a ready ``FleetClient``.
+
+Shared by the daemon's assembly (``agent_queue.assemble``), which uses the
+daemon's shorter retry policy, and the one-shot fleet CLI operations
+(``fleet.ops``), which keep the client's default.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from agent_queue.fleet.client import FleetClient, RetryPolicy
+from agent_queue.fleet.flags import ResolvedFlags, resolve_flags
+from agent_queue.fleet.transport import make_transport
+from agent_queue.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_TIMEOUT_S = 30.0
+# A daemon call gives up sooner than a one-shot CLI call: the runner's own backoff takes over.
+DAEMON_RETRY = RetryPolicy(max_attempts=5, deadline_s=15.0, base_delay_s=0.2, max_delay_s=3.0)
+
+
+def fleet_flags(settings: Settings, warn: Callable[[str], None] | None = None) -> ResolvedFlags:
+    """The resolved AQ_FLEET / ROUTE / SHADOW flags; each precedence warning is given once per process."""
+    return resolve_flags(settings.fleet, settings.fleet_route, settings.fleet_shadow, warn or log.warning)
+
+
+def make_client(settings: Settings, retry: RetryPolicy | None = None) -> FleetClient:
+    """A FleetClient for this factory (seam if AQ_FLEET_API_CMD is set, else HTTP); ConfigError if neither."""
+    transport = make_transport(settings.fleet_api_cmd, settings.fleet_api, settings.fleet_token, TRANSPORT_TIMEOUT_S)
+    return FleetClient(transport, settings.factory_id, settings.capabilities, retry)

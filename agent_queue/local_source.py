@@ -1,0 +1,110 @@
+"""The offline Source (AQ_FLEET=0, or fleet route and shadow off): jobs from the local inbox.
+
+Every ending of a ``LocalClaim`` is one directory rename in the ``LocalQueue``.
+Composite children wait behind ``composite_queue.Gate`` and a parent's verify
+gate is handed out as a claim of its own once its children shipped. The fleet
+claim (``fleet.claim.FleetClaim``) reuses ``LocalClaim``'s local bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agent_queue import composite_queue, process
+from agent_queue.inbox import Entry, LocalQueue, State, now
+from agent_queue.source import Claim, Record, Source
+from agent_queue.timeutil import to_rfc3339
+
+log = logging.getLogger(__name__)
+
+
+def stop_leftover_tool(entry: Entry) -> None:
+    """A crashed daemon's tool may still run in the job's workspace: stop it before anyone re-runs the job."""
+    pid = entry.result.get("pid")
+    if isinstance(pid, int) and pid > 1:
+        process.stop_leftover(pid, entry.result.get("pidStart"))
+
+
+class LocalClaim(Claim):
+    """A job in running/ of the local queue; every ending is one directory rename."""
+
+    def __init__(self, queue: LocalQueue, entry: Entry) -> None:
+        self.queue = queue
+        self.job = entry.job
+        self.attempts_done = entry.attempts
+        self._history: list[Record] = list(entry.result.get("history", []))
+
+    def begin(self, attempt: int) -> None:
+        self.queue.update(self.job.id, State.RUNNING, {"attempt": attempt, "startedAt": now(), "pid": None})
+
+    def note_pid(self, pid: int) -> None:
+        self.queue.update(self.job.id, State.RUNNING, {"pid": pid, "pidStart": process.identity(pid)})
+
+    def note_ship_hook(self, outcome: Record) -> None:
+        self.queue.update(self.job.id, State.SHIPPED, {"shipHook": outcome})
+
+    def approve_ship(self, record: Record) -> None:
+        return None  # offline: this factory is the only authority
+
+    def shipped(self, record: Record) -> None:
+        self._end(State.SHIPPED, record, counted=True)
+
+    def retry(self, record: Record) -> None:
+        self._end(State.INBOX, record, counted=True)
+
+    def quarantine(self, record: Record) -> None:
+        self._end(State.QUARANTINE, record, counted=True)
+
+    def fenced(self, record: Record) -> None:
+        # Cannot happen offline; kept total so the runner needs no special case.
+        self._end(State.QUARANTINE, record, counted=True)
+
+    def give_back(self, reason: str) -> None:
+        self.queue.move(self.job.id, State.RUNNING, State.INBOX,
+                        {"reason": reason, "pid": None, "attempt": None, "startedAt": None})
+
+    def defer(self, record: Record, not_before: float) -> None:
+        # result.json keeps notBefore; LocalQueue.pending() skips the job until then.
+        self._end(State.INBOX, record, counted=False, extra={"notBefore": to_rfc3339(not_before)})
+
+    def _end(self, dst: State, record: Record, *, counted: bool, extra: Record | None = None) -> None:
+        history = [*self._history, record]
+        attempts = self.attempts_done + (1 if counted else 0)
+        self.queue.move(self.job.id, State.RUNNING, dst,
+                        {"attempts": attempts, "history": history, "reason": record.get("reason"),
+                         "pid": None, "attempt": None, "startedAt": None, "notBefore": None, **(extra or {})})
+
+
+class LocalSource(Source):
+    """Work from the local inbox (AQ_FLEET=0): highest priority, then oldest."""
+
+    def __init__(self, queue: LocalQueue) -> None:
+        self.queue = queue
+
+    def recover(self, only: set[str] | None = None) -> list[str]:
+        """running/ -> inbox/ for jobs a crashed daemon left behind (all, or the ids in ``only``), attempt counted."""
+        recovered = []
+        for entry in self.queue.entries(State.RUNNING):
+            if only is not None and entry.job.id not in only:
+                continue
+            stop_leftover_tool(entry)
+            record = {"attempt": entry.attempts + 1, "outcome": "crashed", "endedAt": now(),
+                      "reason": "daemon stopped while the job was running"}
+            self.queue.move(entry.job.id, State.RUNNING, State.INBOX,
+                            {"attempts": entry.attempts + 1, "history": [*entry.result.get("history", []), record],
+                             "reason": record["reason"], "pid": None, "attempt": None, "startedAt": None})
+            log.warning("recovered job left in running/ (attempt counted)", extra={"job_id": entry.job.id})
+            recovered.append(entry.job.id)
+        return recovered + composite_queue.recover(self.queue)
+
+    def next_claim(self) -> Claim | None:
+        self.queue.normalise_inbox()
+        gate = composite_queue.Gate(self.queue)  # composite children wait for dependencies, phases, budget
+        for entry in self.queue.pending():
+            if not gate.allows(entry.job):
+                continue
+            taken = self.queue.take(entry.job.id)
+            if taken is not None:
+                return LocalClaim(self.queue, taken)
+        return composite_queue.next_verify_claim(self.queue)
+
