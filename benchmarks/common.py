@@ -276,6 +276,7 @@ class History:
         from coordinator_stub.stores.file import JsonStore
 
         store = JsonStore(state)
+        store.files.ensure_dirs()  # (a store creates them with its first write; these files come first here)
         for job_id, rec in self.store.archive.items():
             path = store.files.archive_path(job_id)
             if not path.exists():

@@ -26,11 +26,12 @@ def _settings(ctx: click.Context, ignore_dry_run: bool = False) -> StubSettings:
     return load_settings(os.environ, opts["state"], opts["lease_ttl"], ignore_dry_run)
 
 
-def _coordinator(settings: StubSettings, store: Any = None) -> Any:
+def _coordinator(settings: StubSettings, store: Any = None, must_exist: bool = False) -> Any:
+    """``must_exist``: a command that only reads or reaps refuses a state dir that is not there (exit 2)."""
     from coordinator_stub.core import Coordinator
     from coordinator_stub.stores.file import JsonStore
 
-    return Coordinator(store or JsonStore(settings.state_dir), time.time, settings.lease_ttl_s)
+    return Coordinator(store or JsonStore(settings.state_dir, must_exist=must_exist), time.time, settings.lease_ttl_s)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,6 +79,7 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
     from coordinator_stub.stores.file import JsonStore
 
     store = JsonStore(settings.state_dir, tidy_later=True)  # the server tidies after each answer is sent
+    store.ensure()  # a directory it cannot use stops it here, not at every request
     run_server(_coordinator(settings, store), host, port, settings.token, settings.ignore_dry_run, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
         store.checkpoint()
@@ -91,7 +93,7 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
 @click.pass_context
 def reap(ctx: click.Context, loop_s: float | None) -> None:
     """Return expired leases' jobs to the queue (each operation does this too)."""
-    coord = _coordinator(_settings(ctx))
+    coord = _coordinator(_settings(ctx), must_exist=True)
     while True:
         for r in coord.reap():
             click.echo(f"reclaimed {r['jobId']} from {r['factoryId']} (epoch {r['leaseEpoch']})")
@@ -105,7 +107,7 @@ def reap(ctx: click.Context, loop_s: float | None) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Counts per state, live leases and factories."""
-    st = _coordinator(_settings(ctx)).status()
+    st = _coordinator(_settings(ctx), must_exist=True).status()
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
         return

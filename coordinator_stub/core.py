@@ -6,6 +6,7 @@ then the operation's preconditions (raising before anything changes), then
 its state change, then exactly one event line. There is no I/O here except
 through the Store and no wall clock except the ``clock`` parameter, so every
 rule is testable without sleeping. A store keeps state; it holds no rule.
+One module on purpose (a little over 500 lines): every lease rule in one place.
 
 Where each rule of the contract lives (one place each):
 
@@ -13,6 +14,8 @@ Where each rule of the contract lives (one place each):
   caller may claim now (not before, capabilities, dependencies): ``_pick``, ``_ready``
 - fencing (who may renew, release, report): ``_fence``, every decision there
 - expiry and reaping: ``_reap``, run first in every operation (``_run``)
+- a stalled store does not expire leases: ``_credit_stall`` (time the store
+  measured it could serve no one is given back to every lease, before reaping)
 - attempts and quarantine: ``_release``, ``_reap``, ``_finish``
 - replay of a lost answer: ``_fence`` answers the ``lastEnd`` that
   ``_finish``/``_requeue`` recorded; a claim's ``requestId``: ``_claim``
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from agent_queue.errors import AQError, BadInput, Conflict, Fenced, InvalidJob, NotFound, NotLeased
+from agent_queue.errors import AQError, BadInput, Conflict, Fenced, InvalidJob, NotFound, NotLeased, StateError
 from agent_queue.timeutil import to_rfc3339
 from coordinator_stub.records import (
     LISTABLE,
@@ -49,6 +52,7 @@ from coordinator_stub.records import (
     state_of,
     view,
 )
+from coordinator_stub.stores.base import Retry
 
 # Start-up cost matters (the command seam is a fresh process per operation): typing,
 # dataclasses, hashlib and agent_queue.jobs are imported only where they are needed.
@@ -65,6 +69,10 @@ Clock = Callable[[], float]
 DEFAULT_LEASE_TTL_S = 60.0
 SEEN_GRANULARITY_S = 10.0  # a factory's lastSeen (status) may lag by up to this much
 VERDICTS = ("AGREE", "DIVERGE", "COORD_EMPTY", "LOCAL_EMPTY", "IDLE")  # IDLE: only with --shadow-log-idle
+# A stall shorter than this is ordinary waiting (a checkpoint, a busy disk, a queue of callers): no lease moves.
+# Well above a normal hold of the store (milliseconds), well below any sensible lease TTL (default 60 s).
+STALL_MIN_S = 1.0
+_ATTEMPTS = 3  # runs of one operation a store may ask for (``Retry``)
 
 
 def claim_key(rec: Mapping[str, Any]) -> tuple[int, int]:
@@ -184,10 +192,19 @@ class Coordinator:
     # ------------------------------------------------------------ the frame of every operation
 
     def _run(self, op: str, fn: Callable[[Ctx], T], *, log: bool = True, **fields: Any) -> T:
+        for _ in range(_ATTEMPTS):
+            try:
+                return self._run_once(op, fn, log, fields)
+            except Retry:  # the store kept nothing of that attempt
+                continue
+        raise StateError(f"{op}: the store asked to run it again {_ATTEMPTS} times")
+
+    def _run_once(self, op: str, fn: Callable[[Ctx], T], log: bool, fields: dict[str, Any]) -> T:
         error: AQError | None = None
         result: Any = None
         with self._store.transaction() as tx:
             ctx = Ctx(tx, self._clock(), {"op": op, **{k: v for k, v in fields.items() if v is not None}})
+            self._credit_stall(tx, ctx.now)
             ctx.reclaimed = self._reap(tx, ctx.now)
             try:
                 result = fn(ctx)
@@ -354,6 +371,31 @@ class Coordinator:
             tx.event(event(now, ctx.ev))
             reclaimed.append(who)
         return reclaimed
+
+    def _credit_stall(self, tx: Tx, now: float) -> None:
+        """Time the store could serve no one (``tx.stall``, measured by the store) does not count against leases.
+
+        While a holder of the store's lock is paused or stuck, no factory can renew:
+        every lease live when the stall began is extended by the stall, before the
+        reaper looks. ``stallCreditedUntil`` (in this clock) keeps a stall that two
+        transactions learn of from being credited twice. Below ``STALL_MIN_S``, nothing.
+        """
+        stall = tx.stall
+        if stall is None or stall.seconds < STALL_MIN_S:
+            return
+        end = now - stall.ended_ago
+        start = max(end - stall.seconds, float(tx.hot.get("stallCreditedUntil", 0.0)))
+        if end <= start:
+            return
+        extended = []
+        for rec in tx.leased_records():
+            lease = rec["lease"]
+            if lease["expiresAt"] > start:
+                rec["lease"] = {**lease, "expiresAt": lease["expiresAt"] + (end - start)}  # replaced, not mutated
+                extended.append(rec["spec"]["id"])
+        tx.hot["stallCreditedUntil"] = end
+        tx.touch()
+        tx.event(event(now, {"op": "stall", "status": 200, "seconds": round(end - start, 3), "extended": extended}))
 
     def _status(self, c: Ctx) -> dict[str, Any]:
         counts = {s.value: 0 for s in JobState if s is not JobState.COMPOSITE}

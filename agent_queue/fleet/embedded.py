@@ -90,7 +90,7 @@ class EmbeddedTransport:
 
         from coordinator_stub.stores.locking import LockTimeout, flock
 
-        def lock(path: Path) -> contextlib.AbstractContextManager[None]:
+        def lock(path: Path) -> contextlib.AbstractContextManager[object]:
             return flock(path, deadline)
 
         try:

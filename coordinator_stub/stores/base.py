@@ -39,6 +39,23 @@ What a store must guarantee (the core's rules are only correct under these):
    sorted by ``key``; the core's claim order is the only key in use, and a
    store may keep queued records indexed by it (it must then keep that index
    consistent with every commit).
+6. **Refuses rather than guesses.** State it cannot read whole (a damaged
+   line, a checksum that does not match, a snapshot missing from a store that
+   was used) is a ``StateError`` naming what and where; it never rolls back or
+   starts empty in its place. A store that does not exist yet is created by
+   the first operation that changes state, and by no other.
+
+Two optional duties:
+
+- **Measure stalls.** ``tx.stall`` (a ``Stall``) is time just before the
+  transaction during which the store could serve no one (a lock holder that
+  was paused or stuck), measured where the wait happens. The core gives that
+  time back to every lease (``core._credit_stall``); a store that cannot
+  measure leaves it None.
+- **Ask for a re-run.** A transaction may end by raising ``Retry`` once it has
+  discarded everything the attempt did; the core then runs the operation again
+  from the start (an optimistic store's conflict; the file store's first write
+  to a directory that did not exist).
 
 The store holds no lease rule: claim order, fencing, expiry and reaping, the
 replay of a lost answer, composite readiness are all the core's. A store
@@ -89,6 +106,24 @@ def seq_of(rec: dict[str, Any]) -> int:
     return rec["seq"]  # type: ignore[no-any-return]
 
 
+class Stall:
+    """Time the store could not serve anyone, measured by the store: ``seconds`` long, ended ``ended_ago`` s
+    before the transaction began. Durations only: the core maps them onto its own (injected) clock."""
+
+    __slots__ = ("seconds", "ended_ago")
+
+    def __init__(self, seconds: float, ended_ago: float) -> None:
+        self.seconds = seconds
+        self.ended_ago = ended_ago
+
+    def __repr__(self) -> str:
+        return f"Stall(seconds={self.seconds:.3f}, ended_ago={self.ended_ago:.3f})"
+
+
+class Retry(Exception):
+    """Raised by a transaction on exit: nothing of this attempt was kept; the core runs the operation again."""
+
+
 def warn(msg: str, *args: Any) -> None:
     """Log a warning of a store (an operation that still succeeded, or a file kept aside)."""
     import logging  # not at module level: the seam's per-call start-up would pay ~8 ms for it (B1)
@@ -106,6 +141,7 @@ class Tx(ABC):
     """
 
     hot: dict[str, Any]
+    stall: Stall | None = None  # see the module docstring: set by a store that measures its stalls
 
     def __init__(self, hot: dict[str, Any], loaded_ids: list[str] | None = None) -> None:
         self.hot = hot

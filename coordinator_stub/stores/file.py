@@ -5,7 +5,8 @@ Layout (dir 0700, files 0600)::
     DIR/state.json            snapshot of the hot document (tmp, fsync, rename, fsync dir at each checkpoint)
     DIR/journal.jsonl         write-ahead log: one fsync'd line per committed operation since the snapshot
     DIR/journal.torn          bytes of torn journal tails (never acknowledged), kept for inspection
-    DIR/.lock                 exclusive flock(2) per operation (and per tidy that writes files); never across a spawn
+    DIR/.lock                 exclusive flock(2) per operation (and per tidy that writes files); never across a spawn;
+                              holds a few bytes of stall bookkeeping (``locking``)
     DIR/jobs/, DIR/archive/   per-job files (``job_files``)
     DIR/events.jsonl          one JSON line per operation (see docs/fleet-api.md)
     DIR/shadow-reports.jsonl  one JSON line per shadow report
@@ -25,6 +26,13 @@ the logs durable, writes a new snapshot and empties the journal (``journal``
 says why a crash anywhere in between replays to the same state). A crash
 leftover of an older version (a job both archived and hot) still resolves to
 the archive in the core.
+
+Nothing is created before it is needed: the directory comes with the first
+operation that writes (an operation on a directory that does not exist runs
+on the empty state, and if it writes, it runs again once the directory is
+there), and its first snapshot comes before anything refers to it. So a
+missing ``state.json`` in a directory with a journal or job files is damage
+(a ``StateError``), never a new coordinator.
 """
 
 from __future__ import annotations
@@ -37,13 +45,13 @@ import os
 import sys
 from pathlib import Path
 
-from agent_queue.errors import StateError
+from agent_queue.errors import ConfigError, StateError
 from agent_queue.fsutil import append_line, ensure_dir, fsync_dir, fsync_file
 from coordinator_stub.stores import journal
-from coordinator_stub.stores.base import STATE_VERSION, Store, empty_hot, warn
+from coordinator_stub.stores.base import STATE_VERSION, Retry, Store, empty_hot, warn
 from coordinator_stub.stores.file_tx import FileTx, Loaded
 from coordinator_stub.stores.job_files import JobFiles
-from coordinator_stub.stores.locking import flock
+from coordinator_stub.stores.locking import LockHold, flock
 from coordinator_stub.stores.tracking import HotJobs, HotRecord
 
 TYPE_CHECKING = False
@@ -72,7 +80,9 @@ class JsonStore(Store):
     files (their identity differs from what it last wrote).
     """
 
-    def __init__(self, root: Path, lock: LockFactory = flock, tidy_later: bool = False) -> None:
+    def __init__(self, root: Path, lock: LockFactory = flock, tidy_later: bool = False,
+                 must_exist: bool = False) -> None:
+        """``must_exist``: the directory must be there already (a command that only reads or reaps a store)."""
         self.root = Path(root)
         self.state_path = self.root / "state.json"
         self.journal_path = self.root / "journal.jsonl"
@@ -94,31 +104,50 @@ class JsonStore(Store):
         # A self-check that failed after an answer was sent (in ``tidy``): every later operation fails with
         # it, so a test sees it in an answer and not only in the server's log.
         self._selfcheck_failed: StateError | None = None
-        try:
-            ensure_dir(self.root)
-            self.files.ensure_dirs()
-        except OSError as exc:
-            raise StateError(f"state dir {self.root}: cannot create ({exc.strerror})") from exc
+        self._layout_made = False
+        if must_exist and self._is_new():
+            raise ConfigError(f"state dir {self.root}: no such directory (a coordinator's state is created by "
+                              "its first enqueue, call or serve)")
+
+    def ensure(self) -> None:
+        """Create the directory if missing and read the state once (``serve``: refuse to start, rather than fail
+        every request, on a directory it cannot use: one it cannot create, a missing snapshot, a damaged journal)."""
+        self._make_layout()
+        self.read_hot()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._thread_lock, self._lock_factory(self.lock_path):
-            if self._selfcheck_failed is not None:
-                raise self._selfcheck_failed
-            self._tidy_now(file_locked=True)
-            loaded = self._load()
-            self._loaded = None  # until this transaction ends well, memory may differ from disk
-            self._changed.clear()
-            meta_before = _meta_copy(loaded.hot)
-            tx = FileTx(self.files, loaded, self._changed)
-            yield tx
-            if tx.dirty:
-                self._commit(tx, loaded)
-            elif self._changed or _meta_copy(tx.hot) != meta_before:
-                pass  # changed in memory but not meant to be written: forget it, re-read next time
-            else:
-                self._loaded = loaded
-            self._append_logs(tx)
+        with self._thread_lock:
+            if self._is_new():  # a new coordinator: nothing to lock or read yet
+                self._changed.clear()
+                tx = FileTx(self.files, self._read((None, None)), self._changed)
+                yield tx
+                if tx.dirty:  # now there is something to write: in a directory, under its lock, read afresh
+                    self._layout_made = False
+                    self._make_layout()
+                    raise Retry(f"{self.root}: created")
+                return  # nothing written, not even the directory (its event line has nowhere to go)
+            with self._lock_factory(self.lock_path) as hold:
+                if self._selfcheck_failed is not None:
+                    raise self._selfcheck_failed
+                self._tidy_now(file_locked=True)
+                loaded = self._load()
+                self._loaded = None  # until this transaction ends well, memory may differ from disk
+                self._changed.clear()
+                meta_before = _meta_copy(loaded.hot)
+                tx = FileTx(self.files, loaded, self._changed)
+                if isinstance(hold, LockHold):
+                    tx.stall = hold.stall()
+                yield tx
+                if tx.dirty:
+                    self._commit(tx, loaded)
+                elif self._changed or _meta_copy(tx.hot) != meta_before:
+                    pass  # changed in memory but not meant to be written: forget it, re-read next time
+                else:
+                    self._loaded = loaded
+                self._append_logs(tx)
+                if isinstance(hold, LockHold):
+                    hold.reported = True  # the core has credited its stall (a failed transaction: the next one)
 
     def tidy(self) -> None:
         """Finish the last commit's bookkeeping now (``serve``: after the answer is sent; cheap if none is left).
@@ -133,6 +162,8 @@ class JsonStore(Store):
 
     def read_hot(self) -> dict[str, Any]:
         """The hot document as the next operation would see it (snapshot plus journal), as plain JSON."""
+        if self._is_new():
+            return json.loads(journal.encode(empty_hot()))  # type: ignore[no-any-return]
         with self._thread_lock, self._lock_factory(self.lock_path):
             self._tidy_now(file_locked=True)
             loaded = self._load()
@@ -140,6 +171,8 @@ class JsonStore(Store):
 
     def checkpoint(self) -> None:
         """Fold the journal into ``state.json`` now and write the archive files it holds (``serve`` on stop)."""
+        if self._is_new():
+            return
         with self._thread_lock, self._lock_factory(self.lock_path):
             self._tidy_now(file_locked=True)
             loaded = self._load()
@@ -153,6 +186,14 @@ class JsonStore(Store):
             self._loaded = loaded
 
     # ------------------------------------------------------------ reading
+
+    def _is_new(self) -> bool:
+        """No state directory yet (a new coordinator); something else in its place is an error."""
+        if os.path.isdir(self.root):
+            return False
+        if os.path.lexists(self.root):
+            raise StateError(f"state dir {self.root}: exists and is not a directory")
+        return True
 
     def _key(self) -> journal.Key:
         return journal.identity(self.state_path), journal.identity(self.journal_path)
@@ -169,6 +210,10 @@ class JsonStore(Store):
     def _read(self, key: journal.Key) -> Loaded:
         hot = journal.read_snapshot(self.state_path)
         if hot is None:
+            used = self._evidence_of_use()
+            if used is not None:
+                raise StateError(f"{self.state_path}: missing, but this store was used ({used} exists): restore it "
+                                 "from a backup; starting empty would lose every job the store holds")
             hot = empty_hot()
         migrating = hot["version"] != STATE_VERSION
         try:
@@ -186,7 +231,29 @@ class JsonStore(Store):
         loaded.migrating = migrating
         return loaded
 
+    def _evidence_of_use(self) -> str | None:
+        """What shows that this directory has held state (None: a new store), when its snapshot is missing."""
+        if os.path.exists(self.journal_path):
+            return self.journal_path.name
+        for path in (self.files.jobs_dir, self.files.archive_dir, self.files.history_dir):
+            try:
+                if any(name.endswith(".json") for name in os.listdir(path)):
+                    return f"{path.relative_to(self.root)}/<id>.json"
+            except OSError:
+                continue
+        return None
+
     # ------------------------------------------------------------ writing
+
+    def _make_layout(self) -> None:
+        if self._layout_made:
+            return
+        try:
+            ensure_dir(self.root)
+            self.files.ensure_dirs()
+        except OSError as exc:
+            raise StateError(f"state dir {self.root}: cannot create ({exc.strerror})") from exc
+        self._layout_made = True
 
     def _commit(self, tx: FileTx, loaded: Loaded) -> None:
         """Durable before the caller hears back: one fsync'd journal line is the commit point.
@@ -197,6 +264,10 @@ class JsonStore(Store):
         latest with the next checkpoint (``_materialize``): a file created and one removed
         here would cost every report ~0.15 ms on ext4 (B2).
         """
+        self._make_layout()
+        if loaded.key[0] is None:  # a new store: its first snapshot before anything that refers to it
+            journal.write_snapshot(self.state_path, empty_hot())
+            loaded.key = journal.identity(self.state_path), loaded.key[1]
         for job_id in sorted(tx.pending_history):  # copy first: a crash from here on loses no version
             self._keep_history(tx, job_id)
         new, gone = tx.split_specs(self._changed, scan_all=loaded.migrating)
@@ -215,7 +286,7 @@ class JsonStore(Store):
         }
         if loaded.journal_good < loaded.journal_len:  # cut a torn tail before appending after it
             journal.cut_torn_tail(self.journal_path, self.torn_path, loaded.journal_good)
-        line = append_line(self.journal_path, journal.encode(entry))
+        line = append_line(self.journal_path, journal.encode_checked(entry))
 
         def remember() -> Loaded:
             loaded.committed(self._changed, archived, removed, line)
@@ -294,7 +365,7 @@ class JsonStore(Store):
 
     def _checkpoint_due(self, after: Loaded) -> bool:
         snapshot = 0 if after.key[0] is None else after.key[0][1]
-        return snapshot == 0 or after.journal_len > max(CHECKPOINT_MIN_BYTES, snapshot)  # the first commit writes it
+        return after.journal_len > max(CHECKPOINT_MIN_BYTES, snapshot)
 
     def _files_due(self, after: Loaded) -> bool:
         if self._tidy_later:  # a few files after each answer: the caller is not waiting for them

@@ -13,7 +13,6 @@ import json
 
 from agent_queue.errors import StateError
 from coordinator_stub.stores.base import QUEUED, Tx, seq_of
-from coordinator_stub.stores.claim_index import ClaimIndex
 from coordinator_stub.stores.journal import key_after
 from coordinator_stub.stores.tracking import HotJobs, HotRecord
 
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from coordinator_stub.stores.base import SortKey
+    from coordinator_stub.stores.claim_index import ClaimIndex
     from coordinator_stub.stores.job_files import JobFiles
     from coordinator_stub.stores.journal import Archived, Key
 
@@ -48,7 +48,7 @@ class Loaded:
         self.unwritten: dict[str, None] = {}
         self.journal_len = journal_len
         self.journal_good = journal_good  # bytes of whole lines; a torn tail beyond is cut at the next append
-        self.index: ClaimIndex | None = None  # built on first use
+        self.index: ClaimIndex | None = None  # built by the first claim, then kept up to date
         # Ids with no archive file. Valid while this state is: another process archives only in a
         # transaction that also appends to the journal, which makes this process re-read everything.
         self.absent: set[str] = set()
@@ -59,6 +59,8 @@ class Loaded:
 
     def claim_index(self) -> ClaimIndex:
         if self.index is None:
+            from coordinator_stub.stores.claim_index import ClaimIndex  # (a seam call that never claims: not at all)
+
             self.index = ClaimIndex(self.hot["jobs"])
         return self.index
 
@@ -113,7 +115,14 @@ class FileTx(Tx):
                 yield rec
 
     def leased_records(self) -> list[dict[str, Any]]:
-        index = self._loaded.claim_index()
+        """The index's leased ids, merged with this transaction's changes; without an index yet, one scan.
+
+        The reaper asks in every operation: a fresh process (a seam call) that does
+        not claim scans once rather than build an index it would use once.
+        """
+        index = self._loaded.index
+        if index is None:
+            return super().leased_records()
         jobs = self.hot["jobs"]
         changed = self._changed
         out = [jobs[job_id] for job_id in index.leased if job_id not in changed and job_id in jobs]

@@ -174,9 +174,10 @@ def test_a_crash_after_archiving_the_parent_is_repaired_by_the_same_enqueue(tmp_
     spec = {"id": "epic", "kind": "composite", "children": [
         {"id": "a", "command": ["true"]}, {"id": "b", "command": ["true"], "dependsOn": ["a"]}]}
     Coordinator(JsonStore(tmp_path / "first"), clock=lambda: 1000.0).enqueue(spec)
-    (tmp_path / "st" / "archive").mkdir(parents=True)
-    shutil.copy(tmp_path / "first" / "archive" / "epic.json", tmp_path / "st" / "archive" / "epic.json")
+    JsonStore(tmp_path / "first").checkpoint()  # writes archive/epic.json
     coord = Coordinator(JsonStore(tmp_path / "st"), clock=lambda: 1000.0)
+    assert coord.claim("f0", ()) is None  # a store in use (its snapshot exists), with an empty queue
+    shutil.copy(tmp_path / "first" / "archive" / "epic.json", tmp_path / "st" / "archive" / "epic.json")
     assert coord.list_jobs("queued") == []
     created, _ = coord.enqueue(spec)
     assert created is False

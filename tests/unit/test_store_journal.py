@@ -64,7 +64,7 @@ def test_the_journal_is_folded_into_the_snapshot_once_it_outgrows_it(tmp_path: P
     assert hot["terminalCounts"]["shipped"] > 0  # the snapshot took the journal's changes
     assert JsonStore(root).read_hot()["terminalCounts"]["shipped"] == 40
     folded = len(list((root / "archive").glob("*.json")))
-    assert 0 < folded < 40  # the files of the jobs the last checkpoint folded; the rest are in the journal
+    assert 0 < folded <= 40  # the files of the jobs checkpoints folded (the last ones may still be in the journal)
     assert [j["meta"]["state"] for j in c.list_jobs()] == ["shipped"] * 40
     JsonStore(root).checkpoint()
     assert len(list((root / "archive").glob("*.json"))) == 40
@@ -365,18 +365,20 @@ def test_a_short_journal_write_is_not_acknowledged_and_is_cut_later(tmp_path: Pa
     assert (root / "journal.torn").read_bytes().startswith(b'{"archive"')
 
 
-def test_an_unreadable_last_line_is_a_torn_write_and_is_kept_aside(tmp_path: Path) -> None:
-    """A power cut may persist a line's end (newline included) but not its middle."""
+def test_an_unreadable_whole_last_line_is_damage_not_a_torn_write(tmp_path: Path) -> None:
+    """A line with its newline was written whole: unreadable now, it is damage, and nothing is cut or undone."""
     root = tmp_path / "coord"
     c = coord_on(root, [100.0])
     fill(c, 1)
     with open(root / "journal.jsonl", "ab") as fh:
         fh.write(b'{"meta": \x00\x00\x00\x00 "set": {}}\n')
-    assert coord_on(root, [100.0]).get_job("q0000")["meta"]["state"] == "queued"
-    c.enqueue({"id": "next", "command": ["true"]})
-    assert b"\x00" not in (root / "journal.jsonl").read_bytes()
-    assert b"\x00" in (root / "journal.torn").read_bytes()
-    assert [j["job"]["id"] for j in coord_on(root, [100.0]).list_jobs()] == ["q0000", "next"]
+    before = (root / "journal.jsonl").read_bytes()
+    for attempt in (lambda: coord_on(root, [100.0]).get_job("q0000"),
+                    lambda: c.enqueue({"id": "next", "command": ["true"]})):
+        with pytest.raises(StateError, match=r"journal.jsonl: line 2 of 2 is corrupt"):
+            attempt()
+    assert (root / "journal.jsonl").read_bytes() == before
+    assert not (root / "journal.torn").exists()
 
 
 def test_listing_survives_an_archive_file_torn_before_its_checkpoint(tmp_path: Path) -> None:
