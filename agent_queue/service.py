@@ -19,8 +19,9 @@ from filelock import FileLock, Timeout
 
 from agent_queue import composite_queue
 from agent_queue import log as aqlog
-from agent_queue.errors import StateError
+from agent_queue.errors import Conflict, StateError
 from agent_queue.fleet.flags import resolve_flags
+from agent_queue.fleet.records import read_lease
 from agent_queue.fsutil import read_json, write_json_atomic
 from agent_queue.inbox import LocalQueue, State, decode_spec
 from agent_queue.jobs import Job, new_job_id
@@ -55,11 +56,20 @@ def enqueue(settings: Settings, spec: Any, where: str) -> str:
 
 
 def requeue(settings: Settings, job_id: str) -> None:
+    """quarantine -> inbox (a composite: its quarantined children); a job that came from the coordinator is refused.
+
+    Route mode never reads the local inbox, and running a fleet job's local copy outside its lease
+    could ship it twice: only the coordinator may run it again (``requeue ID --fleet``).
+    """
     queue = queue_for(settings)
     parent = composite_queue.find_parent(queue, job_id)
     if parent is not None:
         composite_queue.requeue_parent(queue, parent)
         return
+    lease = read_lease(queue.get(job_id))
+    if lease is not None:
+        raise Conflict(f"job {job_id}: came from the coordinator (lease epoch {lease.epoch}); requeue it there "
+                       f"with `agent-queue requeue {job_id} --fleet`")
     queue.requeue(job_id)
 
 

@@ -187,10 +187,13 @@ class FleetSource(Source):
             heartbeat.stop()
             reason = f"factory {lease.factory_id} cannot hold the job locally: {exc}"
             log.error(reason, extra={"job_id": job.id, "epoch": lease.epoch})
-            # A local leftover with the same id (e.g. waiting to be settled) is this factory's problem,
-            # not the job's: give it back without spending one of its attempts.
+            # A local leftover with the same id (a running/ copy waiting to be settled) is this factory's
+            # problem, not the job's: give it back without spending one of its attempts, and stop asking
+            # for it for a while, so a collision can never turn into a claim-release loop.
             with contextlib.suppress(AQError):
                 self.client.release(lease, reason, retry=True, count_attempt=not isinstance(exc, Conflict))
+            if isinstance(exc, Conflict):
+                self._note_cannot_run(job.id)
             return None
         claim = FleetClaim(self.queue, entry, self.client, heartbeat, self._pend)
         claim.on_cannot_run = self._note_cannot_run
