@@ -49,7 +49,8 @@ class AttemptRunner:
         """Run the tool, then the verify gate if the tool succeeded; describe what happened."""
         job = claim.job
         started = time.time()
-        self._header(job, f"attempt {attempt} of {plan.max_attempts}: {show(plan.argv)}")
+        epoch = f", epoch {claim.epoch}" if claim.epoch is not None else ""
+        self._header(job, f"attempt {attempt} of {plan.max_attempts} (round {claim.round}{epoch}): {show(plan.argv)}")
         log.info("attempt started", extra={"job_id": job.id, "attempt": attempt})
         offset = log_size(self.root, job.id)
         tool = self._run(job, plan.argv, plan, workdir, stdin=plan.stdin_path, on_start=claim.note_pid)

@@ -257,7 +257,7 @@ def test_composite_dependencies_and_rollup(coord: Coordinator) -> None:
     assert claim_id(coord) == "c2"
     coord.report("c2", "f1", 1, "quarantined")
     rollup = coord.get_job("epic")["rollup"]
-    assert rollup["counts"] == {"queued": 0, "running": 0, "blocked": 1, "shipped": 1, "quarantined": 1}
+    assert rollup["counts"] == {"queued": 0, "running": 0, "blocked": 1, "shipped": 1, "quarantined": 1, "cancelled": 0}
     assert rollup["state"] == "quarantined"
     assert coord.claim("f1", ()) is None  # a quarantined dependency blocks its dependents
 
