@@ -46,7 +46,7 @@ def test_drain_status_logs_requeue(tmp_path: Path) -> None:
     events = [json.loads(line) for line in run.stderr.splitlines()]
     assert {e["msg"] for e in events} >= {"job taken", "attempt started", "shipped", "quarantined", "verify failed"}
     assert all(e["factoryId"] for e in events)
-    assert status(tmp_path / "r")["counts"] == {"inbox": 0, "running": 0, "shipped": 1, "quarantine": 2}
+    assert status(tmp_path / "r")["counts"] == {"inbox": 0, "running": 0, "shipped": 1, "quarantine": 2, "cancelled": 0}
     logs = aq(root, "logs", "ok")
     assert logs.returncode == 0 and "hello-ü" in logs.stdout and "=== " in logs.stdout
     assert aq(root, "requeue", "ok").returncode == 2  # shipped: refused
