@@ -170,7 +170,7 @@ def seam_call(state: Path, method: str, path: str, body: dict[str, Any] | None =
 def enqueue_true(state: Path, n: int, prefix: str = "job") -> list[str]:
     """Enqueue ``n`` trivial jobs (command ``true``) in-process through the core, one transaction each."""
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.store import JsonStore
+    from coordinator_stub.stores.file import JsonStore
 
     coord = Coordinator(JsonStore(state), time.time)
     ids = [f"{prefix}-{i:06d}" for i in range(n)]
@@ -180,7 +180,8 @@ def enqueue_true(state: Path, n: int, prefix: str = "job") -> list[str]:
 
 
 def _setup_store() -> Any:
-    from coordinator_stub.store import MemoryStore, Tx
+    from coordinator_stub.stores.base import Tx
+    from coordinator_stub.stores.memory import MemoryStore
 
     class NoCopyTx(Tx):
         """Shares the hot document instead of deep-copying it per operation (no rollback: set-up only)."""
@@ -271,15 +272,16 @@ class History:
 
     def dump(self, state: Path) -> None:
         """Write the hot document and every archive file not yet written into ``state``."""
-        from coordinator_stub.store import STATE_VERSION, JsonStore, archive_name
+        from coordinator_stub.stores.base import STATE_VERSION
+        from coordinator_stub.stores.file import JsonStore
 
         store = JsonStore(state)
         for job_id, rec in self.store.archive.items():
-            path = store.archive_dir / str(archive_name(job_id))
+            path = store.files.archive_path(job_id)
             if not path.exists():
                 path.write_text(json.dumps(rec), encoding="utf-8")
         for job_id in self.store.hot["jobs"]:
-            store.spec_path(job_id).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
+            store.files.spec_path(job_id).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
         store.state_path.write_text(json.dumps({**self.store.hot, "version": STATE_VERSION}), encoding="utf-8")
         store.journal_path.unlink(missing_ok=True)  # the snapshot above is the whole state: no older journal
 

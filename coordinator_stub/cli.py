@@ -28,7 +28,7 @@ def _settings(ctx: click.Context, ignore_dry_run: bool = False) -> StubSettings:
 
 def _coordinator(settings: StubSettings, store: Any = None) -> Any:
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.store import JsonStore
+    from coordinator_stub.stores.file import JsonStore
 
     return Coordinator(store or JsonStore(settings.state_dir), time.time, settings.lease_ttl_s)
 
@@ -75,7 +75,7 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
     def announce(url: str) -> None:
         click.echo(f"listening on {url}", err=True)
 
-    from coordinator_stub.store import JsonStore
+    from coordinator_stub.stores.file import JsonStore
 
     store = JsonStore(settings.state_dir, tidy_later=True)  # the server tidies after each answer is sent
     run_server(_coordinator(settings, store), host, port, settings.token, settings.ignore_dry_run, announce)

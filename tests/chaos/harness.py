@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore
+from coordinator_stub.stores.file import JsonStore
 from tests.procutil import alive
 from tests.stubutil import STUB_ARGV, RunningStub, running_stub
 

@@ -22,7 +22,7 @@ from agent_queue.errors import AQError, StateError
 from agent_queue.inbox import LocalQueue, State
 from agent_queue.settings import Settings
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore
+from coordinator_stub.stores.file import JsonStore
 from tests.integration.cli_support import aq, clean_env
 
 HOSTILE_IDS = ["../escape", "..", ".", "/etc/passwd", "a/b", "a\\b", "a\x00b", "\x1b[31mred", "x" * 129, "",

@@ -21,7 +21,7 @@ import requests
 
 from coordinator_stub.core import Coordinator
 from coordinator_stub.http import StubServer
-from coordinator_stub.store import JsonStore
+from coordinator_stub.stores.file import JsonStore
 from tests.integration.cli_support import aq, clean_env
 from tests.stubutil import STUB_ARGV, running_stub, stub_env
 

@@ -77,7 +77,7 @@ def test_four_processes_claim_200_jobs_exactly_once(tmp_path: Path) -> None:
     jobs = [{"id": f"j{i:03d}", "command": ["true"]} for i in range(200)]
     # enqueue in-process on the same directory (fast); the claims race through real processes
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.store import JsonStore
+    from coordinator_stub.stores.file import JsonStore
 
     coord = Coordinator(JsonStore(state), __import__("time").time, 60)
     for spec in jobs:

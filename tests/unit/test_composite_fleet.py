@@ -12,7 +12,8 @@ import pytest
 from agent_queue import composite
 from agent_queue.errors import InvalidJob
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore, MemoryStore
+from coordinator_stub.stores.file import JsonStore
+from coordinator_stub.stores.memory import MemoryStore
 from tests.stubutil import seam_answer as seam
 
 

@@ -10,7 +10,7 @@ from agent_queue.errors import BadInput, Conflict, Fenced, InvalidJob, NotFound,
 from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, Lease
 from agent_queue.timeutil import to_rfc3339
 from coordinator_stub.core import Coordinator, InvalidReport
-from coordinator_stub.store import MemoryStore
+from coordinator_stub.stores.memory import MemoryStore
 
 TTL = 10.0
 

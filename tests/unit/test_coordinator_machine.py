@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from agent_queue.errors import AQError, Fenced
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import MemoryStore
+from coordinator_stub.stores.memory import MemoryStore
 
 TTL = 10.0
 FACTORIES = st.sampled_from(["f1", "f2", "f3"])

@@ -12,7 +12,9 @@ from filelock import FileLock, Timeout
 
 from agent_queue.errors import StateError
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore, archive_name, flock
+from coordinator_stub.stores.file import JsonStore
+from coordinator_stub.stores.job_files import archive_name
+from coordinator_stub.stores.locking import flock
 
 
 def coord_on(root: Path, now: list[float]) -> Coordinator:

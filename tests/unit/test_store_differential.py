@@ -22,9 +22,12 @@ from typing import Any
 import pytest
 
 from agent_queue.errors import AQError
-from coordinator_stub import store as store_mod
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore, MemoryStore
+from coordinator_stub.stores import file as file_store
+from coordinator_stub.stores import file_tx
+from coordinator_stub.stores.file import JsonStore
+from coordinator_stub.stores.job_files import archive_name
+from coordinator_stub.stores.memory import MemoryStore
 
 
 class Crash(BaseException):
@@ -278,15 +281,15 @@ def one_run(tmp_path: Path, seed: int, steps: int, crashes: bool) -> None:
     assert (root / "journal.jsonl").stat().st_size == 0
     # and after the journal is gone, every archive file exists for every archived id
     for job_id in w.mem.archive:
-        assert (root / "archive").joinpath(store_mod.archive_name(job_id)).exists(), job_id
+        assert (root / "archive").joinpath(archive_name(job_id)).exists(), job_id
 
 
 def small_limits(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     """Checkpoints, caches and batches small enough that every path of the store runs."""
-    monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 3000)
-    monkeypatch.setattr(store_mod, "_SPEC_CACHE_MAX", 5)
-    monkeypatch.setattr(store_mod, "MATERIALIZE_BATCH", 1 + seed % 4)
-    monkeypatch.setattr(store_mod, "TIDY_FILES", 1 + seed % 3)
+    monkeypatch.setattr(file_store, "CHECKPOINT_MIN_BYTES", 3000)
+    monkeypatch.setattr(file_tx, "SPEC_CACHE_MAX", 5)
+    monkeypatch.setattr(file_store, "MATERIALIZE_BATCH", 1 + seed % 4)
+    monkeypatch.setattr(file_store, "TIDY_FILES", 1 + seed % 3)
 
 
 @pytest.mark.parametrize("seed", range(int(os.environ.get("FUZZ_SEEDS", "20"))))

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from agent_queue.errors import StateError
-from coordinator_stub import store as store_mod
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore
+from coordinator_stub.stores import file as file_store
+from coordinator_stub.stores import job_files
+from coordinator_stub.stores.file import JsonStore
 from tests.unit.test_store import coord_on, mode
 
 
@@ -49,7 +50,7 @@ def test_an_operation_appends_one_line_whose_size_does_not_grow_with_the_queue(t
 
 
 def test_the_journal_is_folded_into_the_snapshot_once_it_outgrows_it(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 4096)
+    monkeypatch.setattr(file_store, "CHECKPOINT_MIN_BYTES", 4096)
     root = tmp_path / "coord"
     c = coord_on(root, [100.0])
     fill(c, 40)
@@ -144,7 +145,7 @@ def test_archive_files_wait_for_the_checkpoint_and_a_lost_one_is_rebuilt_from_th
 
 
 def test_archive_files_are_written_in_batches_between_checkpoints(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(store_mod, "MATERIALIZE_BATCH", 3)
+    monkeypatch.setattr(file_store, "MATERIALIZE_BATCH", 3)
     root = tmp_path / "coord"
     c = coord_on(root, [100.0])
     fill(c, 5)
@@ -166,7 +167,7 @@ def test_archive_files_are_written_in_batches_between_checkpoints(tmp_path: Path
 
 
 def test_a_batch_written_file_of_a_job_run_again_is_removed_at_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(store_mod, "MATERIALIZE_BATCH", 1)
+    monkeypatch.setattr(file_store, "MATERIALIZE_BATCH", 1)
     root = tmp_path / "coord"
     store = JsonStore(root)
     c = Coordinator(store, lambda: 100.0, 10.0)
@@ -201,7 +202,7 @@ def test_a_store_that_tidies_later_writes_a_finished_jobs_files_when_tidied(tmp_
 
 
 def test_a_state_read_afresh_rewrites_its_journals_files_a_few_per_tidy(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(store_mod, "TIDY_FILES", 2)
+    monkeypatch.setattr(file_store, "TIDY_FILES", 2)
     root = tmp_path / "coord"
     store, c = served(root)
     fill(c, 3)
@@ -398,8 +399,8 @@ def test_a_failure_after_the_journal_line_still_answers_the_durable_operation(tm
     def no_space(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_mod, "CHECKPOINT_MIN_BYTES", 0)  # this report's commit checkpoints...
-    monkeypatch.setattr(store_mod, "write_bytes_atomic", no_space)  # ...and cannot write the archive file
+    monkeypatch.setattr(file_store, "CHECKPOINT_MIN_BYTES", 0)  # this report's commit checkpoints...
+    monkeypatch.setattr(job_files, "write_bytes_atomic", no_space)  # ...and cannot write the archive file
     result = c.report("q0000", "f1", 1, "shipped")
     monkeypatch.undo()
     assert result["meta"]["state"] == "shipped"
@@ -411,7 +412,7 @@ def test_a_failure_after_the_journal_line_still_answers_the_durable_operation(tm
 
 @pytest.mark.parametrize("store_kind", ["memory", "json"])
 def test_requeue_of_a_job_the_same_call_just_quarantined_by_reaping(tmp_path: Path, store_kind: str) -> None:
-    from coordinator_stub.store import MemoryStore
+    from coordinator_stub.stores.memory import MemoryStore
 
     now = [100.0]
     store = MemoryStore() if store_kind == "memory" else JsonStore(tmp_path / "coord")
@@ -426,7 +427,7 @@ def test_requeue_of_a_job_the_same_call_just_quarantined_by_reaping(tmp_path: Pa
 
 @pytest.mark.parametrize("kind", ["memory", "json"])
 def test_a_caller_changing_an_answer_changes_nothing_stored(tmp_path: Path, kind: str) -> None:
-    from coordinator_stub.store import MemoryStore
+    from coordinator_stub.stores.memory import MemoryStore
 
     store = MemoryStore() if kind == "memory" else JsonStore(tmp_path / "s")
     c = Coordinator(store, lambda: 100.0, 60.0)

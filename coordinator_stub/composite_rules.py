@@ -1,0 +1,195 @@
+"""The coordinator's composite rules: a parent and its children, the parent's verify gate, re-runs.
+
+A composite's family rules (DAG order, phases, budget, rollup) are shared with
+the local queue and live in ``agent_queue.composite``; this module applies them
+to coordinator records:
+
+- **enqueue**: the parent is archived first (immutable from then on), then its
+  children are created as ordinary queued jobs; the same enqueue again creates
+  the children a crash left missing and re-runs what did not ship (``rerun``).
+- **readiness** (``family_allows``): a child is claimable only when its
+  family's gates (phase order, budget) let it run.
+- **verify gate** (``maybe_verify``/``finish_verify``): once every child
+  shipped, a verify record is queued under the parent's id; its ending writes
+  a new version of the parent. Epochs continue across rounds, so a zombie of an
+  earlier round is always fenced.
+- **re-run** (``rerun``/``revive``): quarantined children back to queued with a
+  fresh attempt count (their earlier cost kept for the budget), a failed verify
+  queued again.
+- **rollup**: the parent's state as answered, computed from its children.
+
+Imported only when a composite is involved (most seam calls never are).
+"""
+
+from __future__ import annotations
+
+from agent_queue import composite
+from agent_queue.errors import Conflict, InvalidJob, NotFound
+from coordinator_stub.records import (
+    Ctx,
+    JobState,
+    create,
+    digest_of,
+    find_opt,
+    new_record,
+    not_before_of,
+    num,
+    stale,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from agent_queue.jobs import Job
+    from coordinator_stub.stores.base import Tx
+
+
+def create_composite(c: Ctx, job: Job, raw: Mapping[str, Any], digest: str) -> None:
+    order = composite.validate_graph(job.children, where=f"job {job.id}")
+    raw_children = raw.get("children") or []
+    for child in job.children:
+        if child.id == job.id:
+            raise InvalidJob(f"job {job.id}: a child has the parent's id")
+        if find_opt(c.tx, child.id) is not None:
+            raise Conflict(f"job {job.id}: child id {child.id!r} already exists")
+    child_nb = [not_before_of(r, f"job {ch.id}") for ch, r in zip(job.children, raw_children, strict=True)]
+    spec = job.to_dict()
+    spec.pop("children", None)
+    parent = new_record(c, spec, None, digest)
+    parent.update(state=JobState.COMPOSITE.value, childIds=[ch.id for ch in job.children], order=order)
+    c.tx.archive(job.id, parent)  # immutable from here on: the write-once archive is its home
+    for child, nb in zip(job.children, child_nb, strict=True):
+        create(c, child.to_dict(), nb, digest_of(child, {}))
+    c.ev["children"] = len(job.children)
+
+
+def create_missing_children(c: Ctx, job: Job, raw: Mapping[str, Any]) -> None:
+    """A crash between archiving the parent and writing its children leaves them missing: the
+    same enqueue again creates them (the parent is archived first, so this is the only gap)."""
+    raw_children = raw.get("children") or []
+    for child, raw_child in zip(job.children, raw_children, strict=False):
+        if find_opt(c.tx, child.id) is None:
+            create(c, child.to_dict(), not_before_of(raw_child, f"job {child.id}"), digest_of(child, {}))
+            c.ev.setdefault("created", []).append(child.id)
+
+
+def family_allows(tx: Tx, spec: Mapping[str, Any], parents: dict[str, dict[str, Any] | None]) -> bool:
+    """A composite child passes its family's gates (phases, budget); ``parents`` caches lookups per claim."""
+    parent_id = spec["parentId"]
+    if parent_id not in parents:
+        parents[parent_id] = tx.archived(parent_id)
+    parent = parents[parent_id]
+    if parent is None or parent.get("state") != JobState.COMPOSITE.value:
+        return True
+    family = _family(tx, parent)
+    if composite.budget_stop(parent["spec"].get("budget"), family) is not None:
+        return False
+    return composite.blocker(family[spec["id"]], family) is None
+
+
+def maybe_verify(c: Ctx, parent_id: str, force: bool = False) -> None:
+    """Queue the parent's verify gate once every child shipped (``force``: again after it failed)."""
+    parent = c.tx.archived(parent_id)
+    if parent is None or parent.get("state") != JobState.COMPOSITE.value or not parent["spec"].get("verify"):
+        return
+    live = c.tx.hot["jobs"].get(parent_id)
+    if live is not None and not stale(c.tx, live):
+        return
+    outcome = parent.get("verify") or {}
+    if outcome.get("state") == "passed" or (outcome.get("state") == "failed" and not force):
+        return
+    family = _family(c.tx, parent)
+    if any(m["state"] != JobState.SHIPPED.value for m in family.values()):
+        return
+    if composite.budget_stop(parent["spec"].get("budget"), family) is not None:
+        return
+    rec = new_record(c, composite.verify_spec(parent["spec"]), None, "")
+    # Epochs continue across rounds, so a zombie of an earlier round is always fenced.
+    rec.update(verifyOf=parent_id, verifyRound=int(outcome.get("round", 0)) + 1,
+               leaseEpoch=int(outcome.get("leaseEpoch", 0)))
+    c.tx.hot["jobs"][parent_id] = rec
+    c.tx.touch()
+    c.ev["verifyQueued"] = parent_id
+
+
+def finish_verify(c: Ctx, rec: dict[str, Any], state: JobState, reason: str, last_end: dict[str, Any]) -> None:
+    """The verify gate ended: a new version of the parent records it (and answers exact replays)."""
+    parent_id = rec["verifyOf"]
+    parent = c.tx.archived(parent_id)
+    if parent is None:  # cannot happen: the parent is archived before its children exist
+        raise NotFound(f"job {parent_id}: composite parent missing")
+    verify = {"state": "passed" if state is JobState.SHIPPED else "failed", "round": rec["verifyRound"],
+              "leaseEpoch": rec["leaseEpoch"], "attempts": rec["attempts"],
+              "reason": None if state is JobState.SHIPPED else reason, "finishedAt": c.now,
+              "detail": rec.get("detail")}
+    c.tx.supersede(parent_id, {**parent, "verify": verify, "lastEnd": last_end})
+    del c.tx.hot["jobs"][parent_id]
+    c.tx.touch()
+
+
+def rerun(c: Ctx, parent: dict[str, Any]) -> list[str]:
+    """Quarantined children back to queued (attempts reset); a failed verify queued again."""
+    requeued = []
+    for cid in parent["childIds"]:
+        rec = c.tx.archived(cid)
+        if rec is not None and rec["state"] == JobState.QUARANTINED.value:
+            revive(c, rec)
+            requeued.append(cid)
+    if (parent.get("verify") or {}).get("state") == "failed":
+        maybe_verify(c, parent["spec"]["id"], force=True)
+        if c.ev.get("verifyQueued"):
+            requeued.append(parent["spec"]["id"])
+    return requeued
+
+
+def revive(c: Ctx, rec: dict[str, Any]) -> None:
+    """A quarantined job runs again: its archived version goes to history, a fresh attempt count to hot.
+
+    ``leaseEpoch`` keeps counting (a late report of an old lease stays fenced);
+    what the earlier attempts spent is kept for the parent's budget.
+    """
+    job_id = rec["spec"]["id"]
+    c.tx.supersede(job_id)
+    detail = rec.get("detail") or {}
+    rec.update(state=JobState.QUEUED.value, attempts=0, lease=None, notBefore=None, reason="requeued",
+               outcome=None, detail=None, finishedAt=None,
+               priorS=num(rec.get("priorS")) + num(detail.get("durationS")),
+               priorUsd=num(rec.get("priorUsd")) + num(detail.get("costUsd")))
+    c.tx.hot["jobs"][job_id] = rec
+    counts = c.tx.hot["terminalCounts"]
+    counts[JobState.QUARANTINED.value] = max(0, counts.get(JobState.QUARANTINED.value, 0) - 1)
+    c.tx.touch()
+
+
+def rollup(tx: Tx, parent: dict[str, Any]) -> dict[str, Any]:
+    """Computed from the children by the rules shared with the local queue (``agent_queue.composite``)."""
+    outcome = parent.get("verify") or {}
+    verify = None
+    if parent["spec"].get("verify"):
+        live = tx.hot["jobs"].get(parent["spec"]["id"])
+        if live is not None and live.get("verifyOf") and not stale(tx, live):
+            verify = "running" if live["state"] == JobState.LEASED.value else "pending"
+        else:
+            verify = outcome.get("state") or "pending"
+    out = composite.rollup(_family(tx, parent), parent.get("order", parent["childIds"]),
+                           budget=parent["spec"].get("budget"), verify=verify)
+    if verify == "failed" and outcome.get("reason") and out.get("reason"):
+        out["reason"] = f"{out['reason']}: {outcome['reason']}"
+    return out
+
+
+def _family(tx: Tx, parent: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The parent's children as ``agent_queue.composite`` family members (a missing record counts as queued)."""
+    family = {}
+    for cid in parent["childIds"]:
+        rec = tx.hot["jobs"].get(cid) or tx.archived(cid)
+        if rec is None:
+            family[cid] = composite.member(cid, "queued", {})
+            continue
+        detail = rec.get("detail") or {}
+        family[cid] = composite.member(cid, rec["state"], rec["spec"],
+                                       num(detail.get("durationS")) + num(rec.get("priorS")),
+                                       num(detail.get("costUsd")) + num(rec.get("priorUsd")))
+    return family

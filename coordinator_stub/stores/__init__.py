@@ -1,0 +1,21 @@
+"""Where the coordinator's state lives. The core (``coordinator_stub.core``) sees it only through ``base``.
+
+One module, one job::
+
+    base.py         the contract: Store, Tx, what every store must guarantee (read this first)
+    memory.py       MemoryStore: process memory, for unit tests and the hypothesis state machine
+    file.py         JsonStore: a directory, safe for many processes (the embedded default)
+      file_tx.py      its transaction view and the state it keeps between operations
+      journal.py      its snapshot + write-ahead journal format: encode, replay, torn tails
+      job_files.py    its per-job files: specs of live jobs, the write-once archive, history
+      locking.py      flock(2) per operation, with a deadline (LockTimeout)
+      claim_index.py  queued ids in claim order and leased ids, kept across operations
+      tracking.py     dict subclasses that note which hot records an operation changed
+
+A new store (PostgreSQL) is one more sibling of ``memory.py`` and ``file.py``
+that implements ``base.Store``; nothing else imports a concrete store except
+the front ends that pick one (``seam.py``, ``cli.py``).
+
+Nothing is re-exported here: the command seam pays for every module it
+imports, so each importer names the module it needs.
+"""
