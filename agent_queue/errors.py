@@ -47,7 +47,7 @@ class InvalidJob(BadInput):
 class TooLarge(BadInput):
     """A request the coordinator refuses for its size (HTTP 413): for the sender, bad input."""
 
-    code = "too_large"
+    code = "payload_too_large"
     http_status = 413
 
 

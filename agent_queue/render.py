@@ -56,8 +56,8 @@ def age(seconds: Any) -> str:
 
 
 def counts(data: Mapping[str, Any], color: bool) -> str:
-    """``inbox 2  running 1  shipped 10 ...``: one line, each state in its colour when it is not zero."""
-    return "  ".join(paint(f"{k} {n}", k, color and bool(n)) for k, n in data.items())
+    """``inbox: 2  running: 1  shipped: 10 ...``: one line, each state in its colour when it is not zero."""
+    return "  ".join(paint(f"{k}: {n}", k, color and bool(n)) for k, n in data.items())
 
 
 def table(rows: Iterable[Iterable[str]], header: Iterable[str]) -> list[str]:
@@ -86,12 +86,15 @@ def composite_line(comp: Mapping[str, Any], color: bool) -> str:
     verify = f", verify {comp['verify']}" if comp.get("verify") else ""
     reason = f": {comp['reason']}" if comp.get("reason") else ""
     state = str(comp.get("state"))
-    return f"composite {comp.get('id')}  {paint(state, state, color)} ({parts}{verify}){reason}"
+    return f"composite: {comp.get('id')} {paint(state, state, color)} ({parts}{verify}){reason}"
 
 
-def holding(job_id: Any, *, epoch: Any = None, pid: Any = None, elapsed: Any = None, left: Any = None) -> str:
-    """A job being worked on: ``j1 (epoch 3, pid 812, 12s, 40s left)``, the parts that are known."""
-    parts = [f"epoch {epoch}" if epoch is not None else "", f"pid {pid}" if pid is not None else "",
+def holding(job_id: Any, *, tool: Any = None, attempt: Any = None, epoch: Any = None, pid: Any = None,
+            elapsed: Any = None, left: Any = None) -> str:
+    """A job being worked on, the parts that are known: ``j1 (tool shell, attempt 1, pid 812, 12s)`` in
+    ``status``, ``j1 (epoch 3, 40s left)`` for a lease in ``fleet-status``."""
+    parts = [f"tool {tool}" if tool is not None else "", f"attempt {attempt}" if attempt is not None else "",
+             f"epoch {epoch}" if epoch is not None else "", f"pid {pid}" if pid is not None else "",
              age(elapsed) if elapsed is not None else "", f"{age(left)} left" if left is not None else ""]
     inner = ", ".join(p for p in parts if p)
     return f"{job_id} ({inner})" if inner else str(job_id)
@@ -101,19 +104,19 @@ def holding(job_id: Any, *, epoch: Any = None, pid: Any = None, elapsed: Any = N
 
 
 def status(report: Mapping[str, Any], *, verbose: bool, color: bool) -> str:
-    lines = [f"jobs: {counts(report['counts'], color)}"]
+    lines = [counts(report["counts"], color)]
     daemon = report["daemon"]
     if daemon.get("running"):
         up = f", up {age(daemon['upS'])}" if daemon.get("upS") is not None else ""
-        lines.append(f"daemon: {paint('running', 'running', color)} (pid {value(daemon.get('pid'))}, factory "
-                     f"{value(daemon.get('factoryId'))}, since {value(daemon.get('startedAt'))}{up})")
+        lines.append(f"daemon: pid {value(daemon.get('pid'))} since {value(daemon.get('startedAt'))} (factory "
+                     f"{value(daemon.get('factoryId'))}{up})")
     else:
         lines.append("daemon: not running")
     lines.append(f"mode: {mode_text(report['fleetMode'], report['fleetFlags'])}"
                  + ("" if daemon.get("running") else " (as a daemon started now would run)"))
     for job in report["running"]:
-        lines.append(f"running: {holding(job['id'], pid=job.get('pid'), elapsed=job.get('elapsedS'))} tool "
-                     f"{value(job.get('tool'))}, attempt {value(job.get('attempt'))}")
+        lines.append("running: " + holding(job["id"], tool=job.get("tool"), attempt=job.get("attempt"),
+                                           pid=job.get("pid"), elapsed=job.get("elapsedS")))
     lines += [composite_line(c, color) for c in report.get("composites", [])]
     if verbose:
         lines.append("settings:")
@@ -130,22 +133,21 @@ def mode_text(mode: str, flags: str) -> str:
 
 
 def fleet_status(report: Mapping[str, Any], color: bool) -> str:
+    """The coordinator's side; this host appears only as the flags it would run with, never as a factory."""
     ttl = report.get("leaseTtlS")
     lines = [f"coordinator: {report['coordinator']}" + (f" (lease TTL {value(ttl)}s)" if ttl is not None else ""),
-             f"this host: mode {mode_text(report['mode'], report['flagsText'])}"]
+             f"flags: {report['flagsText']} (mode {report['mode']} on this host)"]
     lines += [f"warning: {w}" for w in report["flags"]["warnings"]]
     lines.append(f"jobs: {counts(report['counts'], color)}")
-    rows = []
+    for lease in report.get("leases", []):
+        lines.append(f"lease: {lease.get('jobId')} holder {lease.get('factoryId')} epoch {lease.get('leaseEpoch')} "
+                     f"left {age(lease.get('timeLeftS'))}")
     for f in report["factories"]:
         held = ", ".join(holding(h["jobId"], epoch=h.get("leaseEpoch"), left=h.get("timeLeftS")) for h in f["holds"])
         busy = "busy" if f["holds"] else "idle"
-        rows.append([str(f["factoryId"]), paint(f["liveness"], f["liveness"], color), paint(busy, busy, color),
-                     f"{age(f.get('ageS'))} ago", held or "-"])
-    if rows:
-        lines += table(rows, ["factory", "seen", "work", "last seen", "holds"])
-    for lease in report.get("orphanLeases", []):
-        lines.append(f"lease: {holding(lease.get('jobId'), epoch=lease.get('leaseEpoch'), left=lease.get('timeLeftS'))}"
-                     f" held by {lease.get('factoryId')}")
+        lines.append(f"factory: {f['factoryId']} {paint(f['liveness'], f['liveness'], color)} "
+                     f"{paint(busy, busy, color)} (last seen {age(f.get('ageS'))} ago)"
+                     + (f": holds {held}" if held else ""))
     for s in report.get("stranded", []):
         lines.append(f"{paint('stranded', 'quarantined', color)}: {s.get('jobId')}: {s.get('why')}")
     lines += [composite_line(c, color) for c in report.get("composites", [])]

@@ -55,11 +55,9 @@ def fleet_status(settings: Settings) -> dict[str, Any]:
     ttl = coord.get("leaseTtlS")
     leases = coord.get("leases", [])
     factories = [_factory_row(f, leases, ttl, time.time()) for f in coord.get("factories", [])]
-    known = {f["factoryId"] for f in factories}
     return {"flags": flags.to_dict(), "mode": settings.fleet_mode, "flagsText": flags.describe(),
             "factoryId": settings.factory_id, "coordinator": _coordinator_name(settings), "leaseTtlS": ttl,
             "counts": coord.get("counts", {}), "leases": leases, "factories": factories,
-            "orphanLeases": [lease for lease in leases if lease.get("factoryId") not in known],
             "stranded": coord.get("stranded", []), "composites": [_rollup_of(v) for v in parents]}
 
 
