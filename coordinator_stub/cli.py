@@ -104,8 +104,13 @@ def reap(ctx: click.Context, loop_s: float | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status object.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Counts per state, live leases and factories."""
-    st = _coordinator(_settings(ctx)).status()
+    """Counts per state, live leases and factories (a read: a state dir that does not exist is an error)."""
+    settings = _settings(ctx)
+    if not settings.state_dir.is_dir():
+        from agent_queue.errors import NotFound
+
+        raise NotFound(f"state dir {settings.state_dir}: not found (no coordinator state here)")
+    st = _coordinator(settings).status()
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
         return
@@ -114,7 +119,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"lease {lease['jobId']} {lease['factoryId']} epoch={lease['leaseEpoch']} "
                    f"expires={lease['expiresAt']} left={lease['timeLeftS']}s")
     for f in st["factories"]:
-        click.echo(f"factory {f['factoryId']} lastSeen={f['lastSeen']}")
+        click.echo(f"factory {f['factoryId']} lastSeen={f['lastSeen']} {f.get('liveness', '')}".rstrip())
+    for s in st.get("stranded", []):
+        click.echo(f"stranded {s['jobId']}: {s['why']}")
 
 
 @cli.command()

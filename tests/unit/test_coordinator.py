@@ -209,7 +209,7 @@ def test_status_shows_counts_leases_and_factories(coord: Coordinator, clock: Clo
     coord.claim("f1", ())
     clock.advance(2)
     st = coord.status()
-    assert st["counts"] == {"queued": 1, "leased": 1, "shipped": 0, "quarantined": 0}
+    assert st["counts"] == {"queued": 1, "leased": 1, "shipped": 0, "quarantined": 0, "cancelled": 0}
     assert st["leases"][0]["timeLeftS"] == pytest.approx(TTL - 2)
     assert st["factories"][0]["factoryId"] == "f1"
 
