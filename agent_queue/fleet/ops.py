@@ -107,7 +107,7 @@ def _fleet_row(view: Mapping[str, Any], now: float) -> dict[str, Any]:
     return {"id": job.get("id"), "state": (view.get("rollup") or {}).get("state") or meta.get("state"),
             "kind": kind, "tool": "composite" if kind == "composite" else job.get("tool", "shell"),
             "attempts": meta.get("attempts"), "enqueuedAt": enqueued, "ageS": age,
-            "factory": lease.get("factoryId") or meta.get("factoryId"), "reason": jobview.short(meta.get("reason")),
+            "factory": lease.get("factoryId") or meta.get("lastFactoryId"), "reason": jobview.short(meta.get("reason")),
             "leaseEpoch": meta.get("leaseEpoch")}
 
 

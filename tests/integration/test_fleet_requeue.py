@@ -45,6 +45,8 @@ def test_plain_requeue_of_a_fleet_job_is_refused_and_requeue_fleet_runs_it(tmp_p
     assert coord_job(state, "r1")["meta"]["state"] == "shipped"
     assert local_records(root, "shipped") == ["r1"]
     assert local_records(root, "rerun") == ["r1.1"]  # the earlier quarantined run is kept
+    log = aq(root, "logs", "r1", env=env).stdout
+    assert "attempt 1 of 1 (round 1, epoch 1)" in log and "attempt 1 of 1 (round 2, epoch 2)" in log
     assert "exited with status 1" in (result_of(root / "rerun" / "r1.1")["reason"] or "")
 
 
