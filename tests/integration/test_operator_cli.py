@@ -215,7 +215,8 @@ def test_logs_follow_says_the_outcome_and_waits_aloud(tmp_path: Path, procs: lis
     time.sleep(0.5)  # let both followers see the queued jobs with no daemon running
     assert aq(root, "run", "--drain").returncode == 0
     out, err = ok.communicate(timeout=20)
-    assert ok.returncode == 0 and "hello" in out and re.search(r"=== \S+ ok outcome: shipped$", out.strip())
+    assert ok.returncode == 0 and re.search(r"=== \S+ ok outcome: shipped$", out.strip())
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z hello$", out, re.M), out  # lines carry a time
     assert "waiting (start one with `agent-queue run`)" in err and "no daemon is running" in err
     out, _ = bad.communicate(timeout=20)
     assert bad.returncode == 1
