@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from agent_queue import log as aqlog
 from agent_queue import render, service
 from agent_queue.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AQError, BadInput
 from agent_queue.fleet import ops as fleet_ops
@@ -43,12 +44,15 @@ pass_ctx = click.make_pass_decorator(_Ctx)
 @click.option("--config", "config", type=click.Path(dir_okay=False),
               help="TOML config [env AQ_CONFIG; default <root>/agent-queue.toml when present].")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Daemon log format [env AQ_LOG_FORMAT].")
-@click.option("-v", "--verbose", is_flag=True, default=None, help="Add debug lines to the daemon log.")
+@click.option("-v", "--verbose", is_flag=True, default=None,
+              help="Add debug lines to the daemon log; other commands log what they do on stderr.")
 @click.version_option(package_name="agent-queue")
 @click.pass_context
 def cli(ctx: click.Context, /, **flags: Any) -> None:
     """Run AI coding agents and commands on a queue of jobs."""
     ctx.obj = _Ctx(flags)
+    if flags.get("verbose"):  # any command: what it does on stderr (the fleet client's retries, say)
+        aqlog.setup(flags.get("log_format") or "text", True, flags.get("factory_id") or PROG)
 
 
 class _EnqueueCommand(click.Command):

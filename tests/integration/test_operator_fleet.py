@@ -162,3 +162,21 @@ def test_a_job_too_large_for_the_coordinator_is_bad_input(tmp_path: Path) -> Non
     for out in (over_http, over_seam):
         assert out.returncode == 2, out.stderr
         assert "too large (HTTP 413)" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_the_clients_retries_back_off(tmp_path: Path) -> None:
+    """No timed assertion: the delays the client asked for (logged with -v) grow by attempt, with jitter."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: every connection is refused
+    out = aq(tmp_path / "r", "-v", "fleet-status", env=fleet_env(api=f"http://127.0.0.1:{port}"), timeout=60)
+    assert out.returncode == 1
+    waits = [(int(n), float(s)) for n, s in re.findall(r"attempt (\d+) failed .*?; retrying in ([\d.]+)s", out.stderr)]
+    assert [n for n, _ in waits] == [1, 2, 3, 4, 5], out.stderr
+    for n, wait in waits:
+        cap = min(5.0, 0.25 * 2 ** (n - 1))
+        assert cap * 0.5 - 0.01 <= wait <= cap + 0.01, (n, wait)  # attempt n waits 0.5-1 x its capped delay
+    assert waits[-1][1] > waits[0][1] * 4
+    assert "failed after 6 attempt(s)" in out.stderr
