@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,15 @@ def _json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _print(data: Any, as_json: bool, text: Callable[[bool], str]) -> None:
+    """``data`` as JSON, or as the text ``text(color)`` renders."""
+    if as_json:
+        _json(data)
+        return
+    color = _color()
+    _echo(text(color), color)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (everything, settings included).")
 @click.option("--verbose", is_flag=True, help="Also print every resolved setting (secrets redacted).")
@@ -196,13 +206,9 @@ def jobs_cmd(ctx: _Ctx, state: str | None, at_fleet: bool, as_json: bool, limit:
     settings = ctx.settings()
     cap = limit or None
     listing = fleet_ops.jobs(settings, state, cap) if at_fleet else service.jobs(settings, state, cap)
-    if as_json:
-        _json(listing)
-        return
-    color = _color()
-    _echo(render.jobs(listing, fleet=at_fleet, color=color), color)
+    _print(listing, as_json, lambda color: render.jobs(listing, fleet=at_fleet, color=color))
     note = render.more(listing)
-    if note:
+    if note and not as_json:
         click.echo(note, err=True)
 
 
@@ -215,11 +221,7 @@ def show_cmd(ctx: _Ctx, job_id: str, at_fleet: bool, as_json: bool) -> None:
     """One job: its spec (secrets redacted), every attempt, its lease history (--fleet) and where its log is."""
     settings = ctx.settings()
     detail = fleet_ops.show(settings, job_id) if at_fleet else service.show(settings, job_id)
-    if as_json:
-        _json(detail)
-        return
-    color = _color()
-    _echo(render.show(detail, color), color)
+    _print(detail, as_json, lambda color: render.show(detail, color))
 
 
 @cli.command("cancel")
@@ -283,11 +285,7 @@ def logs(ctx: _Ctx, job_id: str, follow: bool) -> None:
 def fleet_status(ctx: _Ctx, as_json: bool) -> None:
     """The coordinator's counts, each factory (live/stale/offline, busy/idle, what it holds), stranded jobs."""
     report = fleet_ops.fleet_status(ctx.settings())
-    if as_json:
-        _json(report)
-        return
-    color = _color()
-    _echo(render.fleet_status(report, color), color)
+    _print(report, as_json, lambda color: render.fleet_status(report, color))
 
 
 @cli.command("fleet-shadow-report")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from agent_queue import composite, jobview
 from agent_queue.errors import NotFound
 from agent_queue.fleet import shadow
+from agent_queue.fleet.client import FleetClient
 from agent_queue.fleet.connect import fleet_flags, make_client
 from agent_queue.inbox import LocalQueue
 from agent_queue.jobs import Job, new_job_id, validate_id
@@ -34,24 +35,28 @@ def enqueue(settings: Settings, spec: Any, where: str) -> str:
     job = Job.from_dict(spec, where=where)  # InvalidJob before anything is sent
     if job.kind == "composite":
         composite.validate_graph(job.children, where=f"job {job.id}")  # exit 2 naming the cycle / id, nothing sent
+    with _client(settings) as client:
+        client.enqueue(job.to_dict())
+    return job.id
+
+
+@contextlib.contextmanager
+def _client(settings: Settings) -> Iterator[FleetClient]:
+    """A client for one command, its transport closed when the command is done."""
     client = make_client(settings)
     try:
-        client.enqueue(job.to_dict())
+        yield client
     finally:
         client.transport.close()
-    return job.id
 
 
 def fleet_status(settings: Settings) -> dict[str, Any]:
     """The coordinator's counts and leases; each factory live / stale / offline and busy / idle with what it
     holds; the queued jobs no live factory can run; composites' rollups; this host's resolved fleet flags."""
     flags = fleet_flags(settings)
-    client = make_client(settings)
-    try:
+    with _client(settings) as client:
         coord = client.status()
         parents = client.list_jobs("composite")
-    finally:
-        client.transport.close()
     ttl = coord.get("leaseTtlS")
     leases = coord.get("leases", [])
     factories = [_factory_row(f, leases, ttl, time.time()) for f in coord.get("factories", [])]
@@ -90,11 +95,8 @@ def _coordinator_name(settings: Settings) -> str:
 def jobs(settings: Settings, state: str | None, limit: int | None) -> dict[str, Any]:
     """``jobs --fleet``: the coordinator's most recently enqueued jobs, newest first, as ``jobs`` rows."""
     wanted = jobview.state_name(state, jobview.FLEET_STATES)
-    client = make_client(settings)
-    try:
+    with _client(settings) as client:
         page = client.jobs_page(wanted, limit)
-    finally:
-        client.transport.close()
     now = time.time()
     return {"jobs": [_fleet_row(view, now) for view in reversed(page["jobs"])], "total": page["total"]}
 
@@ -115,11 +117,8 @@ def show(settings: Settings, job_id: str) -> dict[str, Any]:
     """``show ID --fleet``: the coordinator's view (state, lease and its history by epoch, spec redacted) and
     what this host kept of its own attempts, if it ran any."""
     validate_id(job_id, "job id")
-    client = make_client(settings)
-    try:
+    with _client(settings) as client:
         view = client.get_job(job_id)
-    finally:
-        client.transport.close()
     job, meta = view.get("job") or {}, view.get("meta") or {}
     secrets = [settings.fleet_token]
     out: dict[str, Any] = {"id": job_id, "state": meta.get("state"), "spec": redact_spec(job, secrets)}
@@ -146,12 +145,8 @@ def cancel(settings: Settings, job_id: str) -> list[str]:
     """``cancel ID --fleet``: the coordinator cancels the job (a composite: its unshipped children) and
     fences the factory holding it; returns the ids cancelled now."""
     validate_id(job_id, "job id")
-    client = make_client(settings)
-    try:
-        answer = client.cancel(job_id)
-    finally:
-        client.transport.close()
-    return [str(x) for x in answer.get("cancelled") or []]
+    with _client(settings) as client:
+        return [str(x) for x in client.cancel(job_id).get("cancelled") or []]
 
 
 def _rollup_of(view: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,12 +157,8 @@ def _rollup_of(view: Mapping[str, Any]) -> dict[str, Any]:
 def requeue(settings: Settings, job_id: str) -> list[str]:
     """``requeue ID --fleet``: the coordinator re-runs the job, or a composite's quarantined/blocked part."""
     validate_id(job_id, "job id")
-    client = make_client(settings)
-    try:
-        answer = client.requeue(job_id)
-    finally:
-        client.transport.close()
-    return [str(x) for x in answer.get("requeued") or []]
+    with _client(settings) as client:
+        return [str(x) for x in client.requeue(job_id).get("requeued") or []]
 
 
 def shadow_report(settings: Settings, since: str | None) -> shadow.ShadowSummary:

@@ -8,24 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_support import aq, clean_env, running_pid, start, status, wait_for
 
 from tests.procutil import alive
-
-
-@pytest.fixture()
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Daemons started by a test; killed (with their tool groups) even when the test fails."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.communicate(timeout=10)
 
 
 def kill_group(pid: int | None) -> None:

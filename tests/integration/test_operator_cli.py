@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,6 @@ from cli_support import aq, clean_env, running_pid, start, status, wait_for
 from tests.procutil import alive
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@pytest.fixture()
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes started by a test; killed (with their groups) even when the test fails."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.communicate(timeout=10)
 
 
 def show(root: Path, job_id: str, env: dict[str, str] | None = None) -> dict[str, Any]:
