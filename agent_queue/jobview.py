@@ -142,12 +142,13 @@ def show(queue: LocalQueue, job_id: str, factory_id: str, secrets: Iterable[str 
         raise NotFound(f"job {job_id}: not found under {queue.root}")
     out: dict[str, Any] = {"id": job_id, "log": _log(queue, job_id)}
     if parent is not None:
-        out.update(kind=COMPOSITE, spec=redact_spec(parent.spec, hidden), rollup=composite_queue.rollup(queue, parent),
-                   verify=_verify_of(parent, hidden))
+        roll = composite_queue.rollup(queue, parent)
+        out.update(kind=COMPOSITE, state=roll["state"], spec=redact_spec(parent.spec, hidden), rollup=roll,
+                   verify=_verify_of(parent, hidden), path=str(parent.path))
     attempts: list[dict[str, Any]] = []
     for kind, folder in folders:
         attempts += _attempts_of(folder, kind, factory_id, hidden)
-        if "state" not in out or kind in (s.value for s in State):
+        if parent is None and ("state" not in out or kind in (s.value for s in State)):
             out.update(_current(folder, kind, hidden))
     attempts.sort(key=lambda a: (str(a.get("startedAt") or a.get("endedAt") or ""), a.get("attempt") or 0))
     out["history"] = attempts

@@ -190,6 +190,8 @@ def test_cancel_a_local_composite_cancels_its_unshipped_children(tmp_path: Path,
     (roll,) = status(root)["composites"]
     assert roll["state"] == "cancelled" and roll["counts"]["shipped"] == 1 and roll["counts"]["cancelled"] == 2
     assert "composite: epic cancelled (shipped 1, cancelled 2, verify cancelled)" in aq(root, "status").stdout
+    parent = show(root, "epic")
+    assert parent["state"] == "cancelled" and parent["kind"] == "composite" and parent["verify"]["state"] == "cancelled"
 
 
 def test_logs_follow_says_the_outcome_and_waits_aloud(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
