@@ -90,7 +90,10 @@ def _topological_order(by_id: dict[str, Job], where: str) -> list[str]:
 
 SHIPPED = "shipped"
 QUARANTINED = "quarantined"
-ROLLUP_KEYS = ("queued", "running", "blocked", "shipped", "quarantined")
+CANCELLED = "cancelled"
+ROLLUP_KEYS = ("queued", "running", "blocked", "shipped", "quarantined", "cancelled")
+# A child in one of these never ships: whatever waits for it is blocked.
+_DEAD = (QUARANTINED, "blocked", CANCELLED)
 
 
 def verify_spec(parent: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,14 +136,14 @@ def blocker(child: Mapping[str, Any], family: Mapping[str, Mapping[str, Any]]) -
 def statuses(family: Mapping[str, Mapping[str, Any]], stopped: bool = False) -> dict[str, str]:
     """Each child's rollup status; a queued child that can never start is ``blocked``.
 
-    Blocked: a dependency (or an earlier-phase sibling) is quarantined or itself
-    blocked, or ``stopped`` (the parent's budget is spent). Propagation runs to a
-    fixed point, so the order of ``family`` does not matter.
+    Blocked: a dependency (or an earlier-phase sibling) is quarantined, cancelled or
+    itself blocked, or ``stopped`` (the parent's budget is spent). Propagation runs to
+    a fixed point, so the order of ``family`` does not matter.
     """
     out = {cid: {"leased": "running"}.get(m["state"], m["state"]) for cid, m in family.items()}
     if stopped:
         return {cid: "blocked" if st == "queued" else st for cid, st in out.items()}
-    dead = ("quarantined", "blocked")
+    dead = _DEAD
     changed = True
     while changed:
         changed = False
@@ -185,11 +188,12 @@ def budget_stop(budget: Mapping[str, Any] | None, family: Mapping[str, Mapping[s
 def rollup(family: Mapping[str, Mapping[str, Any]], order: Sequence[str] | None = None, *,
            budget: Mapping[str, Any] | None = None, verify: str | None = None) -> dict[str, Any]:
     """The parent's state, computed from its children (``verify``: None when it has no verify gate,
-    else pending | running | passed | failed).
+    else pending | running | passed | failed | cancelled).
 
     shipped: every child shipped (and the parent's verify passed); quarantined: over
-    budget, verify failed, or a child quarantined and nothing else can run; blocked:
-    a child is quarantined or blocked while others still run; else running / queued.
+    budget, verify failed, or a child quarantined and nothing else can run; cancelled:
+    the parent was cancelled, or a child was and nothing else can run; blocked: a child
+    is quarantined, cancelled or blocked while others still run; else running / queued.
     """
     stop = budget_stop(budget, family)
     status = statuses(family, stopped=stop is not None)
@@ -221,10 +225,15 @@ def _rollup_state(status: Mapping[str, str], counts: Mapping[str, int], stop: st
             return SHIPPED, None
         if verify == "failed":
             return QUARANTINED, "the parent's verify gate failed"
+        if verify == CANCELLED:
+            return CANCELLED, "the parent's verify gate was cancelled"
         return ("running" if verify == "running" else "queued"), None
     if counts["queued"] + counts["running"] == 0:
         bad = sorted(cid for cid, st in status.items() if st == QUARANTINED)
-        return QUARANTINED, f"child {', '.join(bad)} quarantined" if bad else "no child can run"
-    if counts["blocked"] or counts["quarantined"]:
+        if bad:
+            return QUARANTINED, f"child {', '.join(bad)} quarantined"
+        gone = sorted(cid for cid, st in status.items() if st == CANCELLED)
+        return (CANCELLED, f"child {', '.join(gone)} cancelled") if gone else (QUARANTINED, "no child can run")
+    if counts["blocked"] or counts["quarantined"] or counts["cancelled"]:
         return "blocked", None
     return ("running" if counts["running"] else "queued"), None

@@ -15,6 +15,7 @@ spec again (idempotent re-run) creates exactly the missing ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent_queue import composite
-from agent_queue.errors import Conflict, NotFound, StateError
+from agent_queue import cancelmark, composite
+from agent_queue.errors import Conflict, Fenced, NotFound, StateError
 from agent_queue.fsutil import ensure_dir, read_json, write_json_atomic
 from agent_queue.inbox import Entry, LocalQueue, State, now
 from agent_queue.jobs import Job, validate_id
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 PARENT_FILE = "parent.json"
 RESULT_FILE = "result.json"
 ROLLUP_STATE = {State.INBOX: "queued", State.RUNNING: "running", State.SHIPPED: "shipped",
-                State.QUARANTINE: "quarantined"}
+                State.QUARANTINE: "quarantined", State.CANCELLED: "cancelled"}
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,17 @@ class Parent:
         return str(self.spec["id"])
 
     @property
+    def cancelled(self) -> str | None:
+        """The cancel reason when ``agent-queue cancel`` named this parent (its marker), else None."""
+        return cancelmark.requested(self.path)
+
+    @property
     def verify_state(self) -> str | None:
-        """None (no verify gate) or pending | running | passed | failed."""
+        """None (no verify gate) or pending | running | passed | failed | cancelled."""
         if not self.spec.get("verify"):
             return None
-        return str(self.result.get("verify") or "pending")
+        state = str(self.result.get("verify") or "pending")
+        return "cancelled" if state == "pending" and self.cancelled is not None else state
 
 
 def parents_dir(queue: LocalQueue) -> Path:
@@ -136,6 +143,21 @@ def requeue_parent(queue: LocalQueue, parent: Parent) -> list[str]:
     if parent.verify_state == "failed":
         _set_result(parent, verify="pending", reason=None, attempts=0)
     return requeued
+
+
+def cancel_parent(queue: LocalQueue, parent: Parent, reason: str) -> list[str]:
+    """Cancel every child not yet ended (queued ones at once, running ones through their daemon) and
+    the parent's verify gate unless it passed. Returns the ids cancelled (the parent's own for its gate).
+
+    The parent is marked first: a verify gate that is about to be handed out sees the mark, so nothing
+    of this composite starts after the call. Shipped and quarantined children stay as they are.
+    """
+    verify_open = parent.verify_state in ("pending", "running")
+    cancelmark.mark(parent.path, reason)
+    cancelled = [cid for cid in parent.child_ids
+                 if queue.find(cid) in (State.INBOX, State.RUNNING)
+                 and queue.cancel(cid, reason) in (State.INBOX, State.RUNNING)]
+    return [*cancelled, parent.id] if verify_open else cancelled
 
 
 def _write_parent(queue: LocalQueue, job: Job, order: list[str], digest: str) -> None:
@@ -235,12 +257,14 @@ def next_verify_claim(queue: LocalQueue) -> Claim | None:
 
 
 def recover(queue: LocalQueue) -> list[str]:
-    """A verify gate a crashed daemon left running goes back to pending, the attempt counted."""
+    """A verify gate a crashed daemon left running goes back to pending (cancelled when marked), the attempt counted."""
     recovered = []
     for parent in all_parents(queue):
         if parent.verify_state == "running":
-            _set_result(parent, verify="pending", attempts=int(parent.result.get("attempts", 0)) + 1,
-                        reason="daemon stopped while the verify gate was running")
+            cancel = parent.cancelled
+            _set_result(parent, verify="cancelled" if cancel else "pending",
+                        attempts=int(parent.result.get("attempts", 0)) + 1,
+                        reason=f"cancelled: {cancel}" if cancel else "daemon stopped while the verify gate was running")
             recovered.append(parent.id)
     return recovered
 
@@ -266,11 +290,19 @@ class VerifyClaim(Claim):
     def begin(self, attempt: int) -> None:
         self._write(verify="running", attempt=attempt, startedAt=now())
 
+    @contextlib.contextmanager
+    def keepalive(self, on_lost: Callable[[str], None]) -> Iterator[None]:
+        """``agent-queue cancel PARENT`` marks the parent: the gate is stopped like a cancelled job."""
+        with cancelmark.watch(self.parent.path, on_lost):
+            yield
+
     def note_ship_hook(self, outcome: Record) -> None:
         self._write(shipHook=outcome)
 
     def approve_ship(self, record: Record) -> None:
-        return None  # offline: this factory is the only authority
+        cancel = cancelmark.requested(self.parent.path)  # offline: only a cancel stops the ship
+        if cancel is not None:
+            raise Fenced(f"cancelled: {cancel}")
 
     def shipped(self, record: Record) -> None:
         self._end("passed", record)
@@ -285,12 +317,18 @@ class VerifyClaim(Claim):
         self._end("failed", record)
 
     def give_back(self, reason: str) -> None:
+        if cancelmark.requested(self.parent.path) is not None:
+            self._end("pending", {"attempt": self.attempts_done + 1, "outcome": "cancelled"})
+            return
         self._write(verify="pending", reason=reason, attempt=None, startedAt=None)
 
     def _end(self, verify: str, record: Record) -> None:
+        cancel = cancelmark.requested(self.parent.path) if verify != "passed" else None
+        if cancel is not None:  # nothing of a cancelled composite runs again
+            verify, record = "cancelled", {**record, "outcome": "cancelled", "reason": f"cancelled: {cancel}"}
         self._write(verify=verify, attempts=self.attempts_done + 1, reason=record.get("reason"),
                     history=[*self._result.get("history", []), record], attempt=None, startedAt=None,
-                    finishedAt=now() if verify in ("passed", "failed") else None)
+                    finishedAt=now() if verify in ("passed", "failed", "cancelled") else None)
         log.info("composite verify %s", verify, extra={"job_id": self.parent.id})
 
 

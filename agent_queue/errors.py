@@ -44,6 +44,13 @@ class InvalidJob(BadInput):
     http_status = 422
 
 
+class TooLarge(BadInput):
+    """A request the coordinator refuses for its size (HTTP 413): for the sender, bad input."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
 class ConfigError(BadInput):
     """agent-queue.toml, an env variable or a flag combination is unusable."""
 
@@ -103,6 +110,13 @@ class CoordinatorError(AQError):
         super().__init__(message)
         self.http_status = status
         self.code = code
+
+
+class Unfinished(AQError):
+    """An operation was accepted but the job outran it (a cancel that came after the ship), or it is not
+    done yet (a running job whose daemon has not stopped it in time): the CLI says which, exit 1."""
+
+    code = "unfinished"
 
 
 class StateError(AQError):

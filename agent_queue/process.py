@@ -2,7 +2,8 @@
 
 The runner owns the policy (shutdown grace, lost lease); this module owns the
 mechanics: start the child in a new session so the whole tree can be
-signalled, append its stdout+stderr to the job log, wait on an Event that is
+signalled, pump its stdout+stderr into the job log (each line time-stamped,
+``logpump``), wait on an Event that is
 set when the child exits or when the caller wants attention, and kill the
 group (TERM, a short grace, then KILL) when told to or at the deadline.
 """
@@ -21,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agent_queue.logpump import Pump
+
 log = logging.getLogger(__name__)
 
 KILL_GRACE_S = 2.0
+PUMP_DRAIN_S = 5.0  # after the group is gone, how long its output may take to reach the log
 
 
 class Watch(Protocol):
@@ -61,13 +65,20 @@ def run(
     watch: Watch,
     stdin_path: Path | None = None,
     on_start: Callable[[int], None] | None = None,
+    raw_path: Path | None = None,
 ) -> ProcResult:
-    """Run ``argv`` to completion, timeout or abort; the group is gone when this returns."""
+    """Run ``argv`` to completion, timeout or abort; the group is gone when this returns.
+
+    Its output reaches ``log_path`` with each line stamped (``logpump``), and ``raw_path`` unchanged
+    when given; both are complete when this returns, unless a stray that left the group still writes.
+    """
     start = time.monotonic()
     try:
-        proc = _spawn(argv, cwd, env, log_path, stdin_path)
+        proc = _spawn(argv, cwd, env, stdin_path)
     except OSError as exc:
         return ProcResult(None, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+    assert proc.stdout is not None
+    pump = Pump(proc.stdout, log_path, raw_path).start()
     exited = threading.Event()
 
     def wait_child() -> None:
@@ -88,13 +99,15 @@ def run(
     else:
         _signal_group(proc.pid, signal.SIGKILL)  # strays left in the group by a finished tool
     exited.wait()
+    if not pump.join(PUMP_DRAIN_S):
+        log.warning("a process outside the tool's group still writes to its output; the log keeps taking it")
     return ProcResult(proc.returncode, timed_out, aborted, time.monotonic() - start)
 
 
-def _spawn(argv: tuple[str, ...], cwd: Path, env: Mapping[str, str], log_path: Path,
+def _spawn(argv: tuple[str, ...], cwd: Path, env: Mapping[str, str],
            stdin_path: Path | None) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as out, (open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb")) as inp:
-        return subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=inp, stdout=out,
+    with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as inp:
+        return subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=inp, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
 
 

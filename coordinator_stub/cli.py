@@ -116,7 +116,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"lease {lease['jobId']} {lease['factoryId']} epoch={lease['leaseEpoch']} "
                    f"expires={lease['expiresAt']} left={lease['timeLeftS']}s")
     for f in st["factories"]:
-        click.echo(f"factory {f['factoryId']} lastSeen={f['lastSeen']}")
+        click.echo(f"factory {f['factoryId']} lastSeen={f['lastSeen']} {f.get('liveness', '')}".rstrip())
+    for s in st.get("stranded", []):
+        click.echo(f"stranded {s['jobId']}: {s['why']}")
 
 
 @cli.command()

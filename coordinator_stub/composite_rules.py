@@ -14,8 +14,9 @@ to coordinator records:
   a new version of the parent. Epochs continue across rounds, so a zombie of an
   earlier round is always fenced.
 - **re-run** (``rerun``/``revive``): quarantined children back to queued with a
-  fresh attempt count (their earlier cost kept for the budget), a failed verify
-  queued again.
+  fresh attempt count (their earlier cost kept for the budget) and the next
+  ``round``, a failed verify queued again.
+- **cancel** (``cancel_family``): the children not ended and the verify gate.
 - **rollup**: the parent's state as answered, computed from its children.
 
 Imported only when a composite is involved (most seam calls never are).
@@ -35,11 +36,12 @@ from coordinator_stub.records import (
     not_before_of,
     num,
     stale,
+    state_of,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from agent_queue.jobs import Job
@@ -120,7 +122,8 @@ def finish_verify(c: Ctx, rec: dict[str, Any], state: JobState, reason: str, las
     parent = c.tx.archived(parent_id)
     if parent is None:  # cannot happen: the parent is archived before its children exist
         raise NotFound(f"job {parent_id}: composite parent missing")
-    verify = {"state": "passed" if state is JobState.SHIPPED else "failed", "round": rec["verifyRound"],
+    word = {JobState.SHIPPED: "passed", JobState.CANCELLED: "cancelled"}.get(state, "failed")
+    verify = {"state": word, "round": rec["verifyRound"],
               "leaseEpoch": rec["leaseEpoch"], "attempts": rec["attempts"],
               "reason": None if state is JobState.SHIPPED else reason, "finishedAt": c.now,
               "detail": rec.get("detail")}
@@ -154,13 +157,44 @@ def revive(c: Ctx, rec: dict[str, Any]) -> None:
     c.tx.supersede(job_id)
     detail = rec.get("detail") or {}
     rec.update(state=JobState.QUEUED.value, attempts=0, lease=None, notBefore=None, reason="requeued",
-               outcome=None, detail=None, finishedAt=None,
+               outcome=None, detail=None, finishedAt=None, round=int(rec.get("round") or 1) + 1,
                priorS=num(rec.get("priorS")) + num(detail.get("durationS")),
                priorUsd=num(rec.get("priorUsd")) + num(detail.get("costUsd")))
     c.tx.hot["jobs"][job_id] = rec
     counts = c.tx.hot["terminalCounts"]
     counts[JobState.QUARANTINED.value] = max(0, counts.get(JobState.QUARANTINED.value, 0) - 1)
     c.tx.touch()
+
+
+def cancel_family(c: Ctx, parent: dict[str, Any], cancel_one: Callable[[Ctx, dict[str, Any]], None]) -> list[str]:
+    """Cancel a composite: each child still queued or leased (``cancel_one`` fences a holder), and the
+    verify gate unless it passed (a waiting or running verify record is cancelled like a job; one not
+    queued yet is recorded as cancelled in a new version of the parent, so it is never queued). Shipped
+    and quarantined children stay as they are. Returns the ids cancelled (the parent's for its gate);
+    nothing left to cancel is a 409 ``conflict`` unless the composite was cancelled before (a repeat)."""
+    parent_id = parent["spec"]["id"]
+    done = []
+    for cid in parent["childIds"]:
+        rec = c.tx.hot["jobs"].get(cid)
+        if rec is not None and not stale(c.tx, rec) and rec["state"] in (JobState.QUEUED.value,
+                                                                          JobState.LEASED.value):
+            cancel_one(c, rec)
+            done.append(cid)
+    outcome = (parent.get("verify") or {}).get("state")
+    live = c.tx.hot["jobs"].get(parent_id)
+    if live is not None and live.get("verifyOf") and not stale(c.tx, live):
+        cancel_one(c, live)  # its ending writes the parent's verify: cancelled
+        done.append(parent_id)
+    elif parent["spec"].get("verify") and outcome not in ("passed", "cancelled"):
+        current = c.tx.archived(parent_id) or parent
+        c.tx.supersede(parent_id, {**current, "verify": {
+            **(current.get("verify") or {}), "state": "cancelled", "reason": "cancelled by the operator",
+            "finishedAt": c.now}})
+        done.append(parent_id)
+    if not done and outcome != "cancelled" and not any(
+            state_of(c.tx, cid) == JobState.CANCELLED.value for cid in parent["childIds"]):
+        raise Conflict(f"composite {parent_id}: nothing left to cancel (its children ended and no verify gate waits)")
+    return done
 
 
 def rollup(tx: Tx, parent: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,8 @@ Where each rule of the contract lives (one place each):
 - a stalled store does not expire leases: ``_credit_stall`` (time the store
   measured it could serve no one is given back to every lease, before reaping)
 - attempts and quarantine: ``_release``, ``_reap``, ``_finish``
+- cancel (the operator ends a job; its holder is fenced: renew/report 409 ``not_leased``): ``_cancel_op``
+- a factory's liveness and the queued jobs no live factory can run: ``liveness``, ``_stranded``
 - replay of a lost answer: ``_fence`` answers the ``lastEnd`` that
   ``_finish``/``_requeue`` recorded; a claim's ``requestId``: ``_claim``
 - idempotent enqueue: ``_enqueue`` (``records.digest_of``)
@@ -33,6 +35,8 @@ from collections.abc import Callable, Iterable, Mapping
 from agent_queue.errors import AQError, BadInput, Conflict, Fenced, InvalidJob, NotFound, NotLeased, StateError
 from agent_queue.timeutil import to_rfc3339
 from coordinator_stub.records import (
+    ENDED,
+    LEASE_HISTORY,
     LISTABLE,
     TERMINAL,
     Ctx,
@@ -44,6 +48,7 @@ from coordinator_stub.records import (
     event,
     find,
     find_opt,
+    lease_history,
     lease_state,
     lease_wire,
     max_attempts,
@@ -68,6 +73,8 @@ if TYPE_CHECKING:
 Clock = Callable[[], float]
 DEFAULT_LEASE_TTL_S = 60.0
 SEEN_GRANULARITY_S = 10.0  # a factory's lastSeen (status) may lag by up to this much
+STRANDED_SHOWN = 50  # stranded jobs listed by status (``strandedTotal`` counts them all)
+CANNOT_RUN_KEPT = 100  # ids of a factory's last ``exclude`` kept for status
 VERDICTS = ("AGREE", "DIVERGE", "COORD_EMPTY", "LOCAL_EMPTY", "IDLE")  # IDLE: only with --shadow-log-idle
 # A stall shorter than this is ordinary waiting (a checkpoint, a busy disk, a queue of callers): no lease moves.
 # Well above a normal hold of the store (milliseconds), well below any sensible lease TTL (default 60 s).
@@ -80,9 +87,19 @@ def claim_key(rec: Mapping[str, Any]) -> tuple[int, int]:
     return -rec["spec"].get("priority", 0), rec["seq"]
 
 
+def liveness(age_s: float, ttl_s: float) -> str:
+    """A factory last seen ``age_s`` ago: live within one lease TTL (plus the lastSeen granularity),
+    offline after three, stale in between (it may be paused, or gone and its leases about to lapse)."""
+    if age_s <= ttl_s + SEEN_GRANULARITY_S:
+        return "live"
+    return "stale" if age_s <= 3 * ttl_s + SEEN_GRANULARITY_S else "offline"
+
+
 def full_view(tx: Tx, rec: dict[str, Any], now: float) -> dict[str, Any]:
     """A record as answered, with a composite parent's rollup (its state computed from its children)."""
     out = view(tx, rec, now)
+    if rec.get("leases"):
+        out["meta"]["leases"] = lease_history(rec)
     if rec["state"] == JobState.COMPOSITE.value:
         from coordinator_stub.composite_rules import rollup  # only for a composite
 
@@ -122,9 +139,14 @@ class Coordinator:
         return self._run("get", lambda c: full_view(c.tx, find(c.tx, job_id), c.now), log=False)
 
     def list_jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        jobs: list[dict[str, Any]] = self.list_page(state)["jobs"]
+        return jobs
+
+    def list_page(self, state: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """``{"jobs": [...], "total": n}``: jobs in enqueue order, only the ``limit`` most recent when given."""
         if state is not None and state not in LISTABLE:
             raise BadInput(f"state: {state[:40]!r} is not one of {', '.join(LISTABLE)}")
-        return self._run("list", lambda c: self._list(c, state), log=False)
+        return self._run("list", lambda c: self._list(c, state, limit), log=False)
 
     def claim(
         self, factory_id: str, capabilities: Iterable[str], dry_run: bool = False, request_id: str | None = None,
@@ -172,6 +194,12 @@ class Coordinator:
         Leases are not touched: nothing leased or queued changes, so fencing is as before.
         """
         return self._run("requeue", lambda c: self._requeue_op(c, job_id), jobId=job_id)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """End a queued or leased job as ``cancelled`` (a composite: its children that have not ended and its
+        verify gate). A lease it had ends with it: the holder's next renew, release or report is 409
+        ``not_leased``, so it stops the tool and ships nothing. Cancelling a cancelled job changes nothing."""
+        return self._run("cancel", lambda c: self._cancel_op(c, job_id), jobId=job_id)
 
     def reap(self) -> list[dict[str, Any]]:
         """Return every expired lease's job to queued (or quarantine it when attempts are spent)."""
@@ -286,6 +314,8 @@ class Coordinator:
             if held is not None:
                 self._note_lease(c, held, replay=True)
                 return view(c.tx, held, c.now)
+        if not dry_run:
+            self._note_factory(c, factory_id, caps, skip)
         rec = self._pick(c.tx, caps, c.now, skip)
         if rec is None:
             c.ev["status"] = 204
@@ -299,7 +329,8 @@ class Coordinator:
         rec.update(state=JobState.LEASED.value, leaseEpoch=epoch, lease={
             "factoryId": factory_id, "leaseEpoch": epoch, "expiresAt": c.now + self.lease_ttl_s,
             "ttlS": self.lease_ttl_s, "requestId": request_id, "claimedAt": c.now,
-        })
+        }, leases=[*(rec.get("leases") or [])[-(LEASE_HISTORY - 1):],
+                   {"leaseEpoch": epoch, "factoryId": factory_id, "claimedAt": c.now}])
         c.tx.touch()
         self._seen(c, factory_id)
         self._note_lease(c, rec)
@@ -407,9 +438,37 @@ class Coordinator:
                 wire = lease_wire(rec)
                 wire["timeLeftS"] = round(rec["lease"]["expiresAt"] - c.now, 3)
                 leases.append(wire)
-        factories = [{"factoryId": f, "lastSeen": to_rfc3339(t)} for f, t in sorted(c.tx.hot["factories"].items())]
+        info = c.tx.hot.get("factoryInfo") or {}
+        factories = []
+        for f, t in sorted(c.tx.hot["factories"].items()):
+            age = round(max(0.0, c.now - t), 3)
+            factories.append({"factoryId": f, "lastSeen": to_rfc3339(t), "ageS": age,
+                              "liveness": liveness(age, self.lease_ttl_s), **(info.get(f) or {})})
+        stranded = self._stranded(c, factories)
         return {"counts": counts, "leases": sorted(leases, key=lambda x: x["jobId"]), "factories": factories,
-                "leaseTtlS": self.lease_ttl_s}
+                "leaseTtlS": self.lease_ttl_s, "stranded": stranded[:STRANDED_SHOWN], "strandedTotal": len(stranded)}
+
+    def _stranded(self, c: Ctx, factories: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """Queued jobs that no live factory can run: none has every capability the job ``requires``, or
+        each one that has them said it cannot run the job (its ``exclude``: a tool or program missing there).
+        A live factory whose capabilities are not known (seen before this was recorded) is assumed able."""
+        live = [f for f in factories if f["liveness"] == "live"]
+        out = []
+        for rec in c.tx.hot["jobs"].values():
+            if rec["state"] != JobState.QUEUED.value:
+                continue
+            job_id, needs = rec["spec"]["id"], frozenset(rec["spec"].get("requires", ()))
+            able = [f for f in live if "capabilities" not in f or needs <= frozenset(f["capabilities"])]
+            if not live:
+                why = "no factory seen within the lease TTL"
+            elif not able:
+                why = f"requires {', '.join(sorted(needs))}: no live factory has it"
+            elif all(job_id in f.get("cannotRun", ()) for f in able):
+                why = "every live factory able to take it said it cannot run it (tool or program missing there)"
+            else:
+                continue
+            out.append({"jobId": job_id, "why": why})
+        return sorted(out, key=lambda x: x["jobId"])
 
     def _shadow(self, c: Ctx, report: Any) -> dict[str, Any]:
         if not isinstance(report, Mapping) or report.get("shadow") is not True:
@@ -422,15 +481,16 @@ class Coordinator:
         c.ev.update(status=202, verdict=report["verdict"])
         return {"accepted": True}
 
-    def _list(self, c: Ctx, state: str | None) -> list[dict[str, Any]]:
+    def _list(self, c: Ctx, state: str | None, limit: int | None) -> dict[str, Any]:
         recs: list[dict[str, Any]] = []
         if state is None or state in (JobState.QUEUED.value, JobState.LEASED.value):
             recs.extend(r for r in c.tx.hot["jobs"].values() if (state is None or r["state"] == state)
                         and not stale(c.tx, r))  # a crash leftover: the archive wins
-        if state is None or state in TERMINAL or state == JobState.COMPOSITE.value:
+        if state is None or state in ENDED or state == JobState.COMPOSITE.value:
             recs.extend(r for r in c.tx.iter_archived() if state is None or r["state"] == state)
         recs.sort(key=lambda r: r["seq"])
-        return [full_view(c.tx, r, c.now) for r in recs]
+        page = recs if limit is None else recs[len(recs) - limit:] if limit else []
+        return {"jobs": [full_view(c.tx, r, c.now) for r in page], "total": len(recs)}
 
     # ------------------------------------------------------------ state changes shared by operations
 
@@ -439,6 +499,7 @@ class Coordinator:
     ) -> dict[str, Any]:
         rec.update(state=state.value, lease=None, reason=reason, finishedAt=c.now,
                    outcome=end.get("outcome") or state.value)
+        _close_lease(rec, end, reason, c.now)
         result = view(c.tx, rec, c.now)
         from coordinator_stub import composite_rules
 
@@ -452,6 +513,44 @@ class Coordinator:
         if parent_id and state is JobState.SHIPPED:
             composite_rules.maybe_verify(c, parent_id)
         return result
+
+    def _cancel_op(self, c: Ctx, job_id: str) -> dict[str, Any]:
+        from coordinator_stub import composite_rules
+
+        rec = find(c.tx, job_id)
+        if rec["state"] == JobState.COMPOSITE.value:
+            cancelled = composite_rules.cancel_family(c, rec, self._cancel_one)
+        elif rec["state"] in (JobState.QUEUED.value, JobState.LEASED.value):
+            self._cancel_one(c, find_opt(c.tx, job_id, lease=True) or rec)
+            cancelled = [job_id]
+        elif rec["state"] == JobState.CANCELLED.value:
+            cancelled = []  # a repeat (its first answer lost): the same state, nothing new
+        else:
+            raise Conflict(f"job {job_id}: is {rec['state']}; only a queued or leased job (or a composite) "
+                           "can be cancelled")
+        c.ev["cancelled"] = cancelled
+        return {**full_view(c.tx, find(c.tx, job_id), c.now), "cancelled": cancelled}
+
+    def _cancel_one(self, c: Ctx, rec: dict[str, Any]) -> None:
+        """One queued or leased record ends cancelled. Its lease ends too: fencing (``_fence``) then finds no
+        lease, so the holder's renew, release or report is 409 ``not_leased`` and nothing of it ships."""
+        active = lease_state(rec, c.now) is LeaseState.ACTIVE
+        holder = rec["lease"]["factoryId"] if active else None
+        end = {"op": "cancel", "factoryId": holder, "leaseEpoch": rec["leaseEpoch"], "outcome": None}
+        reason = "cancelled by the operator" + (f" (lease epoch {rec['leaseEpoch']} of {holder} ended)"
+                                                if holder else "")
+        if holder:
+            c.ev.setdefault("fenced", []).append({"jobId": rec["spec"]["id"], "factoryId": holder,
+                                                  "leaseEpoch": rec["leaseEpoch"]})
+        self._finish(c, rec, JobState.CANCELLED, reason, end)
+
+    def _note_factory(self, c: Ctx, factory_id: str, caps: frozenset[str], cannot_run: frozenset[str]) -> None:
+        """What a claim says about its factory, for ``status`` (stranded jobs): written only when it changed."""
+        info = c.tx.hot.setdefault("factoryInfo", {})
+        now = {"capabilities": sorted(caps), "cannotRun": sorted(cannot_run)[:CANNOT_RUN_KEPT]}
+        if info.get(factory_id) != now:
+            info[factory_id] = now
+            c.tx.touch()
 
     def _requeue_op(self, c: Ctx, job_id: str) -> dict[str, Any]:
         from coordinator_stub import composite_rules
@@ -471,6 +570,7 @@ class Coordinator:
         self, c: Ctx, rec: dict[str, Any], reason: str, not_before: float | None, end: dict[str, Any]
     ) -> dict[str, Any]:
         rec.update(state=JobState.QUEUED.value, lease=None, reason=reason or None, notBefore=not_before)
+        _close_lease(rec, end, reason, c.now)
         result = view(c.tx, rec, c.now)
         # Without the spec (it may hold a 1 MB prompt): the hot record and each journal line stay small;
         # a replay puts the spec, which never changes, back in (_fence).
@@ -532,3 +632,13 @@ class Coordinator:
         from coordinator_stub import composite_rules
 
         return composite_rules.family_allows(tx, spec, parents)
+
+
+def _close_lease(rec: dict[str, Any], end: Mapping[str, Any], reason: str, now: float) -> None:
+    """The lease history entry of the lease ``end`` ended gets its end (op, outcome, reason, time)."""
+    leases = list(rec.get("leases") or [])
+    if not leases or leases[-1].get("endedAt") is not None or leases[-1]["leaseEpoch"] != end.get("leaseEpoch"):
+        return
+    how = end["op"] + (f" {end['outcome']}" if end.get("outcome") else "")
+    leases[-1] = {**leases[-1], "endedAt": now, "end": how, "reason": reason or None}
+    rec["leases"] = leases

@@ -2,11 +2,13 @@
 
 Records (the hot document's ``jobs`` values, and archived ones)::
 
-    {"spec": {...job spec...}, "state": "queued|leased|shipped|quarantined|composite",
+    {"spec": {...job spec...}, "state": "queued|leased|shipped|quarantined|cancelled|composite",
      "seq": n, "enqueuedAt": t, "maxAttempts": n, "attempts": n, "leaseEpoch": n, "digest": "...",
      "lease": null | {"factoryId", "leaseEpoch", "expiresAt", "ttlS", "requestId", "claimedAt"},
      "notBefore": t|null, "reason": str|null, "outcome": str|null, "detail": {}|null,
-     "finishedAt": t|null, "lastEnd": null | {"op", "factoryId", "leaseEpoch", "outcome", "result"}}
+     "finishedAt": t|null, "lastEnd": null | {"op", "factoryId", "leaseEpoch", "outcome", "result"},
+     "round": n (absent: 1; +1 per requeue), "leases": [{"leaseEpoch", "factoryId", "claimedAt",
+     "endedAt"?, "end"?, "reason"?}] (the last ``LEASE_HISTORY`` leases; absent in older records)}
 
 A composite parent (archived, state ``composite``) adds ``childIds``, ``order`` and,
 once its verify gate ran, ``verify: {"state": passed|failed, "round", "leaseEpoch",
@@ -49,11 +51,14 @@ class JobState(StrEnum):
     LEASED = "leased"
     SHIPPED = "shipped"
     QUARANTINED = "quarantined"
+    CANCELLED = "cancelled"  # by the operator (``cancel``): terminal, and never reported by a factory
     COMPOSITE = "composite"  # a composite parent: never claimable, its state is a rollup of its children
 
 
-TERMINAL = frozenset({JobState.SHIPPED.value, JobState.QUARANTINED.value})
+TERMINAL = frozenset({JobState.SHIPPED.value, JobState.QUARANTINED.value})  # what a factory may report
+ENDED = TERMINAL | {JobState.CANCELLED.value}  # archived: nothing runs any more
 LISTABLE = tuple(s.value for s in JobState)
+LEASE_HISTORY = 20  # lease entries a record keeps (``show --fleet``); older ones are in events.jsonl
 
 
 class LeaseState(Enum):
@@ -203,10 +208,27 @@ def view(tx: Tx, rec: dict[str, Any], now: float) -> dict[str, Any]:
     for key in ("reason", "outcome", "detail", "verifyOf"):
         if rec.get(key) is not None:
             meta[key] = rec[key]
+    if rec.get("round", 1) > 1:
+        meta["round"] = rec["round"]
+    last = rec.get("lastEnd")
+    if last is not None and last.get("factoryId"):
+        meta["lastFactoryId"] = last["factoryId"]
     out: dict[str, Any] = {"job": tx.spec_of(rec), "meta": meta}  # hot records hold only a summary
     out["lease"] = lease_wire(rec) if lease_state(rec, now) is LeaseState.ACTIVE else None
     if rec["state"] == JobState.COMPOSITE.value:
         out["job"] = {**rec["spec"], "childIds": rec["childIds"]}
+    return out
+
+
+def lease_history(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The record's leases as answered by ``GET /jobs/{id}`` (``meta.leases``): oldest first, times RFC 3339."""
+    out = []
+    for entry in rec.get("leases") or []:
+        item = dict(entry)
+        for key in ("claimedAt", "endedAt"):
+            if item.get(key) is not None:
+                item[key] = to_rfc3339(item[key])
+        out.append(item)
     return out
 
 

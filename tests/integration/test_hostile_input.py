@@ -101,7 +101,7 @@ def test_path_like_ids_are_refused_everywhere(tmp_path: Path, job_id: str) -> No
 def test_hostile_inbox_files_are_quarantined_and_the_daemon_stays_up(tmp_path: Path) -> None:
     root = tmp_path / "root"
     inbox = root / "inbox"
-    assert aq(root, "status").returncode == 0  # creates the layout
+    assert aq(root, "run", "--drain").returncode == 0  # creates the layout (a read like status never does)
     hostile: dict[str, bytes] = {
         "garbage.json": os.urandom(256),
         "deep.json": b"[" * 100_000 + b"]" * 100_000,

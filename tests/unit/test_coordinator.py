@@ -209,7 +209,7 @@ def test_status_shows_counts_leases_and_factories(coord: Coordinator, clock: Clo
     coord.claim("f1", ())
     clock.advance(2)
     st = coord.status()
-    assert st["counts"] == {"queued": 1, "leased": 1, "shipped": 0, "quarantined": 0}
+    assert st["counts"] == {"queued": 1, "leased": 1, "shipped": 0, "quarantined": 0, "cancelled": 0}
     assert st["leases"][0]["timeLeftS"] == pytest.approx(TTL - 2)
     assert st["factories"][0]["factoryId"] == "f1"
 
@@ -257,7 +257,7 @@ def test_composite_dependencies_and_rollup(coord: Coordinator) -> None:
     assert claim_id(coord) == "c2"
     coord.report("c2", "f1", 1, "quarantined")
     rollup = coord.get_job("epic")["rollup"]
-    assert rollup["counts"] == {"queued": 0, "running": 0, "blocked": 1, "shipped": 1, "quarantined": 1}
+    assert rollup["counts"] == {"queued": 0, "running": 0, "blocked": 1, "shipped": 1, "quarantined": 1, "cancelled": 0}
     assert rollup["state"] == "quarantined"
     assert coord.claim("f1", ()) is None  # a quarantined dependency blocks its dependents
 
