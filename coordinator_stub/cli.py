@@ -26,15 +26,17 @@ def _settings(ctx: click.Context, ignore_dry_run: bool = False) -> StubSettings:
     return load_settings(os.environ, opts["state"], opts["lease_ttl"], ignore_dry_run)
 
 
-def _coordinator(settings: StubSettings, store: Any = None) -> Any:
+def _coordinator(settings: StubSettings, opened: tuple[Any, Any] | None = None) -> Any:
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.stores.file import JsonStore
+    from coordinator_stub.stores.choose import open_store
 
-    return Coordinator(store or JsonStore(settings.state_dir), time.time, settings.lease_ttl_s)
+    store, clock = opened or open_store(settings)
+    return Coordinator(store, clock, settings.lease_ttl_s)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--state", metavar="DIR", help="State directory (env AQ_STUB_STATE).")
+@click.option("--state", metavar="DIR|URL",
+              help="State directory, or a postgresql:// URL (env AQ_STUB_STATE).")
 @click.option("--lease-ttl", metavar="S", help="Lease time-to-live in seconds (env AQ_STUB_LEASE_TTL_S, default 60).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request (never the token).")
 @click.pass_context
@@ -75,12 +77,14 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
     def announce(url: str) -> None:
         click.echo(f"listening on {url}", err=True)
 
-    from coordinator_stub.stores.file import JsonStore
+    from coordinator_stub.stores.choose import open_store
 
-    store = JsonStore(settings.state_dir, tidy_later=True)  # the server tidies after each answer is sent
-    run_server(_coordinator(settings, store), host, port, settings.token, settings.ignore_dry_run, announce)
+    store, clock = open_store(settings, serving=True)  # a file store tidies after each answer is sent
+    run_server(_coordinator(settings, (store, clock)), host, port, settings.token, settings.ignore_dry_run, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
-        store.checkpoint()
+        if settings.database_url is None:
+            store.checkpoint()
+        store.close()
     except (OSError, AQError) as exc:  # nothing is lost: the journal holds it, the next operation folds it
         logging.getLogger(__name__).warning("checkpoint on stop skipped: %s", exc)
 
@@ -131,6 +135,34 @@ def enqueue(ctx: click.Context, file: Any) -> None:
         raise BadInput(f"{file.name}: malformed JSON ({exc})") from exc
     created, view = _coordinator(_settings(ctx)).enqueue(spec)
     click.echo(f"{'enqueued' if created else 'already enqueued'} {view['job']['id']}")
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Apply the PostgreSQL schema (--state URL); idempotent. Stop every serve replica before an upgrade."""
+    from coordinator_stub.stores import pg_admin
+
+    settings = _settings(ctx)
+    if settings.database_url is None:
+        from agent_queue.errors import ConfigError
+
+        raise ConfigError("migrate: --state must be a postgresql:// URL (a state directory needs no migration)")
+    applied, version = pg_admin.migrate_database(settings.database_url)
+    for name in applied:
+        click.echo(f"applied {name}")
+    click.echo(f"schema version {version}")
+
+
+@cli.command()
+@click.option("--from", "src", required=True, metavar="DIR", help="The file store's state directory.")
+@click.option("--to", "dst", required=True, metavar="URL", help="A migrated, empty PostgreSQL database.")
+def copy(src: str, dst: str) -> None:
+    """Move a fleet's state from a state directory to PostgreSQL: jobs, leases (epochs), archive, history, logs."""
+    from coordinator_stub.stores import pg_admin
+
+    counts = pg_admin.copy_dir_to_database(src, dst)
+    click.echo("copied " + "  ".join(f"{k}={v}" for k, v in counts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
