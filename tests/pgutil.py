@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -107,3 +109,64 @@ def inspect_store(url: str) -> Any:
             return [r[0] for r in self._rows("SELECT rec FROM aq_history ORDER BY n")]
 
     return InspectablePgStore(url)
+
+
+class Cluster:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl) that a test may crash and restart; never the shared one."""
+
+    def __init__(self, port: int) -> None:
+        import shutil
+        import tempfile
+
+        self.port = port
+        self.bindir = _pg_bindir()
+        if self.bindir is None or shutil.which("pg_ctl", path=self.bindir) is None:
+            unavailable("initdb/pg_ctl are not installed (a test needs a throwaway cluster)")
+        self.root = Path(tempfile.mkdtemp(prefix="aq-pg-cluster-"))
+        self.data = self.root / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(Path(self.bindir or "") / argv[0]), *argv[1:]]
+        if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:2])} failed: {out.stderr or out.stdout}")
+        return out
+
+    def start(self) -> Cluster:
+        if os.geteuid() == 0:
+            shutil_chown(self.root)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=on", "start")
+        return self
+
+    def crash_restart(self) -> None:
+        """``pg_ctl restart -m immediate``: no shutdown checkpoint, crash recovery on start."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-m", "immediate", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "restart")
+
+    def stop(self) -> None:
+        import shutil
+
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def shutil_chown(path: Path) -> None:
+    import shutil
+
+    shutil.chown(path, "postgres", "postgres")
+
+
+def _pg_bindir() -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which("pg_ctl")
+    if found:
+        return str(Path(found).parent)
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    return dirs[-1] if dirs else None

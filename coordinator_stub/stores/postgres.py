@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 CLAIM_BATCH = 64  # queued rows read per round trip while the core looks for one it may hand out
 POOL_SIZE = 8  # connections of a serving replica (operations are serial anyway: more only wait)
+POOL_WAIT_S = 5.0  # a request waits this long for a connection, then answers 503 (the client retries)
 JOB_COLUMNS = "id, state, priority, seq, leased, rec"
 
 
@@ -241,7 +242,8 @@ class PgStore(Store):
             from psycopg_pool import ConnectionPool
 
             self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=False, configure=_configure,
-                                        check=ConnectionPool.check_connection, name="coordinator-stub")
+                                        check=ConnectionPool.check_connection, name="coordinator-stub",
+                                        timeout=POOL_WAIT_S)
             with self._guard():
                 self._pool.open(wait=True, timeout=10.0)
         if check_schema:
