@@ -78,11 +78,12 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
         click.echo(f"listening on {url}", err=True)
 
     from coordinator_stub.stores.choose import open_store
+    from coordinator_stub.stores.file import JsonStore
 
     store, clock = open_store(settings, serving=True)  # a file store tidies after each answer is sent
     run_server(_coordinator(settings, (store, clock)), host, port, settings.token, settings.ignore_dry_run, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
-        if settings.database_url is None:
+        if isinstance(store, JsonStore):
             store.checkpoint()
         store.close()
     except (OSError, AQError) as exc:  # nothing is lost: the journal holds it, the next operation folds it

@@ -20,7 +20,7 @@ from agent_queue.errors import BadInput
 from coordinator_stub.settings import redact_url
 from coordinator_stub.stores.base import summarize
 from coordinator_stub.stores.pg_migrations import ADVISORY_KEY, check_version, current_version, migrate
-from coordinator_stub.stores.postgres import JOB_COLUMNS, db_errors, dumps, job_row
+from coordinator_stub.stores.postgres import INSERT_JOB, db_errors, dumps, job_row
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -99,8 +99,7 @@ def _refuse_unless_empty(cur: psycopg.Cursor[tuple[Any, ...]], url: str) -> None
 def _write(cur: psycopg.Cursor[tuple[Any, ...]], snap: dict[str, Any]) -> None:
     cur.execute("UPDATE aq_meta SET doc = %s WHERE id = 1", (dumps(snap["meta"]),))
     if snap["jobs"]:
-        cur.executemany(f"INSERT INTO aq_jobs ({JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
-                        [job_row(job_id, rec) for job_id, rec in snap["jobs"].items()])
+        cur.executemany(INSERT_JOB, [job_row(job_id, rec) for job_id, rec in snap["jobs"].items()])
         cur.executemany("INSERT INTO aq_specs (id, spec) VALUES (%s, %s)",
                         [(job_id, dumps(spec)) for job_id, spec in snap["specs"].items()])
     if snap["archive"]:

@@ -17,6 +17,8 @@ from coordinator_stub.settings import redact_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import psycopg
 
 # One key for every operation and every migration: each store transaction takes it
@@ -42,7 +44,7 @@ def migrations() -> list[tuple[int, str, str]]:
 SCHEMA_VERSION = 1  # the highest migration; a test pins it to migrations()
 
 
-def current_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+def current_version(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
     """The database's schema version (0: never migrated)."""
     row = conn.execute("SELECT to_regclass('aq_schema_version') IS NOT NULL").fetchone()
     if not row or not row[0]:
@@ -51,7 +53,7 @@ def current_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     return int(found[0]) if found else 0
 
 
-def check_version(conn: psycopg.Connection[tuple[object, ...]], url: str) -> None:
+def check_version(conn: psycopg.Connection[tuple[Any, ...]], url: str) -> None:
     """Refuse a database whose schema this coordinator-stub does not know, in one line naming both versions."""
     found = current_version(conn)
     conn.rollback()
@@ -62,7 +64,7 @@ def check_version(conn: psycopg.Connection[tuple[object, ...]], url: str) -> Non
                          f"version {SCHEMA_VERSION} ({hint})")
 
 
-def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+def migrate(conn: psycopg.Connection[tuple[Any, ...]]) -> list[str]:
     """Apply every missing migration, one transaction each; the names applied (empty: already current)."""
     applied = []
     for version, name, sql in migrations():

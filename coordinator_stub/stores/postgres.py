@@ -62,7 +62,15 @@ if TYPE_CHECKING:
 CLAIM_BATCH = 64  # queued rows read per round trip while the core looks for one it may hand out
 POOL_SIZE = 8  # connections of a serving replica (operations are serial anyway: more only wait)
 POOL_WAIT_S = 5.0  # a request waits this long for a connection, then answers 503 (the client retries)
-JOB_COLUMNS = "id, state, priority, seq, leased, rec"
+# A hot record's row; ``job_row`` gives its values in this order.
+INSERT_JOB = "INSERT INTO aq_jobs (id, state, priority, seq, leased, rec) VALUES (%s, %s, %s, %s, %s, %s)"
+UPSERT_JOB = INSERT_JOB + (" ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, priority = EXCLUDED.priority, "
+                           "seq = EXCLUDED.seq, leased = EXCLUDED.leased, rec = EXCLUDED.rec")
+# The queue's head in claim order (``core.claim_key``: priority DESC, seq), and the batch after a row.
+QUEUED_HEAD = ("SELECT id, priority, seq, rec FROM aq_jobs WHERE state = 'queued' "
+               "ORDER BY priority DESC, seq LIMIT %s")
+QUEUED_AFTER = ("SELECT id, priority, seq, rec FROM aq_jobs WHERE state = 'queued' "
+                "AND (priority < %s OR (priority = %s AND seq > %s)) ORDER BY priority DESC, seq LIMIT %s")
 
 
 def dumps(value: Any) -> str:
@@ -184,17 +192,14 @@ class PgTx(Tx):
 
     def _queued_rows(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(id, record) of queued rows, highest priority then oldest first: ``core.claim_key``'s order."""
-        sql = f"SELECT {JOB_COLUMNS} FROM aq_jobs WHERE state = 'queued'"
-        order = " ORDER BY priority DESC, seq LIMIT %s"
-        rows = self._cur.execute(sql + order, (CLAIM_BATCH,)).fetchall()
+        rows = self._cur.execute(QUEUED_HEAD, (CLAIM_BATCH,)).fetchall()
         while rows:
-            for job_id, _, _, _, _, rec in rows:
+            for job_id, _, _, rec in rows:
                 yield job_id, self.jobs.adopt(job_id, rec)
             if len(rows) < CLAIM_BATCH:
                 return
-            _, _, priority, seq, _, _ = rows[-1]
-            rows = self._cur.execute(sql + " AND (priority < %s OR (priority = %s AND seq > %s))" + order,
-                                     (priority, priority, seq, CLAIM_BATCH)).fetchall()
+            _, priority, seq, _ = rows[-1]
+            rows = self._cur.execute(QUEUED_AFTER, (priority, priority, seq, CLAIM_BATCH)).fetchall()
 
     def leased_records(self) -> list[dict[str, Any]]:
         jobs = self.jobs
@@ -206,7 +211,7 @@ class PgTx(Tx):
 
     def _load_archived(self, job_id: str) -> dict[str, Any] | None:
         row = self._cur.execute("SELECT rec FROM aq_archive WHERE id = %s", (job_id,)).fetchone()
-        return None if row is None else row[0]  # type: ignore[no-any-return]
+        return None if row is None else row[0]
 
     def _load_spec(self, job_id: str) -> dict[str, Any]:
         row = self._cur.execute("SELECT spec FROM aq_specs WHERE id = %s", (job_id,)).fetchone()
@@ -357,9 +362,7 @@ def _commit_state(cur: Cursor, tx: PgTx, meta_before: str) -> None:
     upserts = [job_row(job_id, rec) for job_id in sorted(jobs.changed) if (rec := jobs.peek(job_id)) is not None]
     removed = [job_id for job_id in sorted(jobs.changed) if jobs.peek(job_id) is None]
     if upserts:
-        cur.executemany(f"INSERT INTO aq_jobs ({JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
-                        "ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, priority = EXCLUDED.priority, "
-                        "seq = EXCLUDED.seq, leased = EXCLUDED.leased, rec = EXCLUDED.rec", upserts)
+        cur.executemany(UPSERT_JOB, upserts)
     if removed:
         cur.execute("DELETE FROM aq_jobs WHERE id = ANY(%s)", (removed,))
     if gone:

@@ -12,7 +12,6 @@ exactly once, none is lost, and nothing ships after a 409.
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import signal
 import socket

@@ -47,7 +47,8 @@ def test_an_unmigrated_or_newer_database_is_refused_naming_both_versions(pg_data
         admin.execute('CREATE DATABASE "aq_test_unmigrated"')
     try:
         url = with_database(admin_dsn(), "aq_test_unmigrated")
-        with pytest.raises(SchemaMismatch, match=f"schema version 0, this coordinator-stub needs version {SCHEMA_VERSION}"):
+        needs = f"schema version 0, this coordinator-stub needs version {SCHEMA_VERSION}"
+        with pytest.raises(SchemaMismatch, match=needs):
             PgStore(url)
         out = stub("--state", url, "status")
         assert out.returncode == 1
