@@ -72,6 +72,17 @@ def claim_key(rec: Mapping[str, Any]) -> tuple[int, int]:
     return -rec["spec"].get("priority", 0), rec["seq"]
 
 
+def full_view(tx: Tx, rec: dict[str, Any], now: float) -> dict[str, Any]:
+    """A record as answered, with a composite parent's rollup (its state computed from its children)."""
+    out = view(tx, rec, now)
+    if rec["state"] == JobState.COMPOSITE.value:
+        from coordinator_stub.composite_rules import rollup  # only for a composite
+
+        out["rollup"] = rollup(tx, rec)
+        out["meta"]["state"] = out["rollup"]["state"]
+    return out
+
+
 class InvalidReport(BadInput):
     """A shadow report that is not marked ``shadow: true`` (or lacks its fields)."""
 
@@ -100,7 +111,7 @@ class Coordinator:
         return self._run("enqueue", lambda c: self._enqueue(c, job, raw), jobId=job.id)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
-        return self._run("get", lambda c: view(c.tx, find(c.tx, job_id), c.now, full=True), log=False)
+        return self._run("get", lambda c: full_view(c.tx, find(c.tx, job_id), c.now), log=False)
 
     def list_jobs(self, state: str | None = None) -> list[dict[str, Any]]:
         if state is not None and state not in LISTABLE:
@@ -238,7 +249,7 @@ class Coordinator:
                 composite_rules.create_missing_children(c, job, raw)
                 c.ev["requeued"] = composite_rules.rerun(c, existing)
             c.ev["status"] = 200
-            return False, view(c.tx, existing, c.now, full=True)
+            return False, full_view(c.tx, existing, c.now)
         if job.kind == "composite":
             composite_rules.create_composite(c, job, raw, digest)
         else:
@@ -247,7 +258,7 @@ class Coordinator:
                     raise InvalidJob(f"job {job.id}.dependsOn: unknown job id {dep!r}")
             create(c, job.to_dict(), not_before_of(raw, f"job {job.id}"), digest)
         c.ev["status"] = 201
-        return True, view(c.tx, find(c.tx, job.id), c.now, full=True)
+        return True, full_view(c.tx, find(c.tx, job.id), c.now)
 
     def _claim(
         self, c: Ctx, factory_id: str, caps: frozenset[str], dry_run: bool, request_id: str | None,
@@ -377,7 +388,7 @@ class Coordinator:
         if state is None or state in TERMINAL or state == JobState.COMPOSITE.value:
             recs.extend(r for r in c.tx.iter_archived() if state is None or r["state"] == state)
         recs.sort(key=lambda r: r["seq"])
-        return [view(c.tx, r, c.now, full=True) for r in recs]
+        return [full_view(c.tx, r, c.now) for r in recs]
 
     # ------------------------------------------------------------ state changes shared by operations
 
@@ -412,7 +423,7 @@ class Coordinator:
         else:
             raise Conflict(f"job {job_id}: is {rec['state']}; only a quarantined job or a composite can be requeued")
         c.ev["requeued"] = requeued
-        return {**view(c.tx, find(c.tx, job_id), c.now, full=True), "requeued": requeued}
+        return {**full_view(c.tx, find(c.tx, job_id), c.now), "requeued": requeued}
 
     def _requeue(
         self, c: Ctx, rec: dict[str, Any], reason: str, not_before: float | None, end: dict[str, Any]

@@ -191,8 +191,8 @@ def state_of(tx: Tx, job_id: str) -> str | None:
 # ---------------------------------------------------------------- wire shapes (docs/fleet-api.md)
 
 
-def view(tx: Tx, rec: dict[str, Any], now: float, full: bool = False) -> dict[str, Any]:
-    """A record as answered; ``full`` adds a composite parent's rollup (its state computed from the children)."""
+def view(tx: Tx, rec: dict[str, Any], now: float) -> dict[str, Any]:
+    """A record as answered (``core.full_view`` adds a composite parent's rollup)."""
     meta: dict[str, Any] = {
         "state": rec["state"], "attempts": rec["attempts"], "maxAttempts": max_attempts(rec),
         "leaseEpoch": rec["leaseEpoch"], "enqueuedAt": to_rfc3339(rec["enqueuedAt"]),
@@ -207,11 +207,6 @@ def view(tx: Tx, rec: dict[str, Any], now: float, full: bool = False) -> dict[st
     out["lease"] = lease_wire(rec) if lease_state(rec, now) is LeaseState.ACTIVE else None
     if rec["state"] == JobState.COMPOSITE.value:
         out["job"] = {**rec["spec"], "childIds": rec["childIds"]}
-        if full:
-            from coordinator_stub.composite_rules import rollup  # only for a composite
-
-            out["rollup"] = rollup(tx, rec)
-            meta["state"] = out["rollup"]["state"]
     return out
 
 
