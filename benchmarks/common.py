@@ -131,8 +131,8 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0
         time.sleep(step)
 
 
-def serve_stub(state: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``coordinator-stub serve`` on a free loopback port; returns (process, base URL)."""
+def serve_stub(state: Path | str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``coordinator-stub serve`` (a state dir or a database URL) on a free loopback port; (process, URL)."""
     port = free_port()
     proc = spawn([STUB, "--state", str(state), "serve", "--host", "127.0.0.1", "--port", str(port)], env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -59,8 +59,12 @@ if TYPE_CHECKING:
     Cursor = psycopg.Cursor[tuple[Any, ...]]
     Connection = psycopg.Connection[tuple[Any, ...]]
 
-CLAIM_BATCH = 64  # queued rows read per round trip while the core looks for one it may hand out
-POOL_SIZE = 8  # connections of a serving replica (operations are serial anyway: more only wait)
+# Queued rows read per round trip while the core looks for one it may hand out: the head first (usually
+# its first row is taken), then batches this many times larger each time, up to CLAIM_BATCH_MAX.
+CLAIM_BATCH, CLAIM_BATCH_GROWTH, CLAIM_BATCH_MAX = 4, 4, 256
+# Connections of a serving replica: its operations run one at a time (``_serial``), so one is in use and
+# the other is ready when a restart broke the first.
+POOL_SIZE = 2
 POOL_WAIT_S = 5.0  # a request waits this long for a connection, then answers 503 (the client retries)
 # A hot record's row; ``job_row`` gives its values in this order.
 INSERT_JOB = "INSERT INTO aq_jobs (id, state, priority, seq, leased, rec) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -192,14 +196,16 @@ class PgTx(Tx):
 
     def _queued_rows(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(id, record) of queued rows, highest priority then oldest first: ``core.claim_key``'s order."""
-        rows = self._cur.execute(QUEUED_HEAD, (CLAIM_BATCH,)).fetchall()
+        size = CLAIM_BATCH
+        rows = self._cur.execute(QUEUED_HEAD, (size,)).fetchall()
         while rows:
             for job_id, _, _, rec in rows:
                 yield job_id, self.jobs.adopt(job_id, rec)
-            if len(rows) < CLAIM_BATCH:
+            if len(rows) < size:
                 return
             _, priority, seq, _ = rows[-1]
-            rows = self._cur.execute(QUEUED_AFTER, (priority, priority, seq, CLAIM_BATCH)).fetchall()
+            size = min(size * CLAIM_BATCH_GROWTH, CLAIM_BATCH_MAX)
+            rows = self._cur.execute(QUEUED_AFTER, (priority, priority, seq, size)).fetchall()
 
     def leased_records(self) -> list[dict[str, Any]]:
         jobs = self.jobs
@@ -241,14 +247,18 @@ class PgStore(Store):
         self.where = f"database {redact_url(url)}"
         self._local = threading.local()
         self._lock = threading.Lock()
+        # One operation at a time per process: they are serial across replicas anyway (the advisory lock),
+        # and threads queueing here instead of in the database's lock queue keep one connection busy, not all.
+        self._serial = threading.Lock()
         self._conn: Connection | None = None
         self._pool: Any = None
         if pooled:
             from psycopg_pool import ConnectionPool
 
+            # No check per checkout (a round trip per operation): a connection a restart broke fails its
+            # operation (503, retried by the client) and the pool replaces it.
             self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=False, configure=_configure,
-                                        check=ConnectionPool.check_connection, name="coordinator-stub",
-                                        timeout=POOL_WAIT_S)
+                                        name="coordinator-stub", timeout=POOL_WAIT_S)
             with self._guard():
                 self._pool.open(wait=True, timeout=10.0)
         if check_schema:
@@ -277,7 +287,7 @@ class PgStore(Store):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._connection() as conn, self._guard():
+        with self._serial, self._connection() as conn, self._guard():
             try:
                 with conn.cursor() as cur:
                     row = cur.execute("SELECT pg_advisory_xact_lock(%s), extract(epoch from clock_timestamp())::float8",
@@ -289,9 +299,10 @@ class PgStore(Store):
                     tx = PgTx(cur, meta[0])
                     before = dumps(meta[0])
                     yield tx
-                    if tx.dirty:
-                        _commit_state(cur, tx, before)
-                    _append_logs(cur, tx)
+                    with conn.pipeline():  # every write of the commit in one round trip
+                        if tx.dirty:
+                            _commit_state(cur, tx, before)
+                        _append_logs(cur, tx)
                 conn.commit()
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
