@@ -34,11 +34,21 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str, module_level: bool = False) -> None:
     """Skip (with the reason) or, under ``AQ_REQUIRE_PG=1``, fail."""
     if os.environ.get("AQ_REQUIRE_PG") == "1":
         pytest.fail(f"PostgreSQL is required here (AQ_REQUIRE_PG=1) but {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL tests skipped: {reason}")
+    pytest.skip(f"PostgreSQL tests skipped: {reason}", allow_module_level=module_level)
+
+
+def need_psycopg() -> Any:
+    """psycopg, for a test module that imports it (or the PostgreSQL store) at its top; else skip/fail it."""
+    try:
+        import psycopg
+    except ImportError:
+        unavailable("psycopg is not installed (pip install 'agent-queue[postgres]')", module_level=True)
+        raise
+    return psycopg
 
 
 def create_database(prefix: str = "aq_test") -> tuple[str, Any]:

@@ -20,15 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import requests
 from cli_support import wait_for
 from fleet_support import Daemons, daemons, fleet_env, local_records, result_of
 
-from tests.pgutil import Cluster, reset
+from tests.pgutil import Cluster, need_psycopg, reset
 from tests.stubutil import RunningStub, running_stub
 
+psycopg = need_psycopg()
 pytestmark = pytest.mark.postgres
 TOKEN = "pg-fleet-token"
 TTL_S = 4

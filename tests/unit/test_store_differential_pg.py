@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from test_store_differential import World, norm
 
-from coordinator_stub.stores import postgres
-from tests.pgutil import inspect_store, reset
+from tests.pgutil import inspect_store, need_psycopg, reset
+
+need_psycopg()
+from coordinator_stub.stores import postgres  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 

@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from agent_queue.errors import Fenced, SchemaMismatch, StoreUnavailable
@@ -21,9 +20,11 @@ from coordinator_stub.core import Coordinator
 from coordinator_stub.settings import load_settings, redact_url
 from coordinator_stub.stores.file import JsonStore
 from coordinator_stub.stores.pg_migrations import SCHEMA_VERSION, migrations
-from coordinator_stub.stores.postgres import PgStore
-from tests.pgutil import admin_dsn, create_database, inspect_store, with_database
+from tests.pgutil import admin_dsn, create_database, inspect_store, need_psycopg, with_database
 from tests.stubutil import STUB_ARGV, stub_env
+
+psycopg = need_psycopg()  # skipped with the reason where psycopg is missing (a failure under AQ_REQUIRE_PG=1)
+from coordinator_stub.stores.postgres import PgStore  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 
