@@ -66,13 +66,13 @@ def main() -> None:
         common.save(args.out, "b8_pg_http", {"headline": {"status": "unavailable", "reason": reason,
                                                           "target": TARGET}}, args.smoke)
         return
-    rounds, seconds, jobs = (1, 0.2, 1500) if args.smoke else (3, 1.5, 30000)
+    rounds, seconds, jobs = (1, 0.2, 1500) if args.smoke else (3, 1.5, 10000)
     keys = ("file", "pg1", "pg2", "floor")
     samples: dict[str, dict[str, list[float]]] = {k: {c: [] for c in CLIENTS} for k in keys}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         h = common.History()
-        h.queued(jobs)
+        h.bulk_queued(jobs)
         h.dump(tmp / "stub")
         proc, file_url = common.serve_stub(tmp / "stub")
         stack.callback(common.stop, proc)

@@ -80,7 +80,7 @@ def measure_file(depths: list[int], n_http: int, n_seam: int) -> dict[str, Any]:
     have = 0
     with tempfile.TemporaryDirectory() as tmp:
         for depth in depths:
-            h.queued(depth - have)
+            h.bulk_queued(depth - have, prefix=f"d{depth}")
             have = depth
             state = Path(tmp) / f"d{depth}"
             h.dump(state)

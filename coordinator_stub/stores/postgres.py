@@ -66,6 +66,11 @@ CLAIM_BATCH, CLAIM_BATCH_GROWTH, CLAIM_BATCH_MAX = 4, 4, 256
 # the other is ready when a restart broke the first.
 POOL_SIZE = 2
 POOL_WAIT_S = 5.0  # a request waits this long for a connection, then answers 503 (the client retries)
+# An operation begins: the advisory lock every operation takes, and the database clock's reading for it.
+BEGIN_OP = "SELECT pg_advisory_xact_lock(%s), extract(epoch from clock_timestamp())::float8"
+# Then (a separate statement: its snapshot is taken once the lock is held) the meta row and the leased rows.
+READ_META = ("SELECT doc, (SELECT coalesce(json_agg(json_build_array(id, rec) ORDER BY seq), '[]'::json) "
+             "FROM aq_jobs WHERE leased) FROM aq_meta WHERE id = 1")
 # A hot record's row; ``job_row`` gives its values in this order.
 INSERT_JOB = "INSERT INTO aq_jobs (id, state, priority, seq, leased, rec) VALUES (%s, %s, %s, %s, %s, %s)"
 UPSERT_JOB = INSERT_JOB + (" ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, priority = EXCLUDED.priority, "
@@ -177,10 +182,14 @@ class PgJobs:
 
 
 class PgTx(Tx):
-    def __init__(self, cur: Cursor, meta: dict[str, Any]) -> None:
+    """One operation's view. Rows read here stay valid for the whole transaction: it holds the advisory
+    lock, and its own writes wait for the commit, so the database does not change under it."""
+
+    def __init__(self, cur: Cursor, meta: dict[str, Any], leased: list[tuple[str, dict[str, Any]]]) -> None:
         self.jobs = PgJobs(cur)
         super().__init__({**meta, "jobs": self.jobs}, loaded_ids=[])  # removals are in ``jobs.changed``
         self._cur = cur
+        self._leased = leased  # read with the meta row: every operation's reaper asks first
 
     def queued_by(self, key: SortKey) -> Iterator[dict[str, Any]]:
         """Rows of ``aq_jobs_queued`` in claim order, merged with the records this transaction changed."""
@@ -210,8 +219,7 @@ class PgTx(Tx):
     def leased_records(self) -> list[dict[str, Any]]:
         jobs = self.jobs
         changed = jobs.changed
-        out = [jobs.adopt(job_id, rec) for job_id, rec in
-               self._cur.execute("SELECT id, rec FROM aq_jobs WHERE leased").fetchall() if job_id not in changed]
+        out = [jobs.adopt(job_id, rec) for job_id, rec in self._leased if job_id not in changed]
         out += [rec for job_id in changed if (rec := jobs.peek(job_id)) is not None and rec["lease"]]
         return sorted(out, key=seq_of)
 
@@ -289,21 +297,23 @@ class PgStore(Store):
     def transaction(self) -> Iterator[Tx]:
         with self._serial, self._connection() as conn, self._guard():
             try:
-                with conn.cursor() as cur:
-                    row = cur.execute("SELECT pg_advisory_xact_lock(%s), extract(epoch from clock_timestamp())::float8",
-                                      (ADVISORY_KEY,)).fetchone()
+                with conn.cursor() as cur, conn.cursor() as locking:
+                    with conn.pipeline():  # one round trip: the lock, then (its own snapshot, after it) the reads
+                        locking.execute(BEGIN_OP, (ADVISORY_KEY,))
+                        cur.execute(READ_META)
+                        row = locking.fetchone()
+                        meta = cur.fetchone()
                     self._local.now = float(row[1]) if row else None
-                    meta = cur.execute("SELECT doc FROM aq_meta WHERE id = 1").fetchone()
                     if meta is None:
                         raise StateError(f"{self.where}: aq_meta has no row (not made by 'coordinator-stub migrate')")
-                    tx = PgTx(cur, meta[0])
+                    tx = PgTx(cur, meta[0], [(r[0], r[1]) for r in meta[1]])
                     before = dumps(meta[0])
                     yield tx
-                    with conn.pipeline():  # every write of the commit in one round trip
+                    with conn.pipeline():  # every write of the commit, and the commit, in one round trip
                         if tx.dirty:
                             _commit_state(cur, tx, before)
                         _append_logs(cur, tx)
-                conn.commit()
+                        conn.commit()
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
