@@ -41,7 +41,7 @@ def _coordinator(settings: StubSettings, opened: tuple[Any, Any] | None = None) 
 @click.option("-v", "--verbose", is_flag=True, help="Log every request (never the token).")
 @click.pass_context
 def cli(ctx: click.Context, state: str | None, lease_ttl: str | None, verbose: bool) -> None:
-    """A file-backed fleet coordinator: leases with fencing tokens, a reaper, HTTP and a command seam."""
+    """A fleet coordinator (state in a directory or PostgreSQL): leases with fencing tokens, a reaper, HTTP, a seam."""
     ctx.obj = {"state": state, "lease_ttl": lease_ttl}
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

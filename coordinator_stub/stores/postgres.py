@@ -71,6 +71,8 @@ BEGIN_OP = "SELECT pg_advisory_xact_lock(%s), extract(epoch from clock_timestamp
 # Then (a separate statement: its snapshot is taken once the lock is held) the meta row and the leased rows.
 READ_META = ("SELECT doc, (SELECT coalesce(json_agg(json_build_array(id, rec) ORDER BY seq), '[]'::json) "
              "FROM aq_jobs WHERE leased) FROM aq_meta WHERE id = 1")
+# A lookup by id: the archived record and the hot one (the archive wins; records.find_opt decides).
+ARCHIVED_AND_HOT = ("SELECT (SELECT rec FROM aq_archive WHERE id = %s), (SELECT rec FROM aq_jobs WHERE id = %s)")
 # A hot record's row; ``job_row`` gives its values in this order.
 INSERT_JOB = "INSERT INTO aq_jobs (id, state, priority, seq, leased, rec) VALUES (%s, %s, %s, %s, %s, %s)"
 UPSERT_JOB = INSERT_JOB + (" ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, priority = EXCLUDED.priority, "
@@ -190,6 +192,7 @@ class PgTx(Tx):
         super().__init__({**meta, "jobs": self.jobs}, loaded_ids=[])  # removals are in ``jobs.changed``
         self._cur = cur
         self._leased = leased  # read with the meta row: every operation's reaper asks first
+        self._specs: dict[str, dict[str, Any]] = {}
 
     def queued_by(self, key: SortKey) -> Iterator[dict[str, Any]]:
         """Rows of ``aq_jobs_queued`` in claim order, merged with the records this transaction changed."""
@@ -224,14 +227,26 @@ class PgTx(Tx):
         return sorted(out, key=seq_of)
 
     def _load_archived(self, job_id: str) -> dict[str, Any] | None:
-        row = self._cur.execute("SELECT rec FROM aq_archive WHERE id = %s", (job_id,)).fetchone()
-        return None if row is None else row[0]
+        """The archived row; the hot row of the same id comes along (every lookup of the core asks for both)."""
+        jobs = self.jobs
+        if job_id in jobs.cache:
+            row = self._cur.execute("SELECT rec FROM aq_archive WHERE id = %s", (job_id,)).fetchone()
+            return None if row is None else row[0]
+        row = self._cur.execute(ARCHIVED_AND_HOT, (job_id, job_id)).fetchone()
+        archived, hot = row if row else (None, None)
+        if hot is None:
+            jobs.cache[job_id] = None
+        else:
+            jobs.adopt(job_id, hot)
+        return archived
 
     def _load_spec(self, job_id: str) -> dict[str, Any]:
-        row = self._cur.execute("SELECT spec FROM aq_specs WHERE id = %s", (job_id,)).fetchone()
-        if row is None:
-            raise StateError(f"spec of {job_id!r}: missing in aq_specs")
-        return row[0]  # type: ignore[no-any-return]
+        if job_id not in self._specs:  # write-once per id: read once per transaction (its own object)
+            row = self._cur.execute("SELECT spec FROM aq_specs WHERE id = %s", (job_id,)).fetchone()
+            if row is None:
+                raise StateError(f"spec of {job_id!r}: missing in aq_specs")
+            self._specs[job_id] = row[0]
+        return self._specs[job_id]  # type: ignore[no-any-return]
 
     def iter_archived(self) -> Iterator[dict[str, Any]]:
         stored = {job_id: rec for job_id, rec in self._cur.execute("SELECT id, rec FROM aq_archive").fetchall()}
