@@ -233,7 +233,8 @@ class PgTx(Tx):
             row = self._cur.execute("SELECT rec FROM aq_archive WHERE id = %s", (job_id,)).fetchone()
             return None if row is None else row[0]
         row = self._cur.execute(ARCHIVED_AND_HOT, (job_id, job_id)).fetchone()
-        archived, hot = row if row else (None, None)
+        archived: dict[str, Any] | None = row[0] if row else None
+        hot = row[1] if row else None
         if hot is None:
             jobs.cache[job_id] = None
         else:
@@ -246,7 +247,7 @@ class PgTx(Tx):
             if row is None:
                 raise StateError(f"spec of {job_id!r}: missing in aq_specs")
             self._specs[job_id] = row[0]
-        return self._specs[job_id]  # type: ignore[no-any-return]
+        return self._specs[job_id]
 
     def iter_archived(self) -> Iterator[dict[str, Any]]:
         stored = {job_id: rec for job_id, rec in self._cur.execute("SELECT id, rec FROM aq_archive").fetchall()}
