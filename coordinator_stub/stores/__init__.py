@@ -17,8 +17,8 @@ One module, one job::
       pg_admin.py     ``migrate`` and ``copy`` (a state directory into a database)
     choose.py       the front ends' choice of store (and its clock) from ``--state``
 
-Nothing imports a concrete store except ``choose.py`` (for the front ends,
-``seam.py`` and ``cli.py``) and the PostgreSQL store's own administration;
+The front ends (``seam.py``, ``cli.py``) open a store through ``choose.py``
+(``cli.py`` also names ``JsonStore`` for ``serve``'s checkpoint on stop);
 psycopg is imported by ``postgres.py`` and ``pg_admin.py`` only.
 
 Nothing is re-exported here: the command seam pays for every module it
