@@ -123,3 +123,20 @@ class StateError(AQError):
     """A state file on disk is unreadable or inconsistent."""
 
     code = "state_error"
+
+
+class SchemaMismatch(StateError):
+    """The coordinator's database has another schema version than this coordinator-stub knows (exit 1)."""
+
+    code = "schema_mismatch"
+
+
+class StoreUnavailable(StateError):
+    """The coordinator's database did not answer (down, failing over, restarting); retryable (HTTP 503).
+
+    The operation may or may not have committed: a claim is settled by its
+    ``requestId``, a report or release by its exact replay, as after any lost answer.
+    """
+
+    code = "store_unavailable"
+    http_status = 503

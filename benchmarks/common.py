@@ -131,8 +131,8 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0
         time.sleep(step)
 
 
-def serve_stub(state: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``coordinator-stub serve`` on a free loopback port; returns (process, base URL)."""
+def serve_stub(state: Path | str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``coordinator-stub serve`` (a state dir or a database URL) on a free loopback port; (process, URL)."""
     port = free_port()
     proc = spawn([STUB, "--state", str(state), "serve", "--host", "127.0.0.1", "--port", str(port)], env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -255,6 +255,27 @@ class History:
         ids = [self._enqueue(prefix, priority) for _ in range(n)]
         self.store.events.clear()
         return ids
+
+    def bulk_queued(self, n: int, prefix: str = "bq") -> None:
+        """Add ``n`` queued jobs fast: one through the core, the rest its copies with their own id and seq.
+
+        ``queued`` costs O(queue) per enqueue (a commit looks at every hot record); a 100k or 1M deep
+        queue needs records made without it, identical in shape to what the core makes.
+        """
+        import copy
+
+        [tmpl_id] = self.queued(1, prefix=f"{prefix}-tmpl")
+        rec, spec = self.store.hot["jobs"][tmpl_id], self.store.specs[tmpl_id]
+        jobs, specs = self.store.hot["jobs"], self.store.specs
+        for _ in range(n - 1):
+            self.seq += 1
+            self.store.hot["seq"] += 1
+            job_id = f"{prefix}-{self.seq:07d}"
+            clone = copy.copy(rec)
+            clone["seq"] = self.store.hot["seq"]
+            clone["spec"] = type(rec["spec"])({**rec["spec"], "id": job_id})
+            jobs[job_id] = clone
+            specs[job_id] = {**spec, "id": job_id}
 
     def finish_first(self, n: int) -> None:
         """Claim and ship the ``n`` jobs first in claim order (mirrors what a measurement did on disk)."""

@@ -26,21 +26,23 @@ def _settings(ctx: click.Context, ignore_dry_run: bool = False) -> StubSettings:
     return load_settings(os.environ, opts["state"], opts["lease_ttl"], ignore_dry_run)
 
 
-def _coordinator(settings: StubSettings, store: Any = None, must_exist: bool = False) -> Any:
+def _coordinator(settings: StubSettings, opened: tuple[Any, Any] | None = None, must_exist: bool = False) -> Any:
     """``must_exist``: a command that only reads or reaps refuses a state dir that is not there (exit 2)."""
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.stores.file import JsonStore
+    from coordinator_stub.stores.choose import open_store
 
-    return Coordinator(store or JsonStore(settings.state_dir, must_exist=must_exist), time.time, settings.lease_ttl_s)
+    store, clock = opened or open_store(settings, must_exist=must_exist)
+    return Coordinator(store, clock, settings.lease_ttl_s)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--state", metavar="DIR", help="State directory (env AQ_STUB_STATE).")
+@click.option("--state", metavar="DIR|URL",
+              help="State directory, or a postgresql:// URL (env AQ_STUB_STATE).")
 @click.option("--lease-ttl", metavar="S", help="Lease time-to-live in seconds (env AQ_STUB_LEASE_TTL_S, default 60).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request (never the token).")
 @click.pass_context
 def cli(ctx: click.Context, state: str | None, lease_ttl: str | None, verbose: bool) -> None:
-    """A file-backed fleet coordinator: leases with fencing tokens, a reaper, HTTP and a command seam."""
+    """A fleet coordinator (state in a directory or PostgreSQL): leases with fencing tokens, a reaper, HTTP, a seam."""
     ctx.obj = {"state": state, "lease_ttl": lease_ttl}
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -76,13 +78,17 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
     def announce(url: str) -> None:
         click.echo(f"listening on {url}", err=True)
 
+    from coordinator_stub.stores.choose import open_store
     from coordinator_stub.stores.file import JsonStore
 
-    store = JsonStore(settings.state_dir, tidy_later=True)  # the server tidies after each answer is sent
-    store.ensure()  # a directory it cannot use stops it here, not at every request
-    run_server(_coordinator(settings, store), host, port, settings.token, settings.ignore_dry_run, announce)
+    store, clock = open_store(settings, serving=True)  # a file store tidies after each answer is sent
+    if isinstance(store, JsonStore):
+        store.ensure()  # a directory it cannot use stops it here, not at every request
+    run_server(_coordinator(settings, (store, clock)), host, port, settings.token, settings.ignore_dry_run, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
-        store.checkpoint()
+        if isinstance(store, JsonStore):
+            store.checkpoint()
+        store.close()
     except (OSError, AQError) as exc:  # nothing is lost: the journal holds it, the next operation folds it
         logging.getLogger(__name__).warning("checkpoint on stop skipped: %s", exc)
 
@@ -135,6 +141,34 @@ def enqueue(ctx: click.Context, file: Any) -> None:
         raise BadInput(f"{file.name}: malformed JSON ({exc})") from exc
     created, view = _coordinator(_settings(ctx)).enqueue(spec)
     click.echo(f"{'enqueued' if created else 'already enqueued'} {view['job']['id']}")
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Apply the PostgreSQL schema (--state URL); idempotent. Stop every serve replica before an upgrade."""
+    from coordinator_stub.stores import pg_admin
+
+    settings = _settings(ctx)
+    if settings.database_url is None:
+        from agent_queue.errors import ConfigError
+
+        raise ConfigError("migrate: --state must be a postgresql:// URL (a state directory needs no migration)")
+    applied, version = pg_admin.migrate_database(settings.database_url)
+    for name in applied:
+        click.echo(f"applied {name}")
+    click.echo(f"schema version {version}")
+
+
+@cli.command()
+@click.option("--from", "src", required=True, metavar="DIR", help="The file store's state directory.")
+@click.option("--to", "dst", required=True, metavar="URL", help="A migrated, empty PostgreSQL database.")
+def copy(src: str, dst: str) -> None:
+    """Move a fleet's state from a state directory to PostgreSQL: jobs, leases (epochs), archive, history, logs."""
+    from coordinator_stub.stores import pg_admin
+
+    counts = pg_admin.copy_dir_to_database(src, dst)
+    click.echo("copied " + "  ".join(f"{k}={v}" for k, v in counts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ class StubServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: 16 clients connecting at once overflowed the default 5 (resets)
 
     def __init__(self, addr: tuple[str, int], coord: Coordinator, token: str | None, ignore_dry_run: bool) -> None:
         self.coord = coord

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from agent_queue.errors import AQError
 
@@ -35,21 +34,24 @@ if TYPE_CHECKING:
 def run_request(
     settings: StubSettings, method: str, path: str, body: bytes, lock: LockFactory | None = None
 ) -> tuple[int, dict[str, Any] | None]:
-    """Run one request against the state dir: (status, body). ``lock`` defaults to ``stores.locking.flock``.
+    """Run one request against the state (dir or database): (status, body). ``lock``: the dir's, default flock.
 
     An ``AQError`` (also one opening the state dir) becomes the JSON error body;
     anything else propagates (the spawned seam then exits non-zero).
     """
     from coordinator_stub.api import handle
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.stores.file import JsonStore
-    from coordinator_stub.stores.locking import flock
+    from coordinator_stub.stores.choose import open_store
 
     try:
-        coord = Coordinator(JsonStore(settings.state_dir, lock=lock or flock), time.time, settings.lease_ttl_s)
+        store, clock = open_store(settings, lock=lock)
+        coord = Coordinator(store, clock, settings.lease_ttl_s)
     except AQError as exc:
         return exc.http_status, exc.to_body()
-    return handle(coord, method, path, body, ignore_dry_run=settings.ignore_dry_run)
+    try:
+        return handle(coord, method, path, body, ignore_dry_run=settings.ignore_dry_run)
+    finally:
+        store.close()
 
 
 def encode_answer(status: int, body: dict[str, Any] | None) -> str:

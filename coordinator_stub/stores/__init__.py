@@ -11,10 +11,15 @@ One module, one job::
       locking.py      flock(2) per operation, with a deadline (LockTimeout)
       claim_index.py  queued ids in claim order and leased ids, kept across operations
       tracking.py     dict subclasses that note which hot records an operation changed
+    postgres.py     PgStore: a PostgreSQL database, shared by several ``serve`` replicas (docs/postgres.md)
+      pg_schema/      its numbered migrations (SQL)
+      pg_migrations.py  applying them, and the schema version every store checks
+      pg_admin.py     ``migrate`` and ``copy`` (a state directory into a database)
+    choose.py       the front ends' choice of store (and its clock) from ``--state``
 
-A new store (PostgreSQL) is one more sibling of ``memory.py`` and ``file.py``
-that implements ``base.Store``; nothing else imports a concrete store except
-the front ends that pick one (``seam.py``, ``cli.py``).
+The front ends (``seam.py``, ``cli.py``) open a store through ``choose.py``
+(``cli.py`` also names ``JsonStore`` for ``serve``'s checkpoint on stop);
+psycopg is imported by ``postgres.py`` and ``pg_admin.py`` only.
 
 Nothing is re-exported here: the command seam pays for every module it
 imports, so each importer names the module it needs.

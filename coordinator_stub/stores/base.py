@@ -266,3 +266,6 @@ class Store(ABC):
 
     def tidy(self) -> None:  # noqa: B027 - an optional hook: most stores leave nothing for later
         """Do what the last operation left for after its answer (a store built to defer it; else nothing)."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook: a store holding connections releases them
+        """Release what the store holds open (a database's connections); the store is not used after."""

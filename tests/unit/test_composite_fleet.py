@@ -13,7 +13,6 @@ from agent_queue import composite
 from agent_queue.errors import InvalidJob
 from coordinator_stub.core import Coordinator
 from coordinator_stub.stores.file import JsonStore
-from coordinator_stub.stores.memory import MemoryStore
 from tests.stubutil import seam_answer as seam
 
 
@@ -123,8 +122,8 @@ def _monotonic_clock() -> Any:
     return clock
 
 
-def test_coordinator_budget_stop_from_reported_durations() -> None:
-    coord = Coordinator(MemoryStore(), lambda: 1_000_000.0, lease_ttl_s=30)
+def test_coordinator_budget_stop_from_reported_durations(contract_store: Any) -> None:
+    coord = Coordinator(contract_store, lambda: 1_000_000.0, lease_ttl_s=30)
     coord.enqueue({"id": "epic", "kind": "composite", "budget": {"timeoutS": 10},
                    "children": [spec_of("a"), spec_of("b")]})
     view = coord.claim("f1", ())
@@ -136,8 +135,8 @@ def test_coordinator_budget_stop_from_reported_durations() -> None:
     assert roll["budget"]["spentS"] == 11.0
 
 
-def test_coordinator_parent_verify_is_pending_not_skipped() -> None:
-    coord = Coordinator(MemoryStore(), lambda: 1_000_000.0, lease_ttl_s=30)
+def test_coordinator_parent_verify_is_pending_not_skipped(contract_store: Any) -> None:
+    coord = Coordinator(contract_store, lambda: 1_000_000.0, lease_ttl_s=30)
     coord.enqueue({"id": "epic", "kind": "composite", "verify": ["true"], "children": [spec_of("a")]})
     view = coord.claim("f1", ())
     assert view is not None

@@ -11,7 +11,6 @@ import pytest
 from agent_queue.errors import Conflict, Fenced, NotLeased
 from coordinator_stub.core import Coordinator
 from coordinator_stub.stores.file import JsonStore
-from coordinator_stub.stores.memory import MemoryStore
 from tests.stubutil import seam_answer as seam
 
 
@@ -43,8 +42,8 @@ def rollup(coord: Coordinator) -> dict[str, Any]:
     return roll
 
 
-def test_parent_verify_is_claimable_once_after_every_child_shipped_and_gates_the_rollup() -> None:
-    coord = Coordinator(MemoryStore(), Clock(), lease_ttl_s=30)
+def test_parent_verify_is_claimable_once_after_every_child_shipped_and_gates_the_rollup(contract_store: Any) -> None:
+    coord = Coordinator(contract_store, Clock(), lease_ttl_s=30)
     coord.enqueue(EPIC)
     ship_next(coord, "a")
     ship_next(coord, "b")
@@ -132,8 +131,8 @@ def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their
     assert coord.claim("f1", ()) is None
 
 
-def test_requeue_of_a_job_that_is_not_quarantined_is_refused() -> None:
-    coord = Coordinator(MemoryStore(), Clock(), lease_ttl_s=30)
+def test_requeue_of_a_job_that_is_not_quarantined_is_refused(contract_store: Any) -> None:
+    coord = Coordinator(contract_store, Clock(), lease_ttl_s=30)
     coord.enqueue(leaf("solo"))
     with pytest.raises(Conflict, match="only a quarantined job or a composite"):
         coord.requeue("solo")

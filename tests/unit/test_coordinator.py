@@ -1,4 +1,4 @@
-"""Coordinator rules on the in-memory store with a fake clock: no sleeps, every rule of docs/fleet-api.md."""
+"""Coordinator rules with a fake clock, on the in-memory store and on PostgreSQL: every rule of docs/fleet-api.md."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+def store(contract_store: MemoryStore) -> MemoryStore:
+    """Each test runs on both stores (tests/conftest.py): the same assertions for MemoryStore and PgStore."""
+    return contract_store
 
 
 @pytest.fixture
