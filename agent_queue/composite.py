@@ -48,6 +48,36 @@ def validate_graph(children: Sequence[Job], *, where: str = "composite") -> list
     return _topological_order(by_id, where)
 
 
+def budget_problems(job: Job, *, where: str = "composite") -> list[str]:
+    """What makes a composite over budget before anything runs, one line per problem (empty: none).
+
+    A child's ``budget.timeoutS`` / ``costUsd`` is what one attempt of it may
+    spend; the children's together may not exceed the parent's budget, which
+    ``budget_stop`` enforces at run time anyway: a plan that exceeds it on paper
+    would only be quarantined half-way through.
+    """
+    problems = []
+    limits = {"timeoutS": job.budget.timeout_s, "costUsd": job.budget.cost_usd}
+    for key, limit in limits.items():
+        if limit is None:
+            continue
+        asked = {c.id: v for c in job.children
+                 if (v := c.budget.timeout_s if key == "timeoutS" else c.budget.cost_usd) is not None}
+        problems += [f"{where}: child {cid!r} budget.{key} {v:g} exceeds the parent's budget.{key} {limit:g}"
+                     for cid, v in asked.items() if v > limit]
+        if sum(asked.values()) > limit:
+            problems.append(f"{where}: the children's budget.{key} add up to {sum(asked.values()):g}, "
+                            f"over the parent's budget.{key} {limit:g}")
+    return problems
+
+
+def validate_budget(job: Job, *, where: str = "composite") -> None:
+    """Raise ``InvalidJob`` (one line per problem) when the children's budgets exceed the parent's."""
+    problems = budget_problems(job, where=where)
+    if problems:
+        raise InvalidJob("\n".join(problems))
+
+
 def _topological_order(by_id: dict[str, Job], where: str) -> list[str]:
     """Depth-first order; a back edge is a cycle, reported as ``a -> b -> a``."""
     order: list[str] = []

@@ -95,6 +95,7 @@ def enqueue(queue: LocalQueue, job: Job, check: Callable[[Job], None]) -> list[s
     writing anything. Returns the child ids queued by this call.
     """
     order = composite.validate_graph(job.children, where=f"job {job.id}")
+    composite.validate_budget(job, where=f"job {job.id}")
     check(job)
     for child in job.children:
         check(child)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 def create_composite(c: Ctx, job: Job, raw: Mapping[str, Any], digest: str) -> None:
     order = composite.validate_graph(job.children, where=f"job {job.id}")
+    composite.validate_budget(job, where=f"job {job.id}")
     raw_children = raw.get("children") or []
     for child in job.children:
         if child.id == job.id:

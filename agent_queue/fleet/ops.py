@@ -25,6 +25,7 @@ def enqueue(settings: Settings, spec: Any, where: str) -> str:
     job = Job.from_dict(spec, where=where)  # InvalidJob before anything is sent
     if job.kind == "composite":
         composite.validate_graph(job.children, where=f"job {job.id}")  # exit 2 naming the cycle / id, nothing sent
+        composite.validate_budget(job, where=f"job {job.id}")
     client = make_client(settings)
     try:
         client.enqueue(job.to_dict())
