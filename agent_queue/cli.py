@@ -217,6 +217,11 @@ def fleet_shadow_report(ctx: _Ctx, as_json: bool, since: str | None) -> None:
     click.echo(shadow.summary_to_json(summary) if as_json else shadow.format_summary(summary))
 
 
+from agent_queue.cli_plan import plan as _plan  # noqa: E402  (the planner's commands live beside this file)
+
+cli.add_command(_plan)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; the one place errors become exit codes and one-line messages."""
     try:

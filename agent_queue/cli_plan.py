@@ -1,0 +1,106 @@
+"""The planner's commands of the ``agent-queue`` CLI: ``plan``. Parse, call, print; errors go to ``cli.main``.
+
+Kept beside cli.py (registered there with ``add_command``) so the planner's
+flags do not crowd the queue's own commands. Approval is the rule: nothing
+is enqueued unless a person says so, on a terminal (y/N) or with ``--yes``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+
+from agent_queue.errors import BadInput
+from agent_queue.settings import Settings
+
+
+class _Obj(Protocol):
+    def settings(self, **more: Any) -> Settings: ...
+
+
+@click.command()
+@click.argument("prompt", required=False)
+@click.option("--tool", default="claude", show_default=True, help="The planning agent (any configured tool).")
+@click.option("--profile", default="default", show_default=True, help="Profile of the planning agent.")
+@click.option("--repo", help="Local git work tree the planner reads (a throwaway worktree; never changed).")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Spec file to write (default <ID>.json).")
+@click.option("--id", "epic_id", help="The composite's id (default: generated, epic-...).")
+@click.option("--verify", help='The epic\'s verify gate, split like a shell: --verify "make check".')
+@click.option("--budget-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds all children may run together (budget.timeoutS).")
+@click.option("--budget-cost", type=click.FloatRange(min=0), help="Dollars all children may cost (budget.costUsd).")
+@click.option("--max-tries", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Planner runs before giving up on a valid plan.")
+@click.option("--enqueue", "and_enqueue", is_flag=True, help="Enqueue the plan once approved (y/N, or --yes).")
+@click.option("--yes", is_flag=True, help="Approve without asking (needed with --enqueue off a terminal).")
+@click.option("--fleet", "to_fleet", is_flag=True, help="With --enqueue: send it to the coordinator.")
+@click.pass_obj
+def plan(obj: _Obj, /, prompt: str | None, and_enqueue: bool, yes: bool, to_fleet: bool, **opts: Any) -> None:
+    """Ask a planning agent to split an epic (PROMPT, or - for stdin) into a composite job; write it to a file."""
+    from agent_queue import plan_view, planner
+
+    if and_enqueue and not yes and not sys.stdin.isatty():
+        raise BadInput("plan --enqueue: no terminal to ask for approval; pass --yes, or enqueue FILE later")
+    settings = obj.settings()
+    epic = _epic(prompt)
+    repo = planner.local_repo(opts["repo"]) if opts["repo"] else None
+    req = planner.Request(epic=epic, parent={**_parent(opts, repo), "prompt": epic}, tool=opts["tool"],
+                          profile=opts["profile"], max_tries=opts["max_tries"], repo=repo)
+    outcome = planner.make_plan(settings, req, _print_refused)
+    out = Path(opts["out"] or f"{req.parent['id']}.json")
+    click.echo(plan_view.tree(outcome.spec))
+    drawing = planner.save(outcome.spec, out)
+    click.echo(f"plan: wrote {out} and {drawing}")
+    if and_enqueue:
+        enqueue_approved(settings, outcome.spec, out, yes=yes, to_fleet=to_fleet)
+
+
+def enqueue_approved(settings: Settings, spec: dict[str, Any], out: Path, *, yes: bool, to_fleet: bool) -> None:
+    """Enqueue ``spec`` when a person approves it (``yes``, or y at the prompt); else say how to later."""
+    from agent_queue import service
+    from agent_queue.fleet import ops as fleet_ops
+
+    n = len(spec.get("children") or ())
+    if not yes and not click.confirm(f"Enqueue {spec['id']} ({n} children){' to the fleet' if to_fleet else ''}?",
+                                     default=False):
+        click.echo(f"plan: not enqueued; approve it later with: agent-queue enqueue{' --fleet' if to_fleet else ''} "
+                   f"{out}")
+        return
+    click.echo((fleet_ops.enqueue if to_fleet else service.enqueue)(settings, spec, str(out)))
+
+
+def _epic(prompt: str | None) -> str:
+    text = sys.stdin.read() if prompt == "-" else prompt
+    if text is None or not text.strip():
+        raise BadInput("plan: give the epic as PROMPT (or - to read it from stdin)")
+    return text
+
+
+def _parent(opts: dict[str, Any], repo: Path | None) -> dict[str, Any]:
+    """The parent's fields a person sets (id, verify, budget); the planner only writes the children."""
+    import shlex
+
+    from agent_queue.jobs import new_job_id, validate_id
+
+    parent: dict[str, Any] = {"id": validate_id(opts["epic_id"], "--id") if opts["epic_id"] else new_job_id("epic")}
+    if repo is not None:
+        parent["repo"] = str(repo)
+    if opts["verify"]:
+        try:
+            parent["verify"] = shlex.split(opts["verify"])
+        except ValueError as exc:
+            raise BadInput(f"--verify: cannot split {opts['verify'][:40]!r} ({exc})") from None
+    budget = {k: v for k, v in (("timeoutS", opts["budget_timeout"]), ("costUsd", opts["budget_cost"]))
+              if v is not None}
+    if budget:
+        parent["budget"] = budget
+    return parent
+
+
+def _print_refused(number: int, problems: list[str]) -> None:
+    click.echo(f"plan: try {number} refused:", err=True)
+    for line in problems:
+        click.echo(f"  - {line}", err=True)
