@@ -218,8 +218,10 @@ def fleet_shadow_report(ctx: _Ctx, as_json: bool, since: str | None) -> None:
 
 
 from agent_queue.cli_plan import plan as _plan  # noqa: E402  (the planner's commands live beside this file)
+from agent_queue.cli_plan import replan as _replan  # noqa: E402
 
 cli.add_command(_plan)
+cli.add_command(_replan)
 
 
 def main(argv: list[str] | None = None) -> int:

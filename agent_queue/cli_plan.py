@@ -1,4 +1,4 @@
-"""The planner's commands of the ``agent-queue`` CLI: ``plan``. Parse, call, print; errors go to ``cli.main``.
+"""The planner's commands of the ``agent-queue`` CLI: ``plan``, ``replan``. Parse, call, print.
 
 Kept beside cli.py (registered there with ``add_command``) so the planner's
 flags do not crowd the queue's own commands. Approval is the rule: nothing
@@ -42,8 +42,8 @@ def plan(obj: _Obj, /, prompt: str | None, and_enqueue: bool, yes: bool, to_flee
     """Ask a planning agent to split an epic (PROMPT, or - for stdin) into a composite job; write it to a file."""
     from agent_queue import plan_view, planner
 
-    if and_enqueue and not yes and not sys.stdin.isatty():
-        raise BadInput("plan --enqueue: no terminal to ask for approval; pass --yes, or enqueue FILE later")
+    if and_enqueue:
+        _need_approver(yes, "plan --enqueue")
     settings = obj.settings()
     epic = _epic(prompt)
     repo = planner.local_repo(opts["repo"]) if opts["repo"] else None
@@ -56,6 +56,42 @@ def plan(obj: _Obj, /, prompt: str | None, and_enqueue: bool, yes: bool, to_flee
     click.echo(f"plan: wrote {out} and {drawing}")
     if and_enqueue:
         enqueue_approved(settings, outcome.spec, out, yes=yes, to_fleet=to_fleet)
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--prompt", "note", help="A note for the planner, added to the epic (what to do differently).")
+@click.option("--tool", help="The planning agent (default: the composite's planner, else claude).")
+@click.option("--profile", default="default", show_default=True, help="Profile of the planning agent.")
+@click.option("--max-tries", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Planner runs before giving up on a valid plan.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the new spec (and its .mmd) here.")
+@click.option("--yes", is_flag=True, help="Approve without asking (needed off a terminal).")
+@click.pass_obj
+def replan(obj: _Obj, /, job_id: str, note: str | None, tool: str | None, profile: str, max_tries: int,
+           out: str | None, yes: bool) -> None:
+    """Re-plan a composite with quarantined children: shipped children are kept, the rest re-planned."""
+    from agent_queue import plan_view, planner, replanning, service
+
+    _need_approver(yes, "replan")
+    settings = obj.settings()
+    queue = service.queue_for(settings)
+    parent = replanning.load_failed(queue, job_id)
+    req = replanning.request(queue, parent, note=note, tool=tool, profile=profile, max_tries=max_tries)
+    outcome = planner.make_plan(settings, req, _print_refused)
+    click.echo(plan_view.tree(outcome.spec))
+    if out:
+        click.echo(f"replan: wrote {out} and {planner.save(outcome.spec, Path(out))}")
+    if not yes and not click.confirm(f"Replace the unshipped children of {job_id}?", default=False):
+        click.echo(f"replan: {job_id} left as it was")
+        return
+    queued = replanning.apply(settings, queue, parent, outcome.spec)
+    click.echo(f"{job_id}: re-planned, queued {', '.join(queued) or 'nothing'}")
+
+
+def _need_approver(yes: bool, command: str) -> None:
+    if not yes and not sys.stdin.isatty():
+        raise BadInput(f"{command}: no terminal to ask for approval; pass --yes")
 
 
 def enqueue_approved(settings: Settings, spec: dict[str, Any], out: Path, *, yes: bool, to_fleet: bool) -> None:

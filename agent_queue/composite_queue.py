@@ -158,6 +158,99 @@ def _set_result(parent: Parent, **update: Any) -> dict[str, Any]:
     return result
 
 
+# --- re-planning ------------------------------------------------------------------
+
+
+REPLAN_FILE = "replan.json"
+REPLACED = "replaced"  # <root>/replaced/<child>.r<round>/: unshipped children a re-plan replaced, kept
+
+
+def replan_context(queue: LocalQueue, parent: Parent) -> tuple[list[dict[str, Any]], list[str]]:
+    """What a re-planning agent is shown: the shipped children's specs (kept unchanged) and, one line
+    per child, what happened to each (shipped, failed and why, never ran). A running child: ``Conflict``."""
+    kept, lines = [], []
+    for cid in parent.order:
+        entry = queue.get(cid) if queue.find(cid) is not None else None
+        if entry is None:
+            lines.append(f"{cid}: never ran")
+            continue
+        task = " ".join((entry.job.prompt or " ".join(entry.job.command)).split())[:300]
+        if entry.state is State.RUNNING:
+            raise Conflict(f"job {parent.id}: child {cid} is running; re-plan once it has finished")
+        if entry.state is State.SHIPPED:
+            kept.append(entry.job.to_dict())
+            lines.append(f"{cid}: SHIPPED (kept). Its task was: {task}")
+        elif entry.state is State.QUARANTINE:
+            lines.append(f"{cid}: FAILED after {entry.attempts} attempt(s): {entry.result.get('reason')}. "
+                         f"Its task was: {task}")
+        else:
+            lines.append(f"{cid}: did not run (waiting). Its task was: {task}")
+    return kept, lines
+
+
+def replan(queue: LocalQueue, parent: Parent, job: Job, check: Callable[[Job], None]) -> list[str]:
+    """Replace the parent's unshipped children by ``job``'s; shipped ones must be in ``job`` unchanged.
+
+    The graph and budget rules hold for the whole new family. Replaced children
+    leave the queue for ``replaced/`` (history kept). Crash-safe: the new plan is
+    written first (``replan.json``) and ``finish_replan`` completes it, also at
+    the next daemon start.
+    """
+    order = composite.validate_graph(job.children, where=f"job {job.id}")
+    composite.validate_budget(job, where=f"job {job.id}")
+    kept, _ = replan_context(queue, parent)
+    new = {c.id: c for c in job.children}
+    for spec in kept:
+        child = new.get(spec["id"])
+        if child is None or child.to_dict() != spec:
+            raise Conflict(f"job {job.id}: shipped child {spec['id']} must be kept unchanged by a re-plan")
+    old = set(parent.child_ids)
+    for child in job.children:
+        check(child)
+        if child.id not in old and queue.find(child.id) is not None:
+            raise Conflict(f"job {job.id}: child id {child.id!r} already used")
+    rounds = len(parent.result.get("plans") or ()) + 1
+    replaced = [cid for cid in parent.child_ids if cid not in {k["id"] for k in kept}]
+    fam = family(queue, parent)
+    spend = composite.spent({cid: fam[cid] for cid in replaced})
+    write_json_atomic(parent.path / REPLAN_FILE, {"spec": job.to_dict(), "order": order, "round": rounds,
+                                                  "replaced": replaced, "digest": _digest(job),
+                                                  "spentS": spend[0], "costUsd": spend[1]})
+    return finish_replan(queue, parent.id)
+
+
+def finish_replan(queue: LocalQueue, parent_id: str) -> list[str]:
+    """Complete a re-plan written to ``replan.json`` (idempotent); the child ids it queued."""
+    parent = load(queue, parent_id)
+    if parent is None or not (parent.path / REPLAN_FILE).exists():
+        return []
+    plan = read_json(parent.path / REPLAN_FILE)
+    job = Job.from_dict(plan["spec"], where=f"{parent.path / REPLAN_FILE}")
+    if not plan.get("retired"):
+        for cid in plan["replaced"]:
+            state = queue.find(cid)
+            if state in (State.INBOX, State.QUARANTINE):
+                queue.retire(cid, state, REPLACED, label=f"r{plan['round']}",
+                             update={"reason": f"replaced by re-plan {plan['round']} of {parent_id}"})
+        write_json_atomic(parent.path / REPLAN_FILE, {**plan, "retired": True})
+    spec = job.to_dict()
+    spec.pop("children", None)
+    write_json_atomic(parent.path / PARENT_FILE, {"spec": spec, "childIds": [c.id for c in job.children],
+                                                  "order": plan["order"], "digest": plan["digest"]})
+    queued = [c.id for c in job.children if queue.find(c.id) is None]
+    for child in job.children:
+        if child.id in queued:
+            queue.enqueue(child)
+    entry = {"round": plan["round"], "at": now(), "replaced": plan["replaced"], "queued": queued,
+             "spentS": plan["spentS"], "costUsd": plan["costUsd"]}
+    history = [p for p in parent.result.get("plans") or () if p.get("round") != plan["round"]]
+    verify = {"verify": "pending", "attempts": 0, "reason": None} if parent.verify_state == "failed" else {}
+    _set_result(parent, plans=[*history, entry], **verify)
+    (parent.path / REPLAN_FILE).unlink()
+    log.info("composite re-planned", extra={"job_id": parent_id, "queued": len(queued)})
+    return queued
+
+
 # --- the family and its rollup ------------------------------------------------------
 
 
@@ -182,10 +275,16 @@ def family(queue: LocalQueue, parent: Parent) -> dict[str, dict[str, Any]]:
 def rollup(queue: LocalQueue, parent: Parent) -> dict[str, Any]:
     """The parent's status, computed from its children (never stored)."""
     out = composite.rollup(family(queue, parent), parent.order, budget=parent.spec.get("budget"),
-                           verify=parent.verify_state)
+                           verify=parent.verify_state, prior=prior(parent))
     if parent.verify_state == "failed" and parent.result.get("reason"):
         out["reason"] = f"{out['reason']}: {parent.result['reason']}"
     return {"id": parent.id, **out}
+
+
+def prior(parent: Parent) -> composite.Spend:
+    """What the parent spent outside its current children: each re-plan's replaced children."""
+    plans = parent.result.get("plans") or ()
+    return (sum(_num(p.get("spentS")) for p in plans), sum(_num(p.get("costUsd")) for p in plans))
 
 
 def rollups(queue: LocalQueue) -> list[dict[str, Any]]:
@@ -216,7 +315,7 @@ class Gate:
         if found is None or job.id not in found[1]:
             return True  # a child whose parent is not in this queue follows only its own dependsOn
         parent, fam = found
-        if composite.budget_stop(parent.spec.get("budget"), fam) is not None:
+        if composite.budget_stop(parent.spec.get("budget"), fam, prior(parent)) is not None:
             return False
         return composite.blocker(fam[job.id], fam) is None
 
@@ -229,7 +328,7 @@ def next_verify_claim(queue: LocalQueue) -> Claim | None:
         fam = family(queue, parent)
         if any(m["state"] != composite.SHIPPED for m in fam.values()):
             continue
-        if composite.budget_stop(parent.spec.get("budget"), fam) is not None:
+        if composite.budget_stop(parent.spec.get("budget"), fam, prior(parent)) is not None:
             continue
         return VerifyClaim(parent)
     return None
@@ -239,6 +338,8 @@ def recover(queue: LocalQueue) -> list[str]:
     """A verify gate a crashed daemon left running goes back to pending, the attempt counted."""
     recovered = []
     for parent in all_parents(queue):
+        finish_replan(queue, parent.id)  # a re-plan a crash interrupted
+        parent = load(queue, parent.id) or parent
         if parent.verify_state == "running":
             _set_result(parent, verify="pending", attempts=int(parent.result.get("attempts", 0)) + 1,
                         reason="daemon stopped while the verify gate was running")
