@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from agent_queue import service
+from agent_queue import plan_job, service
 from agent_queue.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AQError, BadInput
 from agent_queue.fleet import ops as fleet_ops
 from agent_queue.fleet import shadow
@@ -160,6 +160,8 @@ def status(ctx: _Ctx, as_json: bool) -> None:
         counts = ", ".join(f"{k} {n}" for k, n in comp["counts"].items() if n)
         click.echo(f"composite: {comp['id']} {comp['state']} ({counts})"
                    + (f": {comp['reason']}" if comp.get("reason") else ""))
+        if plan_job.plan_line(comp):
+            click.echo(plan_job.plan_line(comp))
     for key, value in report["settings"].items():
         click.echo(f"  {key}: {value}")
 
@@ -217,11 +219,10 @@ def fleet_shadow_report(ctx: _Ctx, as_json: bool, since: str | None) -> None:
     click.echo(shadow.summary_to_json(summary) if as_json else shadow.format_summary(summary))
 
 
-from agent_queue.cli_plan import plan as _plan  # noqa: E402  (the planner's commands live beside this file)
-from agent_queue.cli_plan import replan as _replan  # noqa: E402
+from agent_queue import cli_plan  # noqa: E402  (the planner's commands live beside this file)
 
-cli.add_command(_plan)
-cli.add_command(_replan)
+for _command in (cli_plan.plan, cli_plan.replan, cli_plan.approve):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The planner's commands of the ``agent-queue`` CLI: ``plan``, ``replan``. Parse, call, print.
+"""The planner's commands of the ``agent-queue`` CLI: ``plan``, ``replan``, ``approve``. Parse, call, print.
 
 Kept beside cli.py (registered there with ``add_command``) so the planner's
 flags do not crowd the queue's own commands. Approval is the rule: nothing
@@ -87,6 +87,21 @@ def replan(obj: _Obj, /, job_id: str, note: str | None, tool: str | None, profil
         return
     queued = replanning.apply(settings, queue, parent, outcome.spec)
     click.echo(f"{job_id}: re-planned, queued {', '.join(queued) or 'nothing'}")
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--fleet", "to_fleet", is_flag=True, help="Approve at the coordinator, not in the local queue.")
+@click.pass_obj
+def approve(obj: _Obj, /, job_id: str, to_fleet: bool) -> None:
+    """Approve the plan of a composite waiting in ``planned``: its children are queued."""
+    from agent_queue import composite_queue, service
+    from agent_queue.fleet import ops as fleet_ops
+
+    settings = obj.settings()
+    queued = (fleet_ops.approve(settings, job_id) if to_fleet
+              else composite_queue.approve(service.queue_for(settings), job_id))
+    click.echo(f"{job_id}: approved, queued {', '.join(queued) or 'nothing'}")
 
 
 def _need_approver(yes: bool, command: str) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent_queue import composite
+from agent_queue import composite, plan_job
 from agent_queue.errors import Conflict, NotFound, StateError
 from agent_queue.fsutil import ensure_dir, read_json, write_json_atomic
 from agent_queue.inbox import Entry, LocalQueue, State, now
@@ -94,6 +94,8 @@ def enqueue(queue: LocalQueue, job: Job, check: Callable[[Job], None]) -> list[s
     Validates everything (graph, each child's tool/profile, ids free) before
     writing anything. Returns the child ids queued by this call.
     """
+    if "plan" in job.extra:
+        return _enqueue_planned(queue, job, check)
     order = composite.validate_graph(job.children, where=f"job {job.id}")
     composite.validate_budget(job, where=f"job {job.id}")
     check(job)
@@ -129,6 +131,103 @@ def enqueue(queue: LocalQueue, job: Job, check: Callable[[Job], None]) -> list[s
     return queued
 
 
+def _enqueue_planned(queue: LocalQueue, job: Job, check: Callable[[Job], None]) -> list[str]:
+    """A composite with a ``plan``: the parent, then its first planning child (``plan_job``)."""
+    spec = job.to_dict()
+    plan_job.plan_field(spec, f"job {job.id}")
+    record, first = plan_job.first_record(spec)
+    child = Job.from_dict(first, where=f"job {job.id} planning")
+    check(child)
+    digest = _digest(job)
+    existing = load(queue, job.id)
+    if existing is not None:
+        if existing.digest != digest:
+            raise Conflict(f"job {job.id}: a composite with this id exists with a different spec")
+        return []
+    if queue.find(job.id) is not None or queue.find(child.id) is not None:
+        raise Conflict(f"job {job.id}: id already used")
+    _write_parent(queue, job, [child.id], digest, child_ids=[child.id], plan=record)
+    queue.enqueue(child)
+    log.info("composite enqueued for planning", extra={"job_id": job.id})
+    return [child.id]
+
+
+def advance_plans(queue: LocalQueue) -> None:
+    """Move each planned composite on: judge a shipped planning child's answer, queue the next try,
+    or expand a valid plan into children (``plan_job``). Idempotent; run before each claim."""
+    for parent in all_parents(queue):
+        record = parent.result.get("plan")
+        if not record or record.get("state") not in (plan_job.PLANNING, plan_job.EXPANDED) or record.get("done"):
+            continue
+        if record["state"] == plan_job.EXPANDED:
+            _expand(queue, parent, record)
+            continue
+        state = queue.find(record["job"])
+        if state is None:  # a crash between recording the next try and queueing it
+            queue.enqueue(_planning_job(parent, record))
+        elif state is State.QUARANTINE:
+            _set_result(parent, plan=plan_job.failed_try(record, str(queue.get(record["job"]).result.get("reason"))))
+        elif state is State.SHIPPED:
+            history = queue.get(record["job"]).result.get("history") or [{}]
+            record, nxt = plan_job.after_try(parent.spec, record, plan_job.answer_of(history[-1]))
+            if nxt is not None:
+                parent = _add_children(queue, parent, [_planning_job(parent, record)], [nxt["id"]])
+            _set_result(parent, plan=record)
+            if nxt is not None:
+                queue.enqueue(_planning_job(parent, record))
+            elif record["state"] == plan_job.EXPANDED:
+                _expand(queue, load(queue, parent.id) or parent, record)
+
+
+def _planning_job(parent: Parent, record: dict[str, Any]) -> Job:
+    """The current planning child, rebuilt from the plan record (the prompt carries the last problems)."""
+    refused = record.get("refused") or [[]]
+    spec = plan_job.planning_child(parent.spec, int(record["tries"]), refused[-1] if record["tries"] > 1 else ())
+    return Job.from_dict(spec, where=f"job {parent.id} planning")
+
+
+def approve(queue: LocalQueue, parent_id: str) -> list[str]:
+    """A person approved the plan of ``parent_id``: its children are queued. ``Conflict`` unless planned."""
+    parent = find_parent(queue, parent_id)
+    if parent is None:
+        raise NotFound(f"job {parent_id}: no composite job with this id in this queue")
+    record = parent.result.get("plan") or {}
+    if record.get("state") != plan_job.PLANNED:
+        raise Conflict(f"job {parent_id}: nothing to approve (plan state: {record.get('state') or 'no plan'})")
+    record = {**record, "state": plan_job.EXPANDED, "approvedAt": now()}
+    _set_result(parent, plan=record)
+    return _expand(queue, load(queue, parent_id) or parent, record)
+
+
+def _expand(queue: LocalQueue, parent: Parent, record: dict[str, Any]) -> list[str]:
+    """The planned children join the family (after the planning children) and are queued; idempotent."""
+    job = Job.from_dict(record["spec"], where=f"job {parent.id} plan")
+    taken = [c.id for c in job.children if c.id not in parent.child_ids and queue.find(c.id) is not None]
+    if taken:
+        _set_result(parent, plan={**record, "state": plan_job.FAILED, "reason": f"child id {taken[0]!r} already used"})
+        return []
+    order = composite.validate_graph(job.children, where=f"job {parent.id}")
+    new = [c for c in job.children if c.id not in parent.child_ids]
+    parent = _add_children(queue, parent, new, order)
+    queued = []
+    for child in job.children:
+        if queue.find(child.id) is None:
+            queue.enqueue(child)
+            queued.append(child.id)
+    _set_result(parent, plan={**record, "done": True})
+    log.info("composite plan expanded", extra={"job_id": parent.id, "queued": len(queued)})
+    return queued
+
+
+def _add_children(queue: LocalQueue, parent: Parent, children: list[Job], order: list[str]) -> Parent:
+    """Rewrite the parent record with ``children`` added (ids and order); enqueue nothing."""
+    ids = [*parent.child_ids, *(c.id for c in children if c.id not in parent.child_ids)]
+    full = [*parent.order, *(cid for cid in order if cid not in parent.order)]
+    write_json_atomic(parent.path / PARENT_FILE, {"spec": parent.spec, "childIds": ids, "order": full,
+                                                  "digest": parent.digest})
+    return load(queue, parent.id) or parent
+
+
 def requeue_parent(queue: LocalQueue, parent: Parent) -> list[str]:
     """Re-run only the quarantined children (blocked ones then unblock) and a failed verify gate."""
     requeued = [cid for cid in parent.child_ids if queue.find(cid) is State.QUARANTINE]
@@ -139,12 +238,16 @@ def requeue_parent(queue: LocalQueue, parent: Parent) -> list[str]:
     return requeued
 
 
-def _write_parent(queue: LocalQueue, job: Job, order: list[str], digest: str) -> None:
+def _write_parent(queue: LocalQueue, job: Job, order: list[str], digest: str,
+                  child_ids: list[str] | None = None, plan: dict[str, Any] | None = None) -> None:
     spec = job.to_dict()
     spec.pop("children", None)
     path = ensure_dir(parents_dir(queue) / job.id)
-    write_json_atomic(path / RESULT_FILE, {"jobId": job.id, "enqueuedAt": now(), "attempts": 0, "history": []})
-    write_json_atomic(path / PARENT_FILE, {"spec": spec, "childIds": [c.id for c in job.children],
+    result: dict[str, Any] = {"jobId": job.id, "enqueuedAt": now(), "attempts": 0, "history": []}
+    if plan is not None:
+        result["plan"] = plan
+    write_json_atomic(path / RESULT_FILE, result)
+    write_json_atomic(path / PARENT_FILE, {"spec": spec, "childIds": child_ids or [c.id for c in job.children],
                                            "order": order, "digest": digest})
 
 
@@ -179,7 +282,8 @@ def replan_context(queue: LocalQueue, parent: Parent) -> tuple[list[dict[str, An
             raise Conflict(f"job {parent.id}: child {cid} is running; re-plan once it has finished")
         if entry.state is State.SHIPPED:
             kept.append(entry.job.to_dict())
-            lines.append(f"{cid}: SHIPPED (kept). Its task was: {task}")
+            if not plan_job.is_planning(entry.job.extra):  # an earlier planning run: kept, not news
+                lines.append(f"{cid}: SHIPPED (kept). Its task was: {task}")
         elif entry.state is State.QUARANTINE:
             lines.append(f"{cid}: FAILED after {entry.attempts} attempt(s): {entry.result.get('reason')}. "
                          f"Its task was: {task}")
@@ -274,8 +378,9 @@ def family(queue: LocalQueue, parent: Parent) -> dict[str, dict[str, Any]]:
 
 def rollup(queue: LocalQueue, parent: Parent) -> dict[str, Any]:
     """The parent's status, computed from its children (never stored)."""
-    out = composite.rollup(family(queue, parent), parent.order, budget=parent.spec.get("budget"),
-                           verify=parent.verify_state, prior=prior(parent))
+    out = plan_job.shape_rollup(
+        composite.rollup(family(queue, parent), parent.order, budget=parent.spec.get("budget"),
+                         verify=parent.verify_state, prior=prior(parent)), parent.result.get("plan"))
     if parent.verify_state == "failed" and parent.result.get("reason"):
         out["reason"] = f"{out['reason']}: {parent.result['reason']}"
     return {"id": parent.id, **out}
@@ -323,7 +428,7 @@ class Gate:
 def next_verify_claim(queue: LocalQueue) -> Claim | None:
     """The verify gate of a parent whose children all shipped, taken for one attempt (or None)."""
     for parent in all_parents(queue):
-        if parent.verify_state != "pending":
+        if parent.verify_state != "pending" or not _plan_done(parent):
             continue
         fam = family(queue, parent)
         if any(m["state"] != composite.SHIPPED for m in fam.values()):
@@ -332,6 +437,12 @@ def next_verify_claim(queue: LocalQueue) -> Claim | None:
             continue
         return VerifyClaim(parent)
     return None
+
+
+def _plan_done(parent: Parent) -> bool:
+    """No plan, or its children are all in the family (a parent's verify never runs before that)."""
+    record = parent.result.get("plan")
+    return not record or bool(record.get("done"))
 
 
 def recover(queue: LocalQueue) -> list[str]:

@@ -9,7 +9,8 @@ validation as a hand-written composite.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 TEMPLATE = """\
 You are the planner of a fleet of coding agents. Break the epic below into a
@@ -60,6 +61,12 @@ def build(epic: str, *, tool: str, tools: Sequence[str], profiles: Sequence[str]
         context=CONTEXT.format(lines=_bullets(context)) if context else "",
         problems=PROBLEMS.format(lines=_bullets(problems)) if problems else "",
     )
+
+
+def budget_text(parent: Mapping[str, Any]) -> str:
+    """The epic's budget as the prompt states it: ``timeoutS 7200, costUsd 5`` or ``none set``."""
+    budget = {k: v for k, v in (parent.get("budget") or {}).items() if k in ("timeoutS", "costUsd")}
+    return ", ".join(f"{k} {v:g}" for k, v in budget.items()) or "none set"
 
 
 def _bullets(lines: Sequence[str]) -> str:

@@ -76,7 +76,7 @@ def make_plan(settings: Settings, req: Request, on_refused: Callable[[int, list[
     problems: list[str] = []
     for number in range(1, req.max_tries + 1):
         prompt = plan_prompt.build(req.epic, tool=req.tool, tools=sorted(settings.tools),
-                                   profiles=sorted(settings.profiles), budget=_budget_text(req.parent),
+                                   profiles=sorted(settings.profiles), budget=plan_prompt.budget_text(req.parent),
                                    problems=problems, context=req.context)
         answer = run_planner(settings, req, prompt)
         try:
@@ -172,7 +172,3 @@ def save(spec: Mapping[str, Any], out: Path) -> Path:
     write_bytes_atomic(out, (json.dumps(spec, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), mode=SPEC_MODE)
     return drawing
 
-
-def _budget_text(parent: Mapping[str, Any]) -> str:
-    budget = {k: v for k, v in (parent.get("budget") or {}).items() if k in ("timeoutS", "costUsd")}
-    return ", ".join(f"{k} {v:g}" for k, v in budget.items()) or "none set"

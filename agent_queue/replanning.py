@@ -39,14 +39,14 @@ def load_failed(queue: LocalQueue, job_id: str) -> Parent:
 def request(queue: LocalQueue, parent: Parent, *, note: str | None, tool: str | None, profile: str,
             max_tries: int) -> Request:
     """The planning request: the epic (plus the person's ``note``), the shipped children kept, the history."""
-    epic = parent.spec.get("prompt")
+    planned_by = parent.spec.get("plan")
+    planned_by = planned_by if isinstance(planned_by, dict) else {}
+    epic = parent.spec.get("prompt") or planned_by.get("prompt")
     if not isinstance(epic, str) or not epic.strip():
         raise Conflict(f"job {parent.id}: has no epic prompt to re-plan from")
     if note:
         epic = f"{epic}\n\nNote for this re-plan: {note}"
     kept, context = composite_queue.replan_context(queue, parent)
-    planned_by = parent.spec.get("plan")
-    planned_by = planned_by if isinstance(planned_by, dict) else {}
     repo = parent.spec.get("repo")
     return Request(epic=epic, parent=parent.spec, tool=tool or str(planned_by.get("tool") or "claude"),
                    profile=profile, max_tries=max_tries, kept=kept, context=context,

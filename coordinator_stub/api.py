@@ -221,6 +221,10 @@ def _requeue(r: _Request) -> Response:
     return 200, r.coord.requeue(r.job_id)
 
 
+def _approve(r: _Request) -> Response:
+    return 200, r.coord.approve(r.job_id)
+
+
 def _reap(r: _Request) -> Response:
     return 200, {"reclaimed": r.coord.reap()}
 
@@ -244,6 +248,7 @@ _ROUTES: dict[str, dict[str, Callable[[_Request], Response]]] = {
     "jobs/{id}/release": {"POST": _release},
     "jobs/{id}/report": {"POST": _report},
     "jobs/{id}/requeue": {"POST": _requeue},
+    "jobs/{id}/approve": {"POST": _approve},
     "claim": {"POST": _claim},
     "reap": {"POST": _reap},
     "shadow-reports": {"POST": _shadow},

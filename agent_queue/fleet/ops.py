@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from agent_queue import composite
+from agent_queue import composite, plan_job
 from agent_queue.fleet import shadow
 from agent_queue.fleet.connect import fleet_flags, make_client
 from agent_queue.jobs import Job, new_job_id, validate_id
@@ -22,6 +22,9 @@ def enqueue(settings: Settings, spec: Any, where: str) -> str:
     """Validate ``spec`` locally, send it to the coordinator; return the job id (idempotent for the same spec)."""
     if isinstance(spec, Mapping) and "id" not in spec:
         spec = {**spec, "id": new_job_id()}
+    if isinstance(spec, Mapping) and spec.get("kind") == "composite" and isinstance(spec.get("plan"), dict):
+        spec = plan_job.with_rules(spec, sorted(settings.tools), sorted(settings.profiles))
+        plan_job.plan_field(spec, f"job {spec.get('id')}")
     job = Job.from_dict(spec, where=where)  # InvalidJob before anything is sent
     if job.kind == "composite":
         composite.validate_graph(job.children, where=f"job {job.id}")  # exit 2 naming the cycle / id, nothing sent
@@ -64,6 +67,16 @@ def requeue(settings: Settings, job_id: str) -> list[str]:
     return [str(x) for x in answer.get("requeued") or []]
 
 
+def approve(settings: Settings, job_id: str) -> list[str]:
+    """``approve ID --fleet``: the coordinator queues the planned children; their ids."""
+    client = make_client(settings)
+    try:
+        answer = client.approve(validate_id(job_id, "job id"))
+    finally:
+        client.transport.close()
+    return [str(x) for x in answer.get("queued") or []]
+
+
 def format_status(report: Mapping[str, Any]) -> str:
     flags = report["flags"]
     lines = [f"flags: fleet={int(flags['fleet'])} route={int(flags['route'])} shadow={int(flags['shadow'])} "
@@ -80,6 +93,7 @@ def format_status(report: Mapping[str, Any]) -> str:
         verify = f", verify {comp['verify']}" if comp.get("verify") else ""
         lines.append(f"composite: {comp.get('id')} {comp.get('state')} ({counts}{verify})"
                      + (f": {comp['reason']}" if comp.get("reason") else ""))
+        lines += [line for line in [plan_job.plan_line(comp, fleet=True)] if line]
     return "\n".join(lines)
 
 

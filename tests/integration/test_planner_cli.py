@@ -142,3 +142,47 @@ def test_a_hand_written_composite_obeys_the_same_budget_rule_locally_and_in_the_
         assert res.returncode == 2, res.stderr
         assert "job e: the children's budget.costUsd add up to 1.25, over the parent's budget.costUsd 1" in res.stderr
     assert status(root)["counts"]["inbox"] == 0 and not (state / "state.json").exists()
+
+
+def test_a_composite_with_a_plan_is_planned_in_the_queue_and_waits_for_approval(tmp_path: Path) -> None:
+    root, script, log = tmp_path / "root", tmp_path / "planner", tmp_path / "runs.log"
+    cyclic = answer([shell("a", log, dependsOn=["b"]), shell("b", log, dependsOn=["a"])])
+    good = answer([shell("a", log), shell("b", log, dependsOn=["a"])])
+    configure(root, script, [cyclic, good])
+    spec = {"id": "epic", "kind": "composite", "budget": {"costUsd": 5},
+            "plan": {"tool": "planner", "prompt": "Split the work", "approve": True}}
+    assert aq(root, "enqueue", "-", stdin=json.dumps(spec)).stdout.strip() == "epic"
+    assert aq(root, "approve", "epic").returncode == 2  # nothing planned yet
+    assert aq(root, "run", "--drain", timeout=60).returncode == 0
+
+    # Try 1 was cyclic: refused, and try 2 (a second planning job) got the reason in its prompt.
+    assert runs(script) == 2 and "dependency cycle epic.a -> epic.b -> epic.a" in prompt_of(script, 2)
+    (roll,) = status(root)["composites"]
+    assert roll["state"] == "planned" and not log.exists()  # nothing ran before approval
+    assert roll["plan"] == {"state": "planned", "tries": 2, "refused": 1, "children": ["epic.a", "epic.b"]}
+    assert [c["id"] for c in roll["children"]] == ["epic.plan-1", "epic.plan-2"]
+    assert roll["budget"]["costUsd"] == 0.02  # the planning runs count against the budget
+    text = aq(root, "status").stdout
+    assert "composite: epic planned (shipped 2)" in text
+    assert "  plan: planned (try 2, 1 refused): epic.a, epic.b; approve with: agent-queue approve epic" in text
+
+    res = aq(root, "approve", "epic")
+    assert res.returncode == 0 and res.stdout.strip() == "epic: approved, queued epic.a, epic.b"
+    assert aq(root, "approve", "epic").returncode == 2  # approved once only
+    assert aq(root, "run", "--drain", timeout=60).returncode == 0
+    (roll,) = status(root)["composites"]
+    assert roll["state"] == "shipped" and log.read_text().split() == ["a", "b"]
+
+
+def test_a_planning_job_that_never_plans_well_quarantines_the_composite(tmp_path: Path) -> None:
+    root, script = tmp_path / "root", tmp_path / "planner"
+    configure(root, script, [{"text": "no plan here"}])
+    spec = {"id": "epic", "kind": "composite", "plan": {"tool": "planner", "prompt": "Split", "maxTries": 2}}
+    bad = {**spec, "plan": {"tool": "nosuch", "prompt": "x"}}
+    res = aq(root, "enqueue", "-", stdin=json.dumps(bad))
+    assert res.returncode == 2 and "unknown tool 'nosuch'" in res.stderr
+    assert aq(root, "enqueue", "-", stdin=json.dumps(spec)).returncode == 0
+    assert aq(root, "run", "--drain", timeout=60).returncode == 0
+    (roll,) = status(root)["composites"]
+    assert roll["state"] == "quarantined" and runs(script) == 2
+    assert roll["reason"].startswith("no valid plan after 2 tries: the answer holds no JSON object")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cli_support import aq, wait_for
@@ -49,3 +50,38 @@ def test_a_planned_epic_runs_to_shipped_on_two_factories(tmp_path: Path) -> None
                   if (root / "shipped" / cid).is_dir()}
     assert sorted(shipped_by) == ["epic.left", "epic.right"]
     assert sorted(shipped_by.values()) == ["f1", "f2"]
+
+
+def test_a_planned_composite_in_the_fleet_plans_waits_for_approve_fleet_then_ships(tmp_path: Path) -> None:
+    state, script, log = tmp_path / "stub", tmp_path / "planner", tmp_path / "runs.log"
+    roots = [tmp_path / "f1", tmp_path / "f2"]
+    env = fleet_env(api_cmd=seam_command(state))
+    over = {"id": "a", "tool": "shell", "command": ["sh", "-c", f"echo a >> {log}"], "budget": {"timeoutS": 900}}
+    good = [{"id": "a", "tool": "shell", "command": ["sh", "-c", f"echo a >> {log}"]},
+            {"id": "b", "tool": "shell", "command": ["sh", "-c", f"echo b >> {log}"], "dependsOn": ["a"]}]
+    for root in roots:
+        configure(root, script, [answer([over]), answer(good)])
+    spec = {"id": "epic", "kind": "composite", "budget": {"timeoutS": 600},
+            "plan": {"tool": "planner", "prompt": "Split the work", "approve": True}}
+    assert aq(roots[0], "enqueue", "--fleet", "-", stdin=json.dumps(spec), env=env).stdout.strip() == "epic"
+    assert aq(roots[0], "approve", "epic", "--fleet", env=env).returncode == 2  # nothing planned yet
+
+    with daemons() as ds:
+        for i, root in enumerate(roots, 1):
+            ds.start(root, env, factory=f"f{i}")
+        wait_for(lambda: coord_job(state, "epic")["rollup"]["state"] == "planned", "the plan", deadline_s=60)
+        roll = coord_job(state, "epic")["rollup"]
+        assert roll["plan"] == {"state": "planned", "tries": 2, "refused": 1, "children": ["epic.a", "epic.b"]}
+        assert not log.exists()  # nothing runs before approval
+        text = aq(roots[0], "fleet-status", env=env).stdout
+        assert "composite: epic planned (shipped 2)" in text
+        assert "approve with: agent-queue approve epic --fleet" in text
+
+        res = aq(roots[1], "approve", "epic", "--fleet", env=env)
+        assert res.returncode == 0 and res.stdout.strip() == "epic: approved, queued epic.a, epic.b", res.stderr
+        wait_for(lambda: coord_job(state, "epic")["rollup"]["state"] == "shipped", "the epic to ship", deadline_s=60)
+    assert log.read_text().split() == ["a", "b"]
+    # Try 1 asked for more than the epic's budget: refused, and try 2 was told why.
+    prompt2 = (script / "prompt-2.txt").read_text()
+    assert "child 'epic.a' budget.timeoutS 900 exceeds the parent's budget.timeoutS 600" in prompt2
+    assert coord_job(state, "epic")["rollup"]["budget"]["spentS"] > 0
