@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent_queue import doctor, process, tools
+from agent_queue import doctor, plan_job, process, tools
 from agent_queue.adapters import AgentAdapter
+from agent_queue.agent_output import answer_text
 from agent_queue.assessment import assess
 from agent_queue.control import Control
 from agent_queue.joblog import log_header, log_path, show
@@ -84,6 +85,8 @@ class AttemptRunner:
         (costUsd, tokensIn, tokensOut, turns, sessionId) in the attempt record.
         """
         output = tools.attempt_output(raw, 0)  # not the log: its lines carry time stamps
+        if plan_job.is_planning(job.extra):  # the plan travels in the record (and a fleet report)
+            record["answer"] = answer_text(adapter.output_format, output)[-plan_job.MAX_ANSWER_CHARS:]
         record["transcript"] = str(tools.keep_transcript(run_dir(self.root, job), adapter, record["attempt"], output))
         raw.unlink(missing_ok=True)  # kept as the transcript now
         now = time.time()

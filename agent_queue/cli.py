@@ -298,6 +298,12 @@ def fleet_shadow_report(ctx: _Ctx, as_json: bool, since: str | None) -> None:
     click.echo(shadow.summary_to_json(summary) if as_json else shadow.format_summary(summary))
 
 
+from agent_queue import cli_plan  # noqa: E402  (the planner's commands live beside this file)
+
+for _command in (cli_plan.plan, cli_plan.replan, cli_plan.approve):
+    cli.add_command(_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; the one place errors become exit codes and one-line messages."""
     try:

@@ -122,6 +122,7 @@ class LocalSource(Source):
 
     def next_claim(self) -> Claim | None:
         self.queue.normalise_inbox()
+        composite_queue.advance_plans(self.queue)  # a shipped planning job's plan becomes children
         gate = composite_queue.Gate(self.queue)  # composite children wait for dependencies, phases, budget
         for entry in self.queue.pending():
             if not gate.allows(entry.job):

@@ -89,6 +89,14 @@ def composite_line(comp: Mapping[str, Any], color: bool) -> str:
     return f"composite: {comp.get('id')} {paint(state, state, color)} ({parts}{verify}){reason}"
 
 
+def composite_lines(comp: Mapping[str, Any], color: bool, *, fleet: bool) -> list[str]:
+    """A composite's rollup line and, for a planned composite, its plan's line."""
+    from agent_queue.plan_job import plan_line
+
+    plan = plan_line(comp, fleet=fleet)
+    return [composite_line(comp, color)] + ([plan] if plan else [])
+
+
 def holding(job_id: Any, *, tool: Any = None, attempt: Any = None, epoch: Any = None, pid: Any = None,
             elapsed: Any = None, left: Any = None) -> str:
     """A job being worked on, the parts that are known: ``j1 (tool shell, attempt 1, pid 812, 12s)`` in
@@ -117,7 +125,7 @@ def status(report: Mapping[str, Any], *, verbose: bool, color: bool) -> str:
     for job in report["running"]:
         lines.append("running: " + holding(job["id"], tool=job.get("tool"), attempt=job.get("attempt"),
                                            pid=job.get("pid"), elapsed=job.get("elapsedS")))
-    lines += [composite_line(c, color) for c in report.get("composites", [])]
+    lines += [line for c in report.get("composites", []) for line in composite_lines(c, color, fleet=False)]
     if verbose:
         lines.append("settings:")
         lines += [f"  {k}: {value(v)}" for k, v in report["settings"].items()]
@@ -150,7 +158,7 @@ def fleet_status(report: Mapping[str, Any], color: bool) -> str:
                      + (f": holds {held}" if held else ""))
     for s in report.get("stranded", []):
         lines.append(f"{paint('stranded', 'quarantined', color)}: {s.get('jobId')}: {s.get('why')}")
-    lines += [composite_line(c, color) for c in report.get("composites", [])]
+    lines += [line for c in report.get("composites", []) for line in composite_lines(c, color, fleet=True)]
     return "\n".join(lines)
 
 

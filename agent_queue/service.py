@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import Timeout
 
-from agent_queue import composite_queue, jobview, logfollow
+from agent_queue import composite_queue, jobview, logfollow, plan_job
 from agent_queue import log as aqlog
 from agent_queue.cancel import Cancelled
 from agent_queue.cancel import cancel as cancel_job
@@ -57,6 +57,8 @@ def enqueue(settings: Settings, spec: Any, where: str) -> str:
     """Validate ``spec`` fully (fields, tool, profile, unique id) before writing anything; return the id."""
     if isinstance(spec, Mapping) and "id" not in spec:
         spec = {**spec, "id": new_job_id()}
+    if isinstance(spec, Mapping) and spec.get("kind") == "composite" and isinstance(spec.get("plan"), dict):
+        spec = plan_job.with_rules(spec, sorted(settings.tools), sorted(settings.profiles))
     job = Job.from_dict(spec, where=where)
     if job.kind == "composite":
         composite_queue.enqueue(queue_for(settings), job,

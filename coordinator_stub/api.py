@@ -232,6 +232,10 @@ def _cancel(r: _Request) -> Response:
     return 200, r.coord.cancel(r.job_id)
 
 
+def _approve(r: _Request) -> Response:
+    return 200, r.coord.approve(r.job_id)
+
+
 def _reap(r: _Request) -> Response:
     return 200, {"reclaimed": r.coord.reap()}
 
@@ -256,6 +260,7 @@ _ROUTES: dict[str, dict[str, Callable[[_Request], Response]]] = {
     "jobs/{id}/report": {"POST": _report},
     "jobs/{id}/requeue": {"POST": _requeue},
     "jobs/{id}/cancel": {"POST": _cancel},
+    "jobs/{id}/approve": {"POST": _approve},
     "claim": {"POST": _claim},
     "reap": {"POST": _reap},
     "shadow-reports": {"POST": _shadow},

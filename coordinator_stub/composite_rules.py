@@ -24,7 +24,7 @@ Imported only when a composite is involved (most seam calls never are).
 
 from __future__ import annotations
 
-from agent_queue import composite
+from agent_queue import composite, plan_job
 from agent_queue.errors import Conflict, InvalidJob, NotFound
 from coordinator_stub.records import (
     Ctx,
@@ -49,7 +49,11 @@ if TYPE_CHECKING:
 
 
 def create_composite(c: Ctx, job: Job, raw: Mapping[str, Any], digest: str) -> None:
+    if "plan" in job.extra:
+        create_planned(c, job, digest)
+        return
     order = composite.validate_graph(job.children, where=f"job {job.id}")
+    composite.validate_budget(job, where=f"job {job.id}")
     raw_children = raw.get("children") or []
     for child in job.children:
         if child.id == job.id:
@@ -65,6 +69,79 @@ def create_composite(c: Ctx, job: Job, raw: Mapping[str, Any], digest: str) -> N
     for child, nb in zip(job.children, child_nb, strict=True):
         create(c, child.to_dict(), nb, digest_of(child, {}))
     c.ev["children"] = len(job.children)
+
+
+def create_planned(c: Ctx, job: Job, digest: str) -> None:
+    """A composite with a ``plan``: the parent (archived first), then its first planning child."""
+    from agent_queue.jobs import Job
+
+    spec = job.to_dict()
+    plan_job.plan_field(spec, f"job {job.id}")
+    record, first = plan_job.first_record(spec)
+    child = Job.from_dict(first, where=f"job {job.id} planning")
+    if find_opt(c.tx, child.id) is not None:
+        raise Conflict(f"job {job.id}: child id {child.id!r} already exists")
+    parent = new_record(c, spec, None, digest)
+    parent.update(state=JobState.COMPOSITE.value, childIds=[child.id], order=[child.id], plan=record)
+    c.tx.archive(job.id, parent)
+    create(c, child.to_dict(), None, digest_of(child, {}))
+    c.ev["children"] = 1
+
+
+def after_planning(c: Ctx, rec: dict[str, Any], state: JobState) -> None:
+    """A child ended: when it is its parent's current planning child, judge its answer (shipped) and
+    queue the next try, or expand the plan. (A hot record's spec is a summary: the id decides.)"""
+    from agent_queue.jobs import Job
+
+    parent = c.tx.archived(rec["spec"]["parentId"])
+    record = (parent or {}).get("plan")
+    if parent is None or not record or record.get("job") != rec["spec"]["id"] or record["state"] != plan_job.PLANNING:
+        return
+    if state is not JobState.SHIPPED:
+        c.tx.supersede(parent["spec"]["id"], {**parent, "plan": plan_job.failed_try(record, str(rec.get("reason")))})
+        return
+    record, nxt = plan_job.after_try(parent["spec"], record, plan_job.answer_of(rec.get("detail")))
+    parent = {**parent, "plan": record}
+    if nxt is not None:
+        child = Job.from_dict(nxt, where="planning")
+        create(c, child.to_dict(), None, digest_of(child, {}))
+        parent.update(childIds=[*parent["childIds"], child.id], order=[*parent["order"], child.id])
+    if record["state"] == plan_job.EXPANDED:
+        _expand(c, parent)
+    else:
+        c.tx.supersede(parent["spec"]["id"], parent)
+
+
+def approve(c: Ctx, job_id: str) -> list[str]:
+    """A person approved the plan of ``job_id``: its children are created. ``Conflict`` unless planned."""
+    parent = find_opt(c.tx, job_id)
+    record = (parent or {}).get("plan") or {}
+    if parent is None:
+        raise NotFound(f"job {job_id}: no such job")
+    if record.get("state") != plan_job.PLANNED:
+        raise Conflict(f"job {job_id}: nothing to approve (plan state: {record.get('state') or 'no plan'})")
+    return _expand(c, {**parent, "plan": {**record, "state": plan_job.EXPANDED, "approvedAt": c.now}})
+
+
+def _expand(c: Ctx, parent: dict[str, Any]) -> list[str]:
+    """The planned children are created and join the family after the planning children."""
+    from agent_queue.jobs import Job
+
+    record = parent["plan"]
+    job = Job.from_dict(record["spec"], where=f"job {parent['spec']['id']} plan")
+    taken = [ch.id for ch in job.children if find_opt(c.tx, ch.id) is not None]
+    if taken:
+        record = {**record, "state": plan_job.FAILED, "reason": f"child id {taken[0]!r} already exists"}
+        c.tx.supersede(parent["spec"]["id"], {**parent, "plan": record})
+        return []
+    order = composite.validate_graph(job.children, where=f"job {job.id}")
+    for child in job.children:
+        create(c, child.to_dict(), None, digest_of(child, {}))
+    ids = [ch.id for ch in job.children]
+    c.tx.supersede(parent["spec"]["id"], {**parent, "childIds": [*parent["childIds"], *ids],
+                                          "order": [*parent["order"], *order], "plan": {**record, "done": True}})
+    c.ev["queued"] = ids
+    return ids
 
 
 def create_missing_children(c: Ctx, job: Job, raw: Mapping[str, Any]) -> None:
@@ -99,6 +176,8 @@ def maybe_verify(c: Ctx, parent_id: str, force: bool = False) -> None:
     live = c.tx.hot["jobs"].get(parent_id)
     if live is not None and not stale(c.tx, live):
         return
+    if parent.get("plan") and not parent["plan"].get("done"):
+        return  # planning, or waiting for approval: the children are not all there yet
     outcome = parent.get("verify") or {}
     if outcome.get("state") == "passed" or (outcome.get("state") == "failed" and not force):
         return
@@ -207,8 +286,9 @@ def rollup(tx: Tx, parent: dict[str, Any]) -> dict[str, Any]:
             verify = "running" if live["state"] == JobState.LEASED.value else "pending"
         else:
             verify = outcome.get("state") or "pending"
-    out = composite.rollup(_family(tx, parent), parent.get("order", parent["childIds"]),
-                           budget=parent["spec"].get("budget"), verify=verify)
+    out = plan_job.shape_rollup(composite.rollup(_family(tx, parent), parent.get("order", parent["childIds"]),
+                                                 budget=parent["spec"].get("budget"), verify=verify),
+                                parent.get("plan"))
     if verify == "failed" and outcome.get("reason") and out.get("reason"):
         out["reason"] = f"{out['reason']}: {outcome['reason']}"
     return out

@@ -201,6 +201,10 @@ class Coordinator:
         ``not_leased``, so it stops the tool and ships nothing. Cancelling a cancelled job changes nothing."""
         return self._run("cancel", lambda c: self._cancel_op(c, job_id), jobId=job_id)
 
+    def approve(self, job_id: str) -> dict[str, Any]:
+        """A person approved a planned composite: its children are created (``queued``: their ids)."""
+        return self._run("approve", lambda c: self._approve_op(c, job_id), jobId=job_id)
+
     def reap(self) -> list[dict[str, Any]]:
         """Return every expired lease's job to queued (or quarantine it when attempts are spent)."""
         return self._run("reap", lambda c: c.reclaimed)
@@ -510,6 +514,8 @@ class Coordinator:
         c.tx.hot["terminalCounts"][state.value] = c.tx.hot["terminalCounts"].get(state.value, 0) + 1
         c.tx.archive(rec["spec"]["id"], rec)
         parent_id = rec["spec"].get("parentId")
+        if parent_id:
+            composite_rules.after_planning(c, rec, state)
         if parent_id and state is JobState.SHIPPED:
             composite_rules.maybe_verify(c, parent_id)
         return result
@@ -551,6 +557,12 @@ class Coordinator:
         if info.get(factory_id) != now:
             info[factory_id] = now
             c.tx.touch()
+
+    def _approve_op(self, c: Ctx, job_id: str) -> dict[str, Any]:
+        from coordinator_stub import composite_rules
+
+        queued = composite_rules.approve(c, job_id)
+        return {**full_view(c.tx, find(c.tx, job_id), c.now), "queued": queued}
 
     def _requeue_op(self, c: Ctx, job_id: str) -> dict[str, Any]:
         from coordinator_stub import composite_rules

@@ -170,6 +170,11 @@ class FleetClient:
         path = f"/v1/fleet/jobs/{_path_id(job_id)}/requeue"
         return self._call("POST", path, {}, lambda r: _require_body(r, path))
 
+    def approve(self, job_id: str) -> dict[str, Any]:
+        """Approve a planned composite: the view plus ``queued`` (its children's ids). A repeat is a ``Conflict``."""
+        path = f"/v1/fleet/jobs/{_path_id(job_id)}/approve"
+        return self._call("POST", path, {}, lambda r: _require_body(r, path))
+
     # -- leases -----------------------------------------------------------
 
     def claim(self, dry_run: bool = False, factory_id: str | None = None) -> tuple[Job, Lease | None] | None:

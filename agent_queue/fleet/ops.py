@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from agent_queue import composite, jobview
+from agent_queue import composite, jobview, plan_job
 from agent_queue.errors import NotFound
 from agent_queue.fleet import shadow
 from agent_queue.fleet.client import FleetClient
@@ -32,9 +32,13 @@ def enqueue(settings: Settings, spec: Any, where: str) -> str:
     """Validate ``spec`` locally, send it to the coordinator; return the job id (idempotent for the same spec)."""
     if isinstance(spec, Mapping) and "id" not in spec:
         spec = {**spec, "id": new_job_id()}
+    if isinstance(spec, Mapping) and spec.get("kind") == "composite" and isinstance(spec.get("plan"), dict):
+        spec = plan_job.with_rules(spec, sorted(settings.tools), sorted(settings.profiles))
+        plan_job.plan_field(spec, f"job {spec.get('id')}")
     job = Job.from_dict(spec, where=where)  # InvalidJob before anything is sent
     if job.kind == "composite":
         composite.validate_graph(job.children, where=f"job {job.id}")  # exit 2 naming the cycle / id, nothing sent
+        composite.validate_budget(job, where=f"job {job.id}")
     with _client(settings) as client:
         client.enqueue(job.to_dict())
     return job.id
@@ -159,6 +163,12 @@ def requeue(settings: Settings, job_id: str) -> list[str]:
     validate_id(job_id, "job id")
     with _client(settings) as client:
         return [str(x) for x in client.requeue(job_id).get("requeued") or []]
+
+
+def approve(settings: Settings, job_id: str) -> list[str]:
+    """``approve ID --fleet``: the coordinator queues the planned children; their ids."""
+    with _client(settings) as client:
+        return [str(x) for x in client.approve(validate_id(job_id, "job id")).get("queued") or []]
 
 
 def shadow_report(settings: Settings, since: str | None) -> shadow.ShadowSummary:

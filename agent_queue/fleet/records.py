@@ -76,5 +76,5 @@ def read_lease(entry: Entry) -> Lease | None:
 
 def report_detail(record: Record) -> dict[str, Any]:
     """The attempt fields a report to the coordinator carries."""
-    keys = ("attempt", "exitCode", "verifyExitCode", "durationS", "reason")
+    keys = ("attempt", "exitCode", "verifyExitCode", "durationS", "reason", "costUsd", "answer")
     return {k: record[k] for k in keys if record.get(k) is not None}
