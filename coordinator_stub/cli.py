@@ -100,7 +100,7 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
     store = JsonStore(settings.state_dir, tidy_later=True)  # the server tidies after each answer is sent
     options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
                            settings.ignore_dry_run, access_log=ctx.obj["verbose"])
-    run_server(_coordinator(settings, store), options, os.environ, announce)
+    run_server(_coordinator(settings, store), options, settings.state_dir, os.environ, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
         store.checkpoint()
     except (OSError, AQError) as exc:  # nothing is lost: the journal holds it, the next operation folds it

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from agent_queue.errors import ConfigError
 from agent_queue.fleet.transport import is_loopback_host
@@ -37,9 +38,12 @@ def require_stack() -> None:
             raise ConfigError(f"serve needs the HTTP stack ({name} is not installed): {INSTALL_HINT}") from None
 
 
-def serve(coord: Coordinator, options: ServeOptions, env: Mapping[str, str] | None = None,
+def serve(coord: Coordinator, options: ServeOptions, state_dir: Path, env: Mapping[str, str] | None = None,
           announce: Callable[[str], None] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; ``announce(url)`` once the socket listens. Returns 0 after a graceful stop."""
+    """Serve until SIGTERM/SIGINT; ``announce(url)`` once the socket listens. Returns 0 after a graceful stop.
+
+    ``state_dir``: where the store keeps its audit logs (the dashboard and the metrics read them).
+    """
     env = os.environ if env is None else env
     check_bind(options.host, env.get("AQ_FLEET_TOKEN"))
     require_stack()
@@ -49,7 +53,7 @@ def serve(coord: Coordinator, options: ServeOptions, env: Mapping[str, str] | No
 
     runner = StoreRunner()
     try:
-        run(build_app(coord, options, env, runner), options, announce)
+        run(build_app(coord, options, env, runner, state_dir), options, announce)
     finally:
         runner.close()  # the operation under way finishes before the caller checkpoints
     return 0

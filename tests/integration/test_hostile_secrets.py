@@ -99,7 +99,7 @@ def test_token_compare_is_constant_time(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr("coordinator_stub.web.auth.hmac.compare_digest", spy)
     runner = StoreRunner()
     app = build_app(Coordinator(JsonStore(tmp_path / "c"), lambda: 1e9, 60), ServeOptions(),
-                    {"AQ_FLEET_TOKEN": TOKEN}, runner)
+                    {"AQ_FLEET_TOKEN": TOKEN}, runner, tmp_path / "c")
     try:
         assert call_app(app, "GET", "/v1/fleet/status", {"Authorization": "Bearer nope"})[0] == 401
         assert call_app(app, "GET", "/v1/fleet/status", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
