@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from coordinator_stub.core import Coordinator
 from coordinator_stub.web.auth import METRICS, SESSION_COOKIE, Sessions, Tokens, authorize
+from coordinator_stub.web.dashboard import Capabilities, Dashboard
 from coordinator_stub.web.events import EventFeed
 from coordinator_stub.web.fleet import FleetApi, operation
 from coordinator_stub.web.metrics import CONTENT_TYPE, Metrics
@@ -99,6 +100,38 @@ class RequestTiming:
         await self.app(scope, receive, timed_send)
 
 
+class PageHeaders:
+    """ASGI middleware: what a browser must be told about every answer outside the fleet API.
+
+    The content security policy allows nothing but this origin (no CDN, no inline
+    script, no framing), so a page can fetch nothing from anywhere else.
+    """
+
+    HEADERS = [
+        (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                                     b"connect-src 'self'; form-action 'self'; base-uri 'none'; "
+                                     b"frame-ancestors 'none'"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+    ]
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith("/v1/fleet"):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def metrics_endpoint(served: Served) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         refused = served.allowed(request, METRICS)
@@ -114,10 +147,13 @@ def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str],
               state_dir: Path) -> Starlette:
     """The app ``serve`` runs; ``env`` gives the tokens (read once, here)."""
     served = Served(coord, options, env, runner, state_dir)
-    fleet = FleetApi(coord, runner, served.tokens, options.body_timeout_s, options.ignore_dry_run)
+    capabilities = Capabilities()
+    fleet = FleetApi(coord, runner, served.tokens, options.body_timeout_s, options.ignore_dry_run,
+                     answered=capabilities.heard)
     routes = [
         Route("/v1/fleet{rest:path}", fleet.endpoint, methods=METHODS),
         Route("/metrics", metrics_endpoint(served), methods=["GET"]),
+        *Dashboard(served, capabilities).routes(),
     ]
 
     @contextlib.asynccontextmanager
@@ -128,5 +164,6 @@ def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str],
 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: on_http_exception, Exception: on_internal_error})
+    app.add_middleware(PageHeaders)
     app.add_middleware(RequestTiming, metrics=served.metrics)
     return app
