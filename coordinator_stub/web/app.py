@@ -1,4 +1,8 @@
-"""``serve`` as one Starlette app: the fleet API, /metrics, the dashboard, and JSON errors for all of it."""
+"""``serve`` as one ASGI app: the fleet API, /metrics, the dashboard, and JSON errors for all of it.
+
+``/v1/fleet`` goes straight to ``fleet.FleetApi`` (the hot path); everything
+else is a Starlette app with its routes, static files and exception handlers.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,6 @@ from coordinator_stub.web.protocol import AUTHORISED
 from coordinator_stub.web.responses import json_error, on_http_exception, on_internal_error
 from coordinator_stub.web.runner import StoreRunner
 
-METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -120,7 +123,7 @@ class PageHeaders:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or str(scope.get("path", "")).startswith("/v1/fleet"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
@@ -143,18 +146,28 @@ def metrics_endpoint(served: Served) -> Callable[[Request], Awaitable[Response]]
     return endpoint
 
 
+class ServeApp:
+    """The ASGI app uvicorn runs: the fleet API without detours, the rest through Starlette."""
+
+    def __init__(self, fleet: FleetApi, site: Starlette) -> None:
+        self.fleet = fleet
+        self.site = site
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/fleet"):
+            await self.fleet(scope, receive, send)
+        else:
+            await self.site(scope, receive, send)
+
+
 def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str], runner: StoreRunner,
-              state_dir: Path) -> Starlette:
+              state_dir: Path) -> ServeApp:
     """The app ``serve`` runs; ``env`` gives the tokens (read once, here)."""
     served = Served(coord, options, env, runner, state_dir)
     capabilities = Capabilities()
     fleet = FleetApi(coord, runner, served.tokens, options.body_timeout_s, options.ignore_dry_run,
-                     answered=capabilities.heard)
-    routes = [
-        Route("/v1/fleet{rest:path}", fleet.endpoint, methods=METHODS),
-        Route("/metrics", metrics_endpoint(served), methods=["GET"]),
-        *Dashboard(served, capabilities).routes(),
-    ]
+                     answered=capabilities.heard, timed=served.metrics.observe_request)
+    routes = [Route("/metrics", metrics_endpoint(served), methods=["GET"]), *Dashboard(served, capabilities).routes()]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -162,8 +175,8 @@ def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str],
         yield
         backfill.cancel()
 
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: on_http_exception, Exception: on_internal_error})
-    app.add_middleware(PageHeaders)
-    app.add_middleware(RequestTiming, metrics=served.metrics)
-    return app
+    site = Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: on_http_exception, Exception: on_internal_error})
+    site.add_middleware(PageHeaders)
+    site.add_middleware(RequestTiming, metrics=served.metrics)
+    return ServeApp(fleet, site)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -13,18 +13,37 @@ from starlette.responses import Response
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type", 500: "internal_error"}
 JSON = "application/json"
+_JSON_HEADER = (b"content-type", b"application/json")
+_CLOSE_HEADER = (b"connection", b"close")
 
 
-def json_response(status: int, body: Any, *, close: bool = False, headers: Mapping[str, str] | None = None,
-                  background: Any = None) -> Response:
-    """``body`` as JSON (none for 204); ``close`` ends the connection after it."""
+def error_document(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+async def send_json(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], status: int, body: Any, *,
+                    close: bool = False, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """One whole JSON answer over raw ASGI (none for 204); ``close`` ends the connection after it."""
+    out = [*headers, _CLOSE_HEADER] if close else list(headers)
+    if status == 204 or body is None:
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    data = json.dumps(body).encode()
+    out += [_JSON_HEADER, (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": data})
+
+
+def json_response(status: int, body: Any, *, close: bool = False,
+                  headers: Mapping[str, str] | None = None) -> Response:
+    """``body`` as a Starlette JSON response (none for 204); ``close`` ends the connection after it."""
     extra = dict(headers or {})
     if close:
         extra["connection"] = "close"
     if status == 204 or body is None:
-        return Response(status_code=status, headers=extra, background=background)
-    return Response(json.dumps(body).encode(), status_code=status, media_type=JSON, headers=extra,
-                    background=background)
+        return Response(status_code=status, headers=extra)
+    return Response(json.dumps(body).encode(), status_code=status, media_type=JSON, headers=extra)
 
 
 def json_error(status: int, message: str, code: str | None = None, *, close: bool = False,
@@ -32,8 +51,8 @@ def json_error(status: int, message: str, code: str | None = None, *, close: boo
     extra = dict(headers or {})
     if status == 401:
         extra.setdefault("www-authenticate", 'Bearer realm="agent-queue"')
-    return json_response(status, {"error": {"code": code or _CODES.get(status, "error"), "message": message}},
-                         close=close, headers=extra)
+    return json_response(status, error_document(code or _CODES.get(status, "error"), message), close=close,
+                         headers=extra)
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
