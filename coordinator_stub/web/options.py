@@ -9,12 +9,15 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_KEEP_ALIVE_S = 60.0
 DEFAULT_MAX_CONNECTIONS = 1000
-# The listen backlog, which is also how many connections asyncio accepts in one go
-# before any of them is counted against the bound.
-BACKLOG = 128
-# File descriptors kept back from the connection bound: one accept burst, the listening
+# How many connections asyncio accepts in one go (its ``backlog``) before any of them is
+# counted against the bound; the kernel's own queue of connections waiting to be accepted
+# is LISTEN_QUEUE (set again once asyncio has listened).
+ACCEPT_BURST = 16
+LISTEN_QUEUE = 1024
+# File descriptors kept back from the connection bound: a few accept bursts still being
+# counted (a connection is counted two loop iterations after its accept), the listening
 # socket, the store's files and lock, logs, the event loop's own.
-FD_RESERVE = BACKLOG + 64
+FD_RESERVE = 4 * ACCEPT_BURST + 64
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 
 from agent_queue.errors import AQError
-from coordinator_stub.web.options import BACKLOG, ServeOptions, connection_bound
+from coordinator_stub.web.options import ACCEPT_BURST, LISTEN_QUEUE, ServeOptions, connection_bound
 from coordinator_stub.web.protocol import protocol_class
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,13 @@ class _Server(uvicorn.Server):
             for sig, handler in old.items():
                 signal.signal(sig, handler)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # asyncio listened with ACCEPT_BURST, which is also how many it accepts per wake-up: small, so
+        # descriptors never run ahead of the connection bound. The kernel's queue may be long again.
+        for sock in sockets or []:
+            sock.listen(LISTEN_QUEUE)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets)
         for conn in list(self.server_state.connections):  # cut after the grace: nothing is left half-open
@@ -51,7 +58,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(BACKLOG)
+        sock.listen(LISTEN_QUEUE)
     except OSError as exc:
         sock.close()
         raise AQError(f"serve: cannot listen on {host}:{port} ({exc.strerror})") from exc
@@ -90,7 +97,7 @@ def run(app: Any, options: ServeOptions, announce: Callable[[str], None] | None 
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     config = uvicorn.Config(
         app, http=protocol_class(options, bound), loop="asyncio", lifespan="on", log_config=None,
-        access_log=options.access_log, proxy_headers=False, backlog=BACKLOG, server_header=False, date_header=True,
+        access_log=options.access_log, proxy_headers=False, backlog=ACCEPT_BURST, server_header=False, date_header=True,
         headers=[("server", "coordinator-stub")], timeout_keep_alive=options.keep_alive_s,  # type: ignore[arg-type]  # floats work: call_later
         timeout_graceful_shutdown=options.grace_s,  # type: ignore[arg-type]  # and asyncio.timeout
     )
