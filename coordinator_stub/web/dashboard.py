@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -241,6 +242,9 @@ def _now() -> str:
 
 
 def _same_origin(request: Request) -> bool:
-    """A browser's POST names its page's origin; it must be this server's (no cross-site form can log in)."""
+    """A browser's POST names its page's origin; its host must be this server's (no other site can post).
+
+    The scheme is not compared: behind a TLS-terminating proxy the page is https and serve sees http.
+    """
     origin = request.headers.get("origin")
-    return origin is None or origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")

@@ -108,9 +108,9 @@ def test_the_dashboard_follows_a_live_fleet(tmp_path: Path, browser_page: tuple[
         _run(page, stub, tmp_path, shots, ds)
     assert outside == [], f"pages fetched from outside 127.0.0.1: {outside}"
     assert sorted(p.name for p in shots.glob("*.png")) == sorted(
-        f"{n}.png" for n in ("01-login-refused", "02-fleet", "03-job-queued", "04-job-leased", "05-job-shipped",
-                             "06-job-fenced", "07-composite-dag", "08-queue", "09-composites", "10-shadow",
-                             "11-events"))
+        f"{n}.png" for n in ("01-login-refused", "02-fleet", "03-job-queued", "04-job-leased", "05-fleet-live",
+                             "06-job-shipped", "07-job-fenced", "08-composite-dag", "09-queue", "10-composites",
+                             "11-shadow", "12-events"))
 
 
 def _run(page: Any, stub: RunningStub, tmp: Path, shots: Path, ds: Daemons) -> None:
@@ -157,9 +157,15 @@ def _run(page: Any, stub: RunningStub, tmp: Path, shots: Path, ds: Daemons) -> N
         ds.start(tmp / fid, env, factory=fid)
     page.wait_for_selector('#job-state [data-state="leased"]')
     page.screenshot(path=str(shots / "04-job-leased.png"), full_page=True)
+    fleet = page.context.new_page()  # a second tab: the first one keeps watching
+    fleet.goto(stub.url + "/#/fleet")
+    fleet.wait_for_selector('#factories .held a[href="#/job/watch-me"]')
+    assert fleet.locator("#factories tr[data-factory]").count() >= 2  # f1, f2 (and the zombie)
+    fleet.screenshot(path=str(shots / "05-fleet-live.png"), full_page=True)
+    fleet.close()
     gate_watch.touch()
     page.wait_for_selector('#job-state [data-state="shipped"]')
-    page.screenshot(path=str(shots / "05-job-shipped.png"), full_page=True)
+    page.screenshot(path=str(shots / "06-job-shipped.png"), full_page=True)
     assert page.evaluate("window.__notReloaded") == "still the same page"
 
     # 4. The zombie's lease expired and a daemon took fence-me (epoch 2); the zombie's late report is fenced.
@@ -174,7 +180,7 @@ def _run(page: Any, stub: RunningStub, tmp: Path, shots: Path, ds: Daemons) -> N
     assert "zombie" in page.text_content('#leases tr[data-epoch="1"]')
     assert lease["factoryId"] in page.text_content('#leases tr[data-epoch="2"]')
     assert "held by " + lease["factoryId"] in page.text_content("#story")
-    page.screenshot(path=str(shots / "06-job-fenced.png"), full_page=True)
+    page.screenshot(path=str(shots / "07-job-fenced.png"), full_page=True)
 
     # 3. A composite's DAG, every child coloured by its state, and the rollup.
     epic = {"id": "epic", "kind": "composite", "children": [
@@ -192,17 +198,17 @@ def _run(page: Any, stub: RunningStub, tmp: Path, shots: Path, ds: Daemons) -> N
                               ["e-ui", "shipped"]]
     fill = page.eval_on_selector('#dag .node[data-id="e-lint"] rect', "r => getComputedStyle(r).fill")
     assert fill == "rgb(46, 139, 87)"  # the stylesheet's shipped colour, not the default
-    page.screenshot(path=str(shots / "07-composite-dag.png"), full_page=True)
+    page.screenshot(path=str(shots / "08-composite-dag.png"), full_page=True)
 
     # The other pages, for people to look at; each shows what happened.
     post("/shadow-reports", {"factoryId": "f1-shadow", "shadow": True, "verdict": "AGREE",
                              "localJobId": "watch-me", "coordJobId": "watch-me"})
     post("/shadow-reports", {"factoryId": "f1-shadow", "shadow": True, "verdict": "DIVERGE",
                              "localJobId": "watch-me", "coordJobId": "fence-me"})
-    for name, selector, shot in (("queue?state=shipped", '#jobs tr[data-job-id="watch-me"]', "08-queue"),
-                                 ("composites", '#composites tr[data-job-id="epic"]', "09-composites"),
-                                 ("shadow", "#divergences tbody tr", "10-shadow"),
-                                 ("events?status=409", '#events tr[data-op="report"]', "11-events")):
+    for name, selector, shot in (("queue?state=shipped", '#jobs tr[data-job-id="watch-me"]', "09-queue"),
+                                 ("composites", '#composites tr[data-job-id="epic"]', "10-composites"),
+                                 ("shadow", "#divergences tbody tr", "11-shadow"),
+                                 ("events?status=409", '#events tr[data-op="report"]', "12-events")):
         page.goto(stub.url + "/#/" + name)
         page.wait_for_selector(selector)
         page.screenshot(path=str(shots / f"{shot}.png"), full_page=True)

@@ -235,7 +235,8 @@ const views = {
         h("td", {text: e.time}), h("td", {text: e.op}), h("td", {text: e.status}),
         h("td", {}, e.jobId ? jobLink(e.jobId) : ""), h("td", {text: e.factoryId || ""}), h("td", {text: e.leaseEpoch || ""}),
         h("td", {text: e.code || e.outcome || e.state || e.verdict || ""})));
-      const last = data.events.length ? data.events[data.events.length - 1].seq : null;
+      const full = data.events.length >= (Number(params.get("limit")) || 200);
+      const last = full ? data.events[data.events.length - 1].seq : null;
       return [table(["time", "op", "status", "job", "factory", "epoch", "code / result"], rows, {id: "events"}),
         last ? h("button", {type: "button", onclick: () => { params.set("before", last); setHash("events", params); }}, "older") : null];
     },
