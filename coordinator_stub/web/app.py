@@ -23,16 +23,12 @@ from coordinator_stub.core import Coordinator
 from coordinator_stub.web.auth import METRICS, SESSION_COOKIE, Sessions, Tokens, authorize
 from coordinator_stub.web.dashboard import Capabilities, Dashboard
 from coordinator_stub.web.events import EventFeed
-from coordinator_stub.web.fleet import FleetApi, operation
+from coordinator_stub.web.fleet import FleetApi, Receive, Scope, Send
 from coordinator_stub.web.metrics import CONTENT_TYPE, Metrics
 from coordinator_stub.web.options import ServeOptions
 from coordinator_stub.web.protocol import AUTHORISED
 from coordinator_stub.web.responses import json_error, on_http_exception, on_internal_error
 from coordinator_stub.web.runner import StoreRunner
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class Served:
@@ -67,10 +63,8 @@ class Served:
 
 
 def route_label(scope: Scope) -> str:
-    """A bounded label for a request (metrics): the fleet operation, or the part of the app."""
+    """A bounded label for a request outside the fleet API (metrics; the fleet API labels its own)."""
     path = str(scope.get("path", ""))
-    if path.startswith("/v1/fleet"):
-        return "fleet." + operation(str(scope.get("method", "")), path)
     if path.startswith("/ui/api/"):
         return "ui." + path.split("/")[3]
     if path.startswith("/static/"):

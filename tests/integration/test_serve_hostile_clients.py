@@ -39,7 +39,7 @@ WAIT_S = 30.0  # an upper bound on waiting for the server to act, never a speed 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStub]:
     with running_stub(tmp_path_factory.mktemp("hostile") / "coord", token=TOKEN, lease_ttl_s=600,
-                      extra_args=["--header-timeout", "1", "--body-timeout", "1"]) as s:
+                      extra_args=["--header-timeout", "1", "--body-timeout", "1", "--keep-alive", "1"]) as s:
         yield s
 
 
@@ -214,6 +214,26 @@ def test_a_trickled_body_is_cut_with_a_json_408(stub: RunningStub) -> None:
     assert "body" in one_json_error(raw, 408)["error"]["message"]
 
 
+def test_an_idle_keep_alive_connection_is_closed_after_its_answers(stub: RunningStub) -> None:
+    with socket.create_connection(address(stub), timeout=WAIT_S) as sock:
+        for _ in range(3):  # kept alive between requests...
+            sock.sendall(f"GET /v1/fleet/status HTTP/1.1\r\nHost: t\r\n{AUTH}\r\n".encode())
+            assert read_response(sock)[0] == 200
+        assert read_to_close(sock) == b""  # ...and closed once idle for --keep-alive
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Exactly one response (with Content-Length) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head = data.partition(b"\r\n\r\n")[0]
+    n = int(re.search(rb"content-length: *(\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+    while len(data) - len(head) - 4 < n:
+        data += sock.recv(65536)
+    return responses(data)[0]
+
+
 def test_a_connection_that_never_speaks_is_closed(stub: RunningStub) -> None:
     with socket.create_connection(address(stub), timeout=WAIT_S) as sock:
         assert read_to_close(sock) == b""  # closed by the server, not by the test's timeout (that would raise)
@@ -316,7 +336,7 @@ def test_sigterm_stops_within_the_grace_while_clients_trickle(tmp_path: Path) ->
             body.sendall(post("/v1/fleet/claim", b"{", "Content-Length: 100000"))
             head.sendall(b"GET /v1/fleet/status HTTP/1.1\r\nHost: t\r\n")
             idle.sendall(f"GET /v1/fleet/healthz HTTP/1.1\r\nHost: t\r\n{AUTH}\r\n".encode())
-            assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+            assert read_response(idle)[0] == 200
             body.sendall(b" ")
             s.proc.send_signal(signal.SIGTERM)
             stopped_at = None
