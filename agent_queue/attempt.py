@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent_queue import doctor, process, tools
+from agent_queue import doctor, process, tools, workspace
 from agent_queue.adapters import AgentAdapter
 from agent_queue.assessment import assess
 from agent_queue.control import Control
+from agent_queue.errors import AQError
 from agent_queue.joblog import log_header, log_path, log_size, show
 from agent_queue.jobs import Job
 from agent_queue.planning import Plan, run_dir
@@ -60,6 +61,8 @@ class AttemptRunner:
             verdict = self._assess(job, plan.adapter, tool, offset, record) or verdict
         if verdict is None and plan.verify:
             verdict = self._verify(job, plan, workdir, record)
+        if verdict is None:
+            verdict = self._pin(job, workdir, record)
         if verdict is not None:
             record.update(outcome=verdict[0], reason=verdict[1])
         record.update(endedAt=to_rfc3339(time.time()), durationS=round(time.time() - started, 3))
@@ -73,6 +76,16 @@ class AttemptRunner:
         log.info("verify %s", "passed" if verdict is None else "failed",
                  extra={"job_id": job.id, "attempt": record["attempt"], "exitCode": gate.exit_code})
         return verdict
+
+    def _pin(self, job: Job, workdir: Path, record: Record) -> Verdict | None:
+        """Pin what verify saw (every process of the attempt has ended): exactly that ships."""
+        try:
+            tree = workspace.record_verified(self.root, job, workdir)
+        except AQError as exc:
+            return "failed", f"workspace: {exc.message}"
+        if tree is not None:
+            record["verifiedTree"] = tree
+        return None
 
     def _assess(self, job: Job, adapter: AgentAdapter, tool: ProcResult, offset: int,
                 record: Record) -> Verdict | None:

@@ -154,7 +154,7 @@ class Runner:
             claim.defer(record, parse_rfc3339(record["notBefore"]))
             log.warning("tool usage limit: job put back until notBefore (attempt not counted)",
                         extra={**log_fields(claim, record), "notBefore": record["notBefore"]})
-        elif outcome in ("auth_expired", "over_budget"):
+        elif outcome in ("auth_expired", "over_budget", "quarantined"):
             self._quarantine(claim, record)
         elif record["attempt"] < plan.max_attempts:
             claim.retry(record)

@@ -67,6 +67,14 @@ def existing(root: Path, job: Job) -> Path:
     return ensure_dir(root / "work" / job.id) if job.repo is None else gitrepo.worktree_path(root, job.id)
 
 
+def record_verified(root: Path, job: Job, workdir: Path) -> str | None:
+    """Pin what the verify gate saw, so exactly that ships (a repo job; a plain job ships no content).
+
+    Returns the git tree of a repo job's worktree; raises ``GitError`` when git cannot record it.
+    """
+    return None if job.repo is None else gitship.record_verified(root, job, workdir)
+
+
 def push(root: Path, job: Job, workdir: Path, *, factory_id: str, epoch: int | None) -> gitship.ShipResult:
     """Commit what the agent left and push ``aq/<id>`` (fenced); no hook. Idempotent.
 
