@@ -19,7 +19,7 @@ from agent_queue import doctor, process, tools, workspace
 from agent_queue.adapters import AgentAdapter
 from agent_queue.assessment import assess
 from agent_queue.control import Control
-from agent_queue.errors import AQError
+from agent_queue.errors import AQError, DiskFull
 from agent_queue.joblog import log_header, log_path, log_size, show
 from agent_queue.jobs import Job
 from agent_queue.planning import Plan, run_dir
@@ -110,9 +110,14 @@ class AttemptRunner:
         return None if a.verdict == "ok" else (a.verdict, a.reason)
 
     def _run(self, job: Job, argv: tuple[str, ...], plan: Plan, workdir: Path, *, stdin: Path | None = None,
-             on_start: Callable[[int], None] | None = None) -> ProcResult:
-        return process.run(argv, cwd=workdir, env=plan.env, log_path=log_path(self.root, job.id),
-                           timeout_s=plan.timeout_s, watch=self.control, stdin_path=stdin, on_start=on_start)
+             on_start: Callable[[int, str | None], None] | None = None) -> ProcResult:
+        """One child under the daemon's ``Control``; a log it cannot write (disk full) raises ``DiskFull``."""
+        res = process.run(argv, cwd=workdir, env=plan.env, log_path=log_path(self.root, job.id),
+                          timeout_s=plan.timeout_s, watch=self.control, stdin_path=stdin, on_start=on_start,
+                          log_cap=self.settings.log_cap)
+        if res.disk_full is not None:
+            raise DiskFull(f"job {job.id}: {res.disk_full}")
+        return res
 
     def _verdict(self, what: str, res: ProcResult, timeout_s: float) -> Verdict | None:
         """None when ``res`` passed; else (outcome, reason) with outcome lost | shutdown | failed."""

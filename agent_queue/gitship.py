@@ -24,6 +24,7 @@ from agent_queue.fsutil import ensure_dir
 from agent_queue.gitcmd import GitError, GitFenced, NotFoundWorktree, branch_name, git, git_out
 from agent_queue.gitrepo import read_meta, write_meta
 from agent_queue.jobs import Job
+from agent_queue.outputcap import DEFAULT_LOG_CAP
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def ship_worktree(
     factory_id: str,
     epoch: int | None,
     hook_env: Mapping[str, str] | None = None,
+    log_cap: int = DEFAULT_LOG_CAP,
 ) -> ShipResult:
     """Commit, push ``aq/<id>`` fenced by ``--force-with-lease``, then run ``job.ship`` once.
 
@@ -170,7 +172,7 @@ def ship_worktree(
     write_meta(root, job.id, meta)
     hook_ran = False
     if job.ship and not meta.get("hookDone"):
-        _run_hook(job, workdir, sha, branch, hook_env, root / "logs" / f"{job.id}.log")
+        _run_hook(job, workdir, sha, branch, hook_env, root / "logs" / f"{job.id}.log", log_cap)
         meta["hookDone"] = True
         write_meta(root, job.id, meta)
         hook_ran = True
@@ -263,7 +265,7 @@ class _NoAbort:
 
 
 def _run_hook(job: Job, workdir: Path, sha: str, branch: str, env: Mapping[str, str] | None,
-              log_path: Path) -> None:
+              log_path: Path, log_cap: int) -> None:
     """The ship hook through ``process.run``: own process group (killed whole on timeout), output in the job log."""
     from agent_queue import process
 
@@ -278,7 +280,7 @@ def _run_hook(job: Job, workdir: Path, sha: str, branch: str, env: Mapping[str, 
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.write(f"=== ship hook: {' '.join(argv)[:300]}\n")
     res = process.run(tuple(argv), cwd=workdir, env=hook_env, log_path=log_path, timeout_s=HOOK_TIMEOUT_S,
-                      watch=_NoAbort())
+                      watch=_NoAbort(), log_cap=log_cap)
     if res.error is not None or res.timed_out:
         raise GitError(f"job {job.id}: ship hook {argv[0]} did not run to completion "
                        f"({res.error or f'timed out after {HOOK_TIMEOUT_S:g}s'})")

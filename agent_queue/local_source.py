@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def stop_leftover_tool(entry: Entry) -> None:
-    """A crashed daemon's tool may still run in the job's workspace: stop it before anyone re-runs the job."""
-    pid = entry.result.get("pid")
-    if isinstance(pid, int) and pid > 1:
-        process.stop_leftover(pid, entry.result.get("pidStart"))
+    """A crashed daemon's tool may still run in the job's workspace: stop its whole tree before anyone re-runs
+    the job (its process tree while the recorded pid is still that process, and all of its cgroup scope)."""
+    pid, cgroup = entry.result.get("pid"), entry.result.get("cgroup")
+    process.stop_leftover(pid if isinstance(pid, int) and pid > 1 else 0, entry.result.get("pidStart"),
+                          cgroup if isinstance(cgroup, str) else None)
 
 
 class LocalClaim(Claim):
@@ -37,8 +38,8 @@ class LocalClaim(Claim):
     def begin(self, attempt: int) -> None:
         self.queue.update(self.job.id, State.RUNNING, {"attempt": attempt, "startedAt": now(), "pid": None})
 
-    def note_pid(self, pid: int) -> None:
-        self.queue.update(self.job.id, State.RUNNING, {"pid": pid, "pidStart": process.identity(pid)})
+    def note_pid(self, pid: int, cgroup: str | None = None) -> None:
+        self.queue.update(self.job.id, State.RUNNING, {"pid": pid, "pidStart": process.identity(pid), "cgroup": cgroup})
 
     def note_ship_hook(self, outcome: Record) -> None:
         self.queue.update(self.job.id, State.SHIPPED, {"shipHook": outcome})

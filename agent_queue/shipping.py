@@ -120,7 +120,8 @@ class Shipper:
         log_header(self.root, self.settings.factory_id, job.id, f"ship hook: {show(plan.ship)}")
         hook = process.run(plan.ship, cwd=workdir, env=plan.env, log_path=log_path(self.root, job.id),
                            timeout_s=plan.timeout_s, watch=self.control,
-                           on_start=lambda pid: shiphooks.mark(self.root, job.id, pid))
+                           on_start=lambda pid, cgroup: shiphooks.mark(self.root, job.id, pid, cgroup),
+                           log_cap=self.settings.log_cap)
         claim.note_ship_hook({"exitCode": hook.exit_code, "timedOut": hook.timed_out, "error": hook.error})
         if hook.aborted:  # the marker stays, the next start runs it again
             log.warning("ship hook stopped by shutdown; it runs again at the next start", extra={"job_id": job.id})
@@ -133,7 +134,7 @@ class Shipper:
         """A repo job's hook runs inside ship_worktree (placeholders {branch} {sha}), once; never here as well."""
         try:
             workspace.run_ship_hook(self.root, claim.job, workdir, plan.ship, factory_id=self.settings.factory_id,
-                                    epoch=claim.epoch, env=plan.env)
+                                    epoch=claim.epoch, env=plan.env, log_cap=self.settings.log_cap)
         except AQError as exc:
             claim.note_ship_hook({"ok": False, "error": exc.message})
             log.warning("ship hook failed (job stays shipped)", extra={"job_id": claim.job.id,
