@@ -153,6 +153,10 @@ def status(ctx: _Ctx, as_json: bool) -> None:
     daemon = report["daemon"]
     click.echo(f"daemon: pid {daemon.get('pid')} since {daemon.get('startedAt')}" if daemon["running"]
                else "daemon: not running")
+    if daemon["running"] and daemon.get("backoff"):
+        hold = daemon["backoff"]
+        click.echo(f"daemon: backing off since {hold['since']}, no new work: {hold['reason']} "
+                   f"(next try {hold['retryAt']})")
     for job in report["running"]:
         click.echo(f"running: {job['id']} (tool {job['tool']}, attempt {job['attempt']}, pid {job['pid']}, "
                    f"{job['elapsedS']}s)")

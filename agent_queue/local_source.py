@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from agent_queue import composite_queue, process
+from agent_queue.errors import is_disk_full
 from agent_queue.inbox import Entry, LocalQueue, State, now
 from agent_queue.source import Claim, Record, Source
 from agent_queue.timeutil import to_rfc3339
@@ -61,8 +62,14 @@ class LocalClaim(Claim):
         self._end(State.QUARANTINE, record, counted=True)
 
     def give_back(self, reason: str) -> None:
-        self.queue.move(self.job.id, State.RUNNING, State.INBOX,
-                        {"reason": reason, "pid": None, "attempt": None, "startedAt": None})
+        try:
+            self.queue.move(self.job.id, State.RUNNING, State.INBOX,
+                            {"reason": reason, "pid": None, "attempt": None, "startedAt": None})
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # No room even for result.json: the rename alone puts the job back (attempts unchanged).
+            self.queue.move(self.job.id, State.RUNNING, State.INBOX, None)
 
     def defer(self, record: Record, not_before: float) -> None:
         # result.json keeps notBefore; LocalQueue.pending() skips the job until then.

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 
-from agent_queue.errors import AQError, Conflict, Fenced, NotFound, NotLeased, TransportError
+from agent_queue.errors import AQError, Conflict, DiskFull, Fenced, NotFound, NotLeased, TransportError, is_disk_full
 from agent_queue.fleet.claim import FleetClaim
 from agent_queue.fleet.client import FleetClient, is_retryable
 from agent_queue.fleet.heartbeat import Heartbeat
@@ -229,8 +229,12 @@ class FleetSource(Source):
             log.error(reason, extra={"job_id": job.id, "epoch": lease.epoch})
             # A local leftover with the same id (e.g. waiting to be settled) is this factory's problem,
             # not the job's: give it back without spending one of its attempts.
+            full = is_disk_full(exc)
             with contextlib.suppress(AQError):
-                self.client.release(lease, reason, retry=True, count_attempt=not isinstance(exc, Conflict))
+                self.client.release(lease, reason, retry=True,
+                                    count_attempt=not (isinstance(exc, Conflict) or full))
+            if full:  # the runner holds new work until there is room again
+                raise DiskFull(reason) from exc
             return None
         claim = FleetClaim(self.queue, entry, self.client, heartbeat, self._pend, self._park)
         claim.on_cannot_run = self._note_cannot_run
