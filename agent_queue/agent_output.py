@@ -193,6 +193,30 @@ PARSERS: dict[str, Callable[[str], dict[str, Any]]] = {
 OUTPUT_FORMATS = tuple(PARSERS)
 
 
+# --------------------------------------------------------------------------- the agent's answer
+
+
+def answer_text(output_format: str, text: str) -> str:
+    """The agent's final answer as plain text, unwrapped from its structured output when it has one.
+
+    A planner reads a JSON plan out of the answer; with ``--output-format json``
+    the answer is a string inside the tool's own JSON (claude's ``result``,
+    gemini's ``response``, codex's last ``agent_message``). Unknown or plain
+    formats give the text back unchanged.
+    """
+    objs = _json_objects(text) if output_format in ("claude-json", "gemini-json", "codex-jsonl") else []
+    answers: list[Any] = []
+    for obj in objs:
+        item = _obj(obj, "item")
+        if output_format == "claude-json" and obj.get("type") == "result":
+            answers.append(obj.get("result"))
+        elif output_format == "gemini-json" and "response" in obj:
+            answers.append(obj["response"])
+        elif output_format == "codex-jsonl" and item.get("type") == "agent_message":
+            answers.append(item.get("text"))
+    return answers[-1] if answers and isinstance(answers[-1], str) and answers[-1] else text
+
+
 # --------------------------------------------------------------------------- reset times
 
 _EPOCH_AFTER_BAR = re.compile(r"limit reached\|(\d{9,11})")

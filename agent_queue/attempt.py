@@ -15,12 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent_queue import doctor, process, tools, workspace
+from agent_queue import doctor, plan_job, process, tools, workspace
 from agent_queue.adapters import AgentAdapter
+from agent_queue.agent_output import answer_text
 from agent_queue.assessment import assess
 from agent_queue.control import Control
 from agent_queue.errors import AQError, DiskFull
-from agent_queue.joblog import log_header, log_path, log_size, show
+from agent_queue.joblog import log_header, log_path, show
 from agent_queue.jobs import Job
 from agent_queue.planning import Plan, run_dir
 from agent_queue.process import ProcResult
@@ -50,15 +51,17 @@ class AttemptRunner:
         """Run the tool, then the verify gate if the tool succeeded; describe what happened."""
         job = claim.job
         started = time.time()
-        self._header(job, f"attempt {attempt} of {plan.max_attempts}: {show(plan.argv)}")
+        epoch = f", epoch {claim.epoch}" if claim.epoch is not None else ""
+        self._header(job, f"attempt {attempt} of {plan.max_attempts} (round {claim.round}{epoch}): {show(plan.argv)}")
         log.info("attempt started", extra={"job_id": job.id, "attempt": attempt})
-        offset = log_size(self.root, job.id)
-        tool = self._run(job, plan.argv, plan, workdir, stdin=plan.stdin_path, on_start=claim.note_pid)
+        raw = run_dir(self.root, job) / f"attempt-{attempt}.out"  # the tool's bytes as written, for _assess
+        raw.unlink(missing_ok=True)
+        tool = self._run(job, plan.argv, plan, workdir, stdin=plan.stdin_path, on_start=claim.note_pid, raw=raw)
         record = new_record(attempt, "passed", exitCode=tool.exit_code, toolDurationS=round(tool.duration_s, 3),
                             startedAt=to_rfc3339(started))
         verdict = self._verdict("tool", tool, plan.timeout_s)
         if verdict is None or verdict[0] == "failed" and tool.exit_code is not None and not tool.timed_out:
-            verdict = self._assess(job, plan.adapter, tool, offset, record) or verdict
+            verdict = self._assess(job, plan.adapter, tool, raw, record) or verdict
         if verdict is None and plan.verify:
             verdict = self._verify(job, plan, workdir, record)
         if verdict is None:
@@ -87,15 +90,18 @@ class AttemptRunner:
             record["verifiedTree"] = tree
         return None
 
-    def _assess(self, job: Job, adapter: AgentAdapter, tool: ProcResult, offset: int,
+    def _assess(self, job: Job, adapter: AgentAdapter, tool: ProcResult, raw: Path,
                 record: Record) -> Verdict | None:
         """Read what the tool said (``assessment.assess``): usage limit, expired login, over budget, or plain.
 
         Keeps the transcript with the job and puts the parsed fields
         (costUsd, tokensIn, tokensOut, turns, sessionId) in the attempt record.
         """
-        output = tools.attempt_output(log_path(self.root, job.id), offset)
+        output = tools.attempt_output(raw, 0)  # not the log: its lines carry time stamps
+        if plan_job.is_planning(job.extra):  # the plan travels in the record (and a fleet report)
+            record["answer"] = answer_text(adapter.output_format, output)[-plan_job.MAX_ANSWER_CHARS:]
         record["transcript"] = str(tools.keep_transcript(run_dir(self.root, job), adapter, record["attempt"], output))
+        raw.unlink(missing_ok=True)  # kept as the transcript now
         now = time.time()
         a = assess(adapter, job, tool.exit_code if tool.exit_code is not None else -1, output, now)
         record.update({k: v for k, v in a.report.items() if k not in ("tool", "exitCode")})
@@ -110,11 +116,11 @@ class AttemptRunner:
         return None if a.verdict == "ok" else (a.verdict, a.reason)
 
     def _run(self, job: Job, argv: tuple[str, ...], plan: Plan, workdir: Path, *, stdin: Path | None = None,
-             on_start: Callable[[int, str | None], None] | None = None) -> ProcResult:
+             on_start: Callable[[int, str | None], None] | None = None, raw: Path | None = None) -> ProcResult:
         """One child under the daemon's ``Control``; a log it cannot write (disk full) raises ``DiskFull``."""
         res = process.run(argv, cwd=workdir, env=plan.env, log_path=log_path(self.root, job.id),
                           timeout_s=plan.timeout_s, watch=self.control, stdin_path=stdin, on_start=on_start,
-                          log_cap=self.settings.log_cap)
+                          raw_path=raw, log_cap=self.settings.log_cap)
         if res.disk_full is not None:
             raise DiskFull(f"job {job.id}: {res.disk_full}")
         return res

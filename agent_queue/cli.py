@@ -10,12 +10,14 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from agent_queue import service
+from agent_queue import log as aqlog
+from agent_queue import render, service
 from agent_queue.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AQError, BadInput
 from agent_queue.fleet import ops as fleet_ops
 from agent_queue.fleet import shadow
@@ -43,12 +45,15 @@ pass_ctx = click.make_pass_decorator(_Ctx)
 @click.option("--config", "config", type=click.Path(dir_okay=False),
               help="TOML config [env AQ_CONFIG; default <root>/agent-queue.toml when present].")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Daemon log format [env AQ_LOG_FORMAT].")
-@click.option("-v", "--verbose", is_flag=True, default=None, help="Add debug lines to the daemon log.")
+@click.option("-v", "--verbose", is_flag=True, default=None,
+              help="Add debug lines to the daemon log; other commands log what they do on stderr.")
 @click.version_option(package_name="agent-queue")
 @click.pass_context
 def cli(ctx: click.Context, /, **flags: Any) -> None:
     """Run AI coding agents and commands on a queue of jobs."""
     ctx.obj = _Ctx(flags)
+    if flags.get("verbose"):  # any command: what it does on stderr (the fleet client's retries, say)
+        aqlog.setup(flags.get("log_format") or "text", True, flags.get("factory_id") or PROG)
 
 
 class _EnqueueCommand(click.Command):
@@ -122,7 +127,9 @@ def _spec_from_flags(opts: dict[str, Any], command: list[str] | None) -> dict[st
 @click.option("--once", is_flag=True, help="Take at most one job, then exit.")
 @click.option("--drain", is_flag=True, help="Work until no job is left, then exit.")
 @click.option("--poll", "poll_s", type=float, help="Seconds between inbox polls when idle (default 2).")
-@click.option("--max-jobs", type=click.IntRange(min=1), help="Exit after this many jobs.")
+@click.option("--max-jobs", type=click.IntRange(min=1),
+              help="Exit after this many jobs ended here (shipped, quarantined, cancelled, fenced; retries of a job "
+                   "count once).")
 @click.option("--grace", "grace_s", type=float, help="Seconds a running job gets at shutdown (default 30).")
 @click.option("--keep-worktrees", "keep_worktrees_days", type=float,
               help="Days to keep worktrees of finished jobs (default 7; branches stay).")
@@ -140,32 +147,99 @@ def run(ctx: _Ctx, /, once: bool, drain: bool, max_jobs: int | None, **flags: An
     service.run_daemon(ctx.settings(**flags), RunOptions(once=once, drain=drain, max_jobs=max_jobs))
 
 
+def _color() -> bool:
+    """Colour only for a person at a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _echo(text: str, color: bool) -> None:
+    click.echo(text, color=color)
+
+
+def _json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _print(data: Any, as_json: bool, text: Callable[[bool], str]) -> None:
+    """``data`` as JSON, or as the text ``text(color)`` renders."""
+    if as_json:
+        _json(data)
+        return
+    color = _color()
+    _echo(text(color), color)
+
+
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (everything, settings included).")
+@click.option("--verbose", is_flag=True, help="Also print every resolved setting (secrets redacted).")
+@click.option("--watch", "watch_s", type=click.FloatRange(min=0.1), is_flag=False, flag_value=2.0, default=None,
+              metavar="[S]", help="Redraw every S seconds (default 2) until Ctrl-C.")
+@pass_ctx
+def status(ctx: _Ctx, as_json: bool, verbose: bool, watch_s: float | None) -> None:
+    """Counts per state, the running job, the daemon and the fleet mode (--verbose: the settings)."""
+    settings, color = ctx.settings(), _color()
+
+    def frame() -> str:
+        report = service.status(settings)
+        return json.dumps(report, indent=2, ensure_ascii=False) if as_json else render.status(
+            report, verbose=verbose, color=color)
+
+    if watch_s is None:
+        _echo(frame(), color)
+        return
+    try:
+        render.watch(frame, watch_s, lambda text: click.echo(text, nl=False, color=color), clear=sys.stdout.isatty())
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a watch ends
+
+
+@cli.command("jobs")
+@click.option("--state", help="Only jobs in this state (inbox|running|shipped|quarantine|cancelled|composite; "
+                              "the coordinator's words queued|leased|quarantined work too).")
+@click.option("--fleet", "at_fleet", is_flag=True, help="The coordinator's jobs, not this host's queue.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="At most N jobs, the most recently changed first (0: all).")
+@pass_ctx
+def jobs_cmd(ctx: _Ctx, state: str | None, at_fleet: bool, as_json: bool, limit: int) -> None:
+    """List jobs: id, state, tool, attempts, age, factory (--fleet) and a short reason."""
+    settings = ctx.settings()
+    cap = limit or None
+    listing = fleet_ops.jobs(settings, state, cap) if at_fleet else service.jobs(settings, state, cap)
+    _print(listing, as_json, lambda color: render.jobs(listing, fleet=at_fleet, color=color))
+    note = render.more(listing)
+    if note and not as_json:
+        click.echo(note, err=True)
+
+
+@cli.command("show")
+@click.argument("job_id", metavar="ID")
+@click.option("--fleet", "at_fleet", is_flag=True, help="Ask the coordinator too: its view and the lease history.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def status(ctx: _Ctx, as_json: bool) -> None:
-    """Counts per state, the running job, the daemon and the resolved settings (secrets redacted)."""
-    report = service.status(ctx.settings())
-    if as_json:
-        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+def show_cmd(ctx: _Ctx, job_id: str, at_fleet: bool, as_json: bool) -> None:
+    """One job: its spec (secrets redacted), every attempt, its lease history (--fleet) and where its log is."""
+    settings = ctx.settings()
+    detail = fleet_ops.show(settings, job_id) if at_fleet else service.show(settings, job_id)
+    _print(detail, as_json, lambda color: render.show(detail, color))
+
+
+@cli.command("cancel")
+@click.argument("job_id", metavar="ID")
+@click.option("--fleet", "at_fleet", is_flag=True, help="Cancel at the coordinator (it fences the factory holding it).")
+@pass_ctx
+def cancel_cmd(ctx: _Ctx, job_id: str, at_fleet: bool) -> None:
+    """Cancel a job: a queued one at once, a running one has its tool stopped and ships nothing.
+
+    A composite parent cancels its children that have not ended, and its verify gate.
+    """
+    settings = ctx.settings()
+    if at_fleet:
+        ids = fleet_ops.cancel(settings, job_id)
+        click.echo(f"{job_id}: cancelled {', '.join(ids) or 'nothing (already cancelled)'}")
         return
-    click.echo("  ".join(f"{state}: {n}" for state, n in report["counts"].items()))
-    daemon = report["daemon"]
-    click.echo(f"daemon: pid {daemon.get('pid')} since {daemon.get('startedAt')}" if daemon["running"]
-               else "daemon: not running")
-    if daemon["running"] and daemon.get("backoff"):
-        hold = daemon["backoff"]
-        click.echo(f"daemon: backing off since {hold['since']}, no new work: {hold['reason']} "
-                   f"(next try {hold['retryAt']})")
-    for job in report["running"]:
-        click.echo(f"running: {job['id']} (tool {job['tool']}, attempt {job['attempt']}, pid {job['pid']}, "
-                   f"{job['elapsedS']}s)")
-    for comp in report.get("composites", []):
-        counts = ", ".join(f"{k} {n}" for k, n in comp["counts"].items() if n)
-        click.echo(f"composite: {comp['id']} {comp['state']} ({counts})"
-                   + (f": {comp['reason']}" if comp.get("reason") else ""))
-    for key, value in report["settings"].items():
-        click.echo(f"  {key}: {value}")
+    done = service.cancel(settings, job_id)
+    click.echo(f"{job_id}: already cancelled" if done.already else f"{job_id}: cancelled {', '.join(done.ids)}")
 
 
 @cli.command("doctor")
@@ -195,20 +269,23 @@ def requeue(ctx: _Ctx, job_id: str, to_fleet: bool) -> None:
 
 @cli.command()
 @click.argument("job_id", metavar="ID")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ships or is quarantined.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing until the job ends, then its outcome; exit 0 only when it shipped.")
 @pass_ctx
 def logs(ctx: _Ctx, job_id: str, follow: bool) -> None:
     """Print a job's log (tool output, verify and ship hook, one header per attempt)."""
-    service.stream_log(ctx.settings(), job_id, follow, lambda text: click.echo(text, nl=False))
+    code = service.stream_log(ctx.settings(), job_id, follow, lambda text: click.echo(text, nl=False),
+                              lambda text: click.echo(f"{PROG}: {text}", err=True))
+    click.get_current_context().exit(code)
 
 
 @cli.command("fleet-status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def fleet_status(ctx: _Ctx, as_json: bool) -> None:
-    """The coordinator's counts, leases (holder, epoch, time left), factories, and the resolved fleet flags."""
+    """The coordinator's counts, each factory (live/stale/offline, busy/idle, what it holds), stranded jobs."""
     report = fleet_ops.fleet_status(ctx.settings())
-    click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else fleet_ops.format_status(report))
+    _print(report, as_json, lambda color: render.fleet_status(report, color))
 
 
 @cli.command("fleet-shadow-report")
@@ -219,6 +296,12 @@ def fleet_shadow_report(ctx: _Ctx, as_json: bool, since: str | None) -> None:
     """Shadow-mode verdicts from this factory's log: counts, agreement rate, recent divergences."""
     summary = fleet_ops.shadow_report(ctx.settings(), since)
     click.echo(shadow.summary_to_json(summary) if as_json else shadow.format_summary(summary))
+
+
+from agent_queue import cli_plan  # noqa: E402  (the planner's commands live beside this file)
+
+for _command in (cli_plan.plan, cli_plan.replan, cli_plan.approve):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

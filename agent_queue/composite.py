@@ -48,6 +48,36 @@ def validate_graph(children: Sequence[Job], *, where: str = "composite") -> list
     return _topological_order(by_id, where)
 
 
+def budget_problems(job: Job, *, where: str = "composite") -> list[str]:
+    """What makes a composite over budget before anything runs, one line per problem (empty: none).
+
+    A child's ``budget.timeoutS`` / ``costUsd`` is what one attempt of it may
+    spend; the children's together may not exceed the parent's budget, which
+    ``budget_stop`` enforces at run time anyway: a plan that exceeds it on paper
+    would only be quarantined half-way through.
+    """
+    problems = []
+    limits = {"timeoutS": job.budget.timeout_s, "costUsd": job.budget.cost_usd}
+    for key, limit in limits.items():
+        if limit is None:
+            continue
+        asked = {c.id: v for c in job.children
+                 if (v := c.budget.timeout_s if key == "timeoutS" else c.budget.cost_usd) is not None}
+        problems += [f"{where}: child {cid!r} budget.{key} {v:g} exceeds the parent's budget.{key} {limit:g}"
+                     for cid, v in asked.items() if v > limit]
+        if sum(asked.values()) > limit:
+            problems.append(f"{where}: the children's budget.{key} add up to {sum(asked.values()):g}, "
+                            f"over the parent's budget.{key} {limit:g}")
+    return problems
+
+
+def validate_budget(job: Job, *, where: str = "composite") -> None:
+    """Raise ``InvalidJob`` (one line per problem) when the children's budgets exceed the parent's."""
+    problems = budget_problems(job, where=where)
+    if problems:
+        raise InvalidJob("\n".join(problems))
+
+
 def _topological_order(by_id: dict[str, Job], where: str) -> list[str]:
     """Depth-first order; a back edge is a cycle, reported as ``a -> b -> a``."""
     order: list[str] = []
@@ -90,7 +120,10 @@ def _topological_order(by_id: dict[str, Job], where: str) -> list[str]:
 
 SHIPPED = "shipped"
 QUARANTINED = "quarantined"
-ROLLUP_KEYS = ("queued", "running", "blocked", "shipped", "quarantined")
+CANCELLED = "cancelled"
+ROLLUP_KEYS = ("queued", "running", "blocked", "shipped", "quarantined", "cancelled")
+# A child in one of these never ships: whatever waits for it is blocked.
+_DEAD = (QUARANTINED, "blocked", CANCELLED)
 
 
 def verify_spec(parent: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,14 +166,14 @@ def blocker(child: Mapping[str, Any], family: Mapping[str, Mapping[str, Any]]) -
 def statuses(family: Mapping[str, Mapping[str, Any]], stopped: bool = False) -> dict[str, str]:
     """Each child's rollup status; a queued child that can never start is ``blocked``.
 
-    Blocked: a dependency (or an earlier-phase sibling) is quarantined or itself
-    blocked, or ``stopped`` (the parent's budget is spent). Propagation runs to a
-    fixed point, so the order of ``family`` does not matter.
+    Blocked: a dependency (or an earlier-phase sibling) is quarantined, cancelled or
+    itself blocked, or ``stopped`` (the parent's budget is spent). Propagation runs to
+    a fixed point, so the order of ``family`` does not matter.
     """
     out = {cid: {"leased": "running"}.get(m["state"], m["state"]) for cid, m in family.items()}
     if stopped:
         return {cid: "blocked" if st == "queued" else st for cid, st in out.items()}
-    dead = ("quarantined", "blocked")
+    dead = _DEAD
     changed = True
     while changed:
         changed = False
@@ -159,13 +192,18 @@ def statuses(family: Mapping[str, Mapping[str, Any]], stopped: bool = False) -> 
     return out
 
 
-def spent(family: Mapping[str, Mapping[str, Any]]) -> tuple[float, float]:
-    """(seconds, dollars) spent by every child's attempts so far."""
-    return (round(sum(float(m.get("spentS") or 0.0) for m in family.values()), 3),
-            round(sum(float(m.get("costUsd") or 0.0) for m in family.values()), 6))
+Spend = tuple[float, float]  # (seconds, dollars)
 
 
-def budget_stop(budget: Mapping[str, Any] | None, family: Mapping[str, Mapping[str, Any]]) -> str | None:
+def spent(family: Mapping[str, Mapping[str, Any]], prior: Spend = (0.0, 0.0)) -> Spend:
+    """(seconds, dollars) spent by every child's attempts so far, plus ``prior``: what the parent spent
+    outside its current children (planning runs, children a re-plan replaced)."""
+    return (round(prior[0] + sum(float(m.get("spentS") or 0.0) for m in family.values()), 3),
+            round(prior[1] + sum(float(m.get("costUsd") or 0.0) for m in family.values()), 6))
+
+
+def budget_stop(budget: Mapping[str, Any] | None, family: Mapping[str, Mapping[str, Any]],
+                prior: Spend = (0.0, 0.0)) -> str | None:
     """The quarantine reason when the children have spent more than the parent's budget, else None.
 
     A parent's ``budget.timeoutS`` is the run time of all children together and
@@ -173,7 +211,7 @@ def budget_stop(budget: Mapping[str, Any] | None, family: Mapping[str, Mapping[s
     """
     if not budget:
         return None
-    secs, cost = spent(family)
+    secs, cost = spent(family, prior)
     limit_s, limit_cost = budget.get("timeoutS"), budget.get("costUsd")
     if limit_s is not None and secs > float(limit_s):
         return f"over budget: children ran {secs:g}s, budget.timeoutS is {float(limit_s):g}s"
@@ -183,22 +221,24 @@ def budget_stop(budget: Mapping[str, Any] | None, family: Mapping[str, Mapping[s
 
 
 def rollup(family: Mapping[str, Mapping[str, Any]], order: Sequence[str] | None = None, *,
-           budget: Mapping[str, Any] | None = None, verify: str | None = None) -> dict[str, Any]:
+           budget: Mapping[str, Any] | None = None, verify: str | None = None,
+           prior: Spend = (0.0, 0.0)) -> dict[str, Any]:
     """The parent's state, computed from its children (``verify``: None when it has no verify gate,
-    else pending | running | passed | failed).
+    else pending | running | passed | failed | cancelled).
 
     shipped: every child shipped (and the parent's verify passed); quarantined: over
-    budget, verify failed, or a child quarantined and nothing else can run; blocked:
-    a child is quarantined or blocked while others still run; else running / queued.
+    budget, verify failed, or a child quarantined and nothing else can run; cancelled:
+    the parent was cancelled, or a child was and nothing else can run; blocked: a child
+    is quarantined, cancelled or blocked while others still run; else running / queued.
     """
-    stop = budget_stop(budget, family)
+    stop = budget_stop(budget, family, prior)
     status = statuses(family, stopped=stop is not None)
     ids = [cid for cid in (order or ()) if cid in status] + [cid for cid in status if cid not in (order or ())]
     counts = dict.fromkeys(ROLLUP_KEYS, 0)
     for st in status.values():
         counts[st] += 1
     state, reason = _rollup_state(status, counts, stop, verify)
-    secs, cost = spent(family)
+    secs, cost = spent(family, prior)
     out: dict[str, Any] = {
         "state": state, "counts": counts, "children": [{"id": cid, "state": status[cid]} for cid in ids],
         "budget": {"spentS": secs, "costUsd": cost},
@@ -221,10 +261,15 @@ def _rollup_state(status: Mapping[str, str], counts: Mapping[str, int], stop: st
             return SHIPPED, None
         if verify == "failed":
             return QUARANTINED, "the parent's verify gate failed"
+        if verify == CANCELLED:
+            return CANCELLED, "the parent's verify gate was cancelled"
         return ("running" if verify == "running" else "queued"), None
     if counts["queued"] + counts["running"] == 0:
         bad = sorted(cid for cid, st in status.items() if st == QUARANTINED)
-        return QUARANTINED, f"child {', '.join(bad)} quarantined" if bad else "no child can run"
-    if counts["blocked"] or counts["quarantined"]:
+        if bad:
+            return QUARANTINED, f"child {', '.join(bad)} quarantined"
+        gone = sorted(cid for cid, st in status.items() if st == CANCELLED)
+        return (CANCELLED, f"child {', '.join(gone)} cancelled") if gone else (QUARANTINED, "no child can run")
+    if counts["blocked"] or counts["quarantined"] or counts["cancelled"]:
         return "blocked", None
     return ("running" if counts["running"] else "queued"), None

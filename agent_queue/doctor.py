@@ -122,7 +122,7 @@ def check_fleet(health: Callable[[], object]) -> Check:
         return Check("coordinator", False, exc.message)
     except Exception as exc:  # a health probe must never crash doctor
         return Check("coordinator", False, f"{exc.__class__.__name__}: {exc}")
-    return Check("coordinator", True, "healthz ok")
+    return Check("coordinator", True, "healthz ok, authenticated read ok")
 
 
 def run_checks(

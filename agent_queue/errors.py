@@ -46,6 +46,13 @@ class InvalidJob(BadInput):
     http_status = 422
 
 
+class TooLarge(BadInput):
+    """A request the coordinator refuses for its size (HTTP 413): for the sender, bad input."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
 class ConfigError(BadInput):
     """agent-queue.toml, an env variable or a flag combination is unusable."""
 
@@ -107,10 +114,34 @@ class CoordinatorError(AQError):
         self.code = code
 
 
+class Unfinished(AQError):
+    """An operation was accepted but the job outran it (a cancel that came after the ship), or it is not
+    done yet (a running job whose daemon has not stopped it in time): the CLI says which, exit 1."""
+
+    code = "unfinished"
+
+
 class StateError(AQError):
     """A state file on disk is unreadable or inconsistent."""
 
     code = "state_error"
+
+
+class SchemaMismatch(StateError):
+    """The coordinator's database has another schema version than this coordinator-stub knows (exit 1)."""
+
+    code = "schema_mismatch"
+
+
+class StoreUnavailable(StateError):
+    """The coordinator's database did not answer (down, failing over, restarting); retryable (HTTP 503).
+
+    The operation may or may not have committed: a claim is settled by its
+    ``requestId``, a report or release by its exact replay, as after any lost answer.
+    """
+
+    code = "store_unavailable"
+    http_status = 503
 
 
 class DiskFull(AQError):

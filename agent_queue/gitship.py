@@ -24,7 +24,7 @@ from agent_queue.fsutil import ensure_dir
 from agent_queue.gitcmd import GitError, GitFenced, NotFoundWorktree, branch_name, git, git_out
 from agent_queue.gitrepo import read_meta, write_meta
 from agent_queue.jobs import Job
-from agent_queue.outputcap import DEFAULT_LOG_CAP
+from agent_queue.logpump import DEFAULT_LOG_CAP
 
 log = logging.getLogger(__name__)
 

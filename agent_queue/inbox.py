@@ -23,10 +23,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
+from agent_queue import cancelmark
 from agent_queue.errors import Conflict, InvalidJob, NotFound, StateError
-from agent_queue.fsutil import ensure_dir, fsync_dir, read_json, write_json_atomic
+from agent_queue.fsutil import ensure_dir, fsync_dir, read_json, write_bytes_atomic, write_json_atomic
 from agent_queue.jobs import ID_RE, Job, validate_id
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
+# A job's prompt is stored once, beside job.json (which then has no "prompt"): it moves with the job,
+# and the tool reads this very file as its stdin or {prompt_file}. An older layout kept the prompt in
+# job.json as well; such a job.json is read as it is.
+PROMPT_FILE = "prompt.txt"
 
 
 class State(StrEnum):
@@ -41,6 +46,7 @@ class State(StrEnum):
     RUNNING = "running"
     SHIPPED = "shipped"
     QUARANTINE = "quarantine"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class Entry:
 
 
 class LocalQueue:
-    """The four state directories of one root, plus work/, logs/ and .state/."""
+    """The state directories of one root, plus work/, logs/ and .state/."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -78,6 +84,22 @@ class LocalQueue:
 
     def log_path(self, job_id: str) -> Path:
         return self.logs / f"{job_id}.log"
+
+    def daemon_lock(self) -> FileLock:
+        """Held by the one daemon of this root for its whole life (``status`` and ``cancel`` probe it)."""
+        return FileLock(str(self.state_dir / "daemon.lock"), mode=0o600)
+
+    def daemon_running(self) -> bool:
+        """Whether a daemon holds this root now (the lock is tried for an instant, never waited for)."""
+        if not self.state_dir.is_dir():
+            return False
+        lock = self.daemon_lock()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
 
     # --- adding jobs -------------------------------------------------------
 
@@ -104,7 +126,11 @@ class LocalQueue:
     def _place(self, job: Job, state: State, result: dict[str, Any], files: dict[str, Any] | None = None) -> Entry:
         staged = ensure_dir(self._staging / f"{job.id}.{secrets.token_hex(4)}")
         # Each file is fsynced; the staged directory once for all of them (before the rename publishes it).
-        for name, value in {JOB_FILE: job.to_dict(), **(files or {}), RESULT_FILE: result}.items():
+        spec = job.to_dict()
+        prompt = spec.pop("prompt", None)
+        if prompt is not None:
+            write_bytes_atomic(staged / PROMPT_FILE, prompt.encode("utf-8", "surrogatepass"), sync_dir=False)
+        for name, value in {JOB_FILE: spec, **(files or {}), RESULT_FILE: result}.items():
             write_json_atomic(staged / name, value, sync_dir=False)
         fsync_dir(staged)
         target = self.dir(state) / job.id
@@ -152,7 +178,7 @@ class LocalQueue:
 
     def _load(self, path: Path, state: State) -> Entry:
         try:
-            job = Job.from_dict(read_json(path / JOB_FILE), where=str(path / JOB_FILE))
+            job = Job.from_dict(read_spec(path), where=str(path / JOB_FILE))
             result = read_json(path / RESULT_FILE) if (path / RESULT_FILE).exists() else new_result(path.name, state)
         except (OSError, ValueError, InvalidJob) as exc:
             raise StateError(f"{path}: unreadable job ({exc})") from exc
@@ -210,13 +236,29 @@ class LocalQueue:
         with self._lock:
             write_json_atomic(path, {**read_json(path), **update, "updatedAt": now()})
 
+    def cancel(self, job_id: str, reason: str) -> State:
+        """Where the job was when asked: an inbox job is moved to cancelled/ at once, a running one is
+        marked (``cancelmark``) for the daemon running it; any other state is left alone."""
+        validate_id(job_id, "job id")
+        with self._lock:
+            state = self.find(job_id)
+            if state is None:
+                raise NotFound(f"job {job_id}: not found under {self.root}")
+            if state is State.INBOX:
+                self.move(job_id, State.INBOX, State.CANCELLED,
+                          {"reason": f"cancelled: {reason}", "cancelledAt": now(), "notBefore": None})
+            elif state is State.RUNNING:
+                cancelmark.mark(self.dir(State.RUNNING) / job_id, reason)
+            return state
+
     def requeue(self, job_id: str) -> Entry:
         """quarantine -> inbox with attempts reset; any other state is refused."""
-        state = self.get(job_id).state
-        if state is not State.QUARANTINE:
-            raise Conflict(f"job {job_id}: is in {state.value}/, only a quarantined job can be requeued")
+        entry = self.get(job_id)
+        if entry.state is not State.QUARANTINE:
+            raise Conflict(f"job {job_id}: is in {entry.state.value}/, only a quarantined job can be requeued")
         return self.move(job_id, State.QUARANTINE, State.INBOX,
-                         {"attempts": 0, "reason": None, "requeuedAt": now(), "enqueuedAt": now()})
+                         {"attempts": 0, "reason": None, "requeuedAt": now(), "enqueuedAt": now(),
+                          "round": int(entry.result.get("round") or 1) + 1})
 
     # --- loose files dropped into inbox/ -------------------------------------
 
@@ -285,6 +327,14 @@ class LocalQueue:
     def iter_all(self) -> Iterator[Entry]:
         for state in State:
             yield from self.entries(state)
+
+
+def read_spec(folder: Path, with_prompt: bool = True) -> Any:
+    """A stored job's spec (``job.json``), its prompt put back from ``prompt.txt`` unless ``with_prompt`` is False."""
+    spec = read_json(folder / JOB_FILE)
+    if with_prompt and isinstance(spec, dict) and "prompt" not in spec and (folder / PROMPT_FILE).is_file():
+        spec["prompt"] = (folder / PROMPT_FILE).read_bytes().decode("utf-8", "surrogatepass")
+    return spec
 
 
 def _deferred(result: dict[str, Any], at: float) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_queue.adapters import PLACEHOLDERS, AgentAdapter
-from agent_queue.errors import BadInput
+from agent_queue.errors import BadInput, InvalidJob
 from agent_queue.fsutil import write_bytes_atomic
 from agent_queue.jobs import Job
 
@@ -30,6 +30,18 @@ def _is_daemon_secret(name: str) -> bool:
     """The daemon's own settings (AQ_*) never reach a tool, the fleet token least of all."""
     return name.startswith("AQ_") or name == "AQ_FLEET_TOKEN"
 
+
+
+def check_argv_prompt(adapter: AgentAdapter, job: Job) -> None:
+    """Refuse a prompt too large for a tool that takes it as one argument (checked at enqueue and before a run)."""
+    takes_argv = adapter.prompt_via == "argv" or any("{prompt}" in a for a in adapter.argv)
+    size = len((job.prompt or "").encode("utf-8", "surrogatepass"))
+    if takes_argv and size > MAX_ARGV_PROMPT_BYTES:
+        raise InvalidJob(
+            f"job {job.id}.prompt: tool {adapter.name} takes the prompt as an argument, and a "
+            f"{size}-byte prompt exceeds the {MAX_ARGV_PROMPT_BYTES}-byte limit "
+            "(set prompt_via = \"stdin\" or \"file\" in agent-queue.toml)"
+        )
 
 
 def render_argv(adapter: AgentAdapter, values: Mapping[str, str]) -> list[str]:
@@ -92,8 +104,10 @@ def prepare_invocation(
     root: Path,
     run_dir: Path,
     base_env: Mapping[str, str],
+    prompt_path: Path | None = None,
 ) -> Invocation:
-    """Build argv / env / stdin of one attempt; writes ``run_dir/prompt.txt`` (0600) when a file is needed.
+    """Build argv / env / stdin of one attempt; the prompt file is ``prompt_path`` (the job's own stored
+    prompt) when given, else ``run_dir/prompt.txt`` (0600) is written when a file is needed.
 
     For the ``shell`` adapter (empty argv template) the job's ``command`` is
     the argv. A prompt given ``via = "argv"`` larger than 100 KiB is refused
@@ -101,16 +115,12 @@ def prepare_invocation(
     """
     prompt = job.prompt or ""
     prompt_file: Path | None = None
+    check_argv_prompt(adapter, job)
     uses_file = adapter.prompt_via == "file" or any("{prompt_file}" in a for a in adapter.argv)
     if uses_file:
-        prompt_file = run_dir / PROMPT_FILE_NAME
-        write_bytes_atomic(prompt_file, prompt.encode("utf-8"))
-    if adapter.prompt_via == "argv" and len(prompt.encode("utf-8")) > MAX_ARGV_PROMPT_BYTES:
-        raise BadInput(
-            f"job {job.id}: tool {adapter.name} takes the prompt as an argument, and a "
-            f"{len(prompt.encode('utf-8'))}-byte prompt exceeds the {MAX_ARGV_PROMPT_BYTES}-byte limit "
-            "(set prompt_via = \"stdin\" or \"file\" in agent-queue.toml)"
-        )
+        prompt_file = prompt_path or run_dir / PROMPT_FILE_NAME
+        if prompt_path is None:
+            write_bytes_atomic(prompt_file, prompt.encode("utf-8"))
     values = {
         "prompt": prompt,
         "prompt_file": str(prompt_file) if prompt_file else "",

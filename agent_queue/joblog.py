@@ -19,12 +19,6 @@ def log_path(root: Path, job_id: str) -> Path:
     return ensure_dir(root / "logs") / f"{job_id}.log"
 
 
-def log_size(root: Path, job_id: str) -> int:
-    """Where this attempt's output starts in the log (the log holds every attempt)."""
-    path = log_path(root, job_id)
-    return path.stat().st_size if path.exists() else 0
-
-
 def log_header(root: Path, factory_id: str, job_id: str, text: str) -> None:
     append_line(log_path(root, job_id), f"=== {to_rfc3339(time.time())} {factory_id} {job_id} {text}")
 

@@ -152,7 +152,7 @@ def _parse_job(data: Any, where: str) -> Job:
     command = _argv(data.get("command"), f"{w}.command")
     verify = _argv(data.get("verify"), f"{w}.verify")
     ship = _argv(data.get("ship"), f"{w}.ship")
-    children = _children(data.get("children"), kind, w)
+    children = _children(data.get("children"), kind, w, planned=data.get("plan") is not None)
     if kind == "leaf":
         if tool == "shell" and not command:
             raise InvalidJob(f"{w}.command: tool 'shell' needs a non-empty argv list")
@@ -289,14 +289,17 @@ def _env(value: Any, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out))
 
 
-def _children(value: Any, kind: str, where: str) -> tuple[Job, ...]:
+def _children(value: Any, kind: str, where: str, planned: bool = False) -> tuple[Job, ...]:
+    """A composite's children; none when it carries a ``plan`` instead (a planner writes them)."""
     items = _list(value, f"{where}.children")
     if kind == "leaf":
         if items:
             raise InvalidJob(f"{where}.children: only a composite job has children")
         return ()
-    if not items:
-        raise InvalidJob(f"{where}.children: a composite job needs at least one child")
+    if planned and items:
+        raise InvalidJob(f"{where}: give either children or a plan, not both")
+    if not items and not planned:
+        raise InvalidJob(f"{where}.children: a composite job needs at least one child (or a plan)")
     parent = where.split(" ", 1)[1]
     children = []
     for i, item in enumerate(items):

@@ -13,6 +13,7 @@ from agent_queue import tools, workspace
 from agent_queue.adapters import AgentAdapter
 from agent_queue.errors import BadInput
 from agent_queue.fsutil import ensure_dir
+from agent_queue.inbox import PROMPT_FILE
 from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job
 from agent_queue.settings import Settings
 
@@ -56,7 +57,8 @@ def plan_attempt(settings: Settings, job: Job, attempt: int) -> Plan:
         raise Rejected(f"attempts exhausted ({attempt - 1} of {max_attempts} used)")
     try:
         inv = tools.invocation(spec, profile, job, workdir=settings.root / "work" / job.id, root=settings.root,
-                               run_dir=run_dir(settings.root, job), host=settings.host_env)
+                               run_dir=run_dir(settings.root, job), host=settings.host_env,
+                               prompt_path=stored_prompt(settings.root, job))
     except BadInput as exc:
         raise Rejected(exc.message) from exc
     if tools.find_program(inv.argv[0], inv.env) is None:
@@ -66,6 +68,12 @@ def plan_attempt(settings: Settings, job: Job, attempt: int) -> Plan:
                 timeout_s=job.budget.timeout_s or profile.timeout_s or DEFAULT_TIMEOUT_S,
                 max_attempts=max_attempts, verify=job.verify, ship=job.ship or profile.ship,
                 stdin_path=inv.stdin_path)
+
+
+def stored_prompt(root: Path, job: Job) -> Path | None:
+    """The running job's own prompt file, which the tool reads in place (None: no prompt, or an older layout)."""
+    path = root / workspace.RUNNING_DIR / job.id / PROMPT_FILE
+    return path if job.prompt is not None and path.is_file() else None
 
 
 def run_dir(root: Path, job: Job) -> Path:

@@ -4,11 +4,11 @@ The runner owns the policy (shutdown grace, lost lease); this module owns the
 mechanics. The child runs under ``shepherd`` (its own session and process group,
 Linux: the subreaper of its tree and killed with the daemon; a cgroup v2 of its
 own where ``containment`` can make one), so nothing it starts, ``setsid`` or
-double-forked, outlives it. Its stdout+stderr go through a pipe into the job log,
-capped (``outputcap``). The wait is on an Event set when the child exits or when
-the caller wants attention; a timeout or an abort asks the shepherd to stop the
-tree (TERM, a short grace, then KILL), and the daemon kills the group and the
-cgroup itself if the shepherd does not finish.
+double-forked, outlives it. Its stdout+stderr are pumped into the job log, each
+line time-stamped and each run capped (``logpump``). The wait is on an Event set
+when the child exits or when the caller wants attention; a timeout or an abort
+asks the shepherd to stop the tree (TERM, a short grace, then KILL), and the
+daemon kills the group and the cgroup itself if the shepherd does not finish.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent_queue import containment
-from agent_queue.outputcap import DEFAULT_LOG_CAP, LogSink, run_budget
+from agent_queue.logpump import DEFAULT_LOG_CAP, Pump, run_budget
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ KILL_GRACE_S = 2.0
 START_WAIT_S = 30.0  # the shepherd forks as soon as it reads "go"; more is a host in trouble
 STOP_WAIT_S = 10.0  # past the grace: the shepherd did not finish, the daemon kills what is left itself
 SHEPHERD = Path(__file__).with_name("shepherd.py")
+PUMP_DRAIN_S = 1.0  # after the tree is gone, what is still in the pipe is read this long at most
 
 
 class Watch(Protocol):
@@ -75,19 +76,23 @@ def run(
     watch: Watch,
     stdin_path: Path | None = None,
     on_start: Callable[[int, str | None], None] | None = None,
+    raw_path: Path | None = None,
     log_cap: int = DEFAULT_LOG_CAP,
 ) -> ProcResult:
     """Run ``argv`` to completion, timeout or abort; its whole tree is gone when this returns.
 
+    Its output reaches ``log_path`` with each line stamped, and ``raw_path`` unchanged when given,
+    each within this run's share of ``log_cap`` (``logpump``); both are complete when this returns.
     ``on_start(pid, cgroup)`` is called as soon as the child runs (pid: the child's, also its
     process group; cgroup: its scope or None). Until then, and whenever the daemon dies, the
     shepherd ends the tree by itself.
     """
     start = time.monotonic()
     try:
-        child = _Child(argv, cwd, log_path, stdin_path, run_budget(log_path, log_cap), watch.wake)
+        child = _Child(argv, cwd, stdin_path, watch.wake)
     except OSError as exc:
         return ProcResult(None, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+    child.pump_into(log_path, raw_path, run_budget(log_path, log_cap))
     timed_out, aborted = False, None
     try:
         child.contain()
@@ -102,24 +107,16 @@ def run(
     duration = time.monotonic() - start
     if child.exec_error is not None:
         return ProcResult(None, error=f"cannot start {argv[0]!r}: {child.exec_error}", duration_s=duration)
-    return ProcResult(child.proc.returncode, timed_out, aborted, duration, disk_full=child.sink.disk_full)
+    return ProcResult(child.proc.returncode, timed_out, aborted, duration, disk_full=child.pump.disk_full)
 
 
 class _Child:
     """One shepherd and its tree: the control socket, the log pipe, the cgroup scope."""
 
-    def __init__(self, argv: tuple[str, ...], cwd: Path, log_path: Path, stdin_path: Path | None,
-                 budget: int, wake: threading.Event) -> None:
+    def __init__(self, argv: tuple[str, ...], cwd: Path, stdin_path: Path | None, wake: threading.Event) -> None:
         out_r, out_w = os.pipe()
         self.ctl, theirs = socket.socketpair()
-        try:
-            self.sink = LogSink(out_r, log_path, budget)
-        except BaseException:
-            for end in (self.ctl, theirs):
-                end.close()
-            for fd in (out_r, out_w):
-                os.close(fd)
-            raise
+        self._out = os.fdopen(out_r, "rb", buffering=0)
         try:
             with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as inp:
                 self.proc = subprocess.Popen(
@@ -129,7 +126,7 @@ class _Child:
                     pass_fds=(theirs.fileno(),))
         except BaseException:
             self.ctl.close()
-            self.sink.close()
+            self._out.close()
             raise
         finally:
             os.close(out_w)
@@ -141,9 +138,13 @@ class _Child:
         self._said = b""
         self.exited = threading.Event()
         self.wake = wake
-        self.sink.on_disk_full = wake.set
-        self.sink.start_pumping()
         threading.Thread(target=self._reap, name=f"reap-{self.pid}", daemon=True).start()
+
+    def pump_into(self, log_path: Path, raw_path: Path | None, budget: int) -> None:
+        """Start copying the child's output (a log that cannot be opened is reported, the pipe still drained)."""
+        self.pump = Pump(self._out, log_path, raw_path, budget=budget)
+        self.pump.on_disk_full = self.wake.set
+        self.pump.start()
 
     def _reap(self) -> None:
         self.proc.wait()
@@ -180,7 +181,8 @@ class _Child:
         self._kill_leftovers(child_group=False)  # what the shepherd could not reach: normally nothing
         if self.scope is not None:
             containment.remove(self.scope)
-        self.sink.finish()
+        if not self.pump.stop(PUMP_DRAIN_S):
+            log.warning("a process outside the tool's tree still writes to its output; the log keeps taking it")
         self.ctl.close()
 
     def _kill_leftovers(self, *, child_group: bool) -> None:
@@ -213,8 +215,8 @@ def _wait(child: _Child, watch: Watch, deadline: float) -> tuple[bool, str | Non
         watch.wake.clear()  # clear before checking, so a set() in between is never lost
         if child.exited.is_set():
             return False, None
-        if child.sink.disk_full is not None:
-            return False, f"disk full: {child.sink.disk_full}"
+        if child.pump.disk_full is not None:
+            return False, f"disk full: {child.pump.disk_full}"
         reason = watch.abort_reason()
         if reason is not None:
             return False, reason

@@ -55,13 +55,17 @@ class Runner:
         self.shipper = Shipper(settings, self.control)
         self.disk = DiskBackoff(self.root, self.control)
         self._stranded: list[Claim] = []  # given back while the disk was full, but not even moved back
+        # Jobs that reached an end here (shipped, quarantined, cancelled, fenced): what --max-jobs and the
+        # shutdown line count. A retried job is one job however many attempts it takes.
+        self.ended: set[str] = set()
+        self.attempts_run = 0
 
     # --- the loop ---------------------------------------------------------------
 
     def work(self, opts: RunOptions) -> int:
-        """Run jobs until told to stop (or, with --once/--drain, until done); return how many ran."""
+        """Run jobs until told to stop (or, with --once/--drain, until done); return how many ended here."""
         self._start_up()
-        done, backoff = 0, self.settings.poll_s
+        backoff = self.settings.poll_s
         while not self.control.stopping:
             if self.disk.active and not self._room_again():
                 continue
@@ -93,11 +97,11 @@ class Runner:
                     self._salvage(claim, exc)
                     self.control.idle(self.settings.poll_s)
             workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(), startup=False)
-            done += 1
-            if opts.once or (opts.max_jobs is not None and done >= opts.max_jobs):
+            self.attempts_run += 1
+            if opts.once or (opts.max_jobs is not None and len(self.ended) >= opts.max_jobs):
                 break
         self.source.close()
-        return done
+        return len(self.ended)
 
     def _start_up(self) -> None:
         """Recover what a crash left (jobs, ship hooks, worktrees); what is left is settled again later."""
@@ -208,6 +212,8 @@ class Runner:
         refused = self.shipper.ship(claim, plan, workdir, record)
         if refused is not None:  # fenced, or an offline push failed: ends like any other attempt
             self._finish(claim, plan, workdir, refused)
+        elif record.get("outcome") == "shipped":  # not when the report is pending (the job waits in running/)
+            self.ended.add(claim.job.id)
 
     def _resume_ship(self, claim: Claim, record: Record) -> None:
         """The coordinator accepted this attempt's report before we could ship it: ship it now.
@@ -220,6 +226,7 @@ class Runner:
             plan = plan_attempt(self.settings, claim.job, int(record.get("attempt") or claim.attempts_done + 1))
         except Rejected as exc:  # this factory's config changed since; the job still counts as shipped
             self.shipper.ship_unplanned(claim, record, exc)
+            self.ended.add(claim.job.id)
             return
         self._ship(claim, plan, workspace.existing(self.root, claim.job), record)
 
@@ -227,13 +234,16 @@ class Runner:
         record["outcome"] = "quarantined" if record["outcome"] != "rejected" else "rejected"
         workspace.finish(self.root, claim.job, "quarantined")
         claim.quarantine(record)
+        self.ended.add(claim.job.id)
         log.warning("quarantined", extra={**log_fields(claim, record), "reason": record["reason"]})
 
     def _fenced(self, claim: Claim, record: Record) -> None:
         record["outcome"] = "fenced"
         workspace.finish(self.root, claim.job, "fenced")
-        claim.fenced(record)
-        log.warning("fenced: not shipped", extra={**log_fields(claim, record), "reason": record["reason"]})
+        claim.fenced(record)  # a local claim is lost only by a cancel: it says so in the record
+        self.ended.add(claim.job.id)
+        log.warning(f"{record['outcome']}: not shipped",
+                    extra={**log_fields(claim, record), "reason": record["reason"]})
 
     @contextmanager
     def signals(self) -> Iterator[None]:

@@ -15,12 +15,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
-from agent_queue import composite_queue
+from agent_queue import composite_queue, jobview, logfollow, plan_job
 from agent_queue import log as aqlog
-from agent_queue.errors import StateError
+from agent_queue.cancel import Cancelled
+from agent_queue.cancel import cancel as cancel_job
+from agent_queue.errors import Conflict, NotFound, StateError
 from agent_queue.fleet.flags import resolve_flags
+from agent_queue.fleet.records import read_lease
 from agent_queue.fsutil import read_json, write_json_atomic
 from agent_queue.inbox import LocalQueue, State, decode_spec
 from agent_queue.jobs import Job, new_job_id
@@ -33,17 +36,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["decode_spec", "doctor", "enqueue", "requeue", "run_daemon", "status", "stream_log"]
+__all__ = ["cancel", "decode_spec", "doctor", "enqueue", "jobs", "requeue", "run_daemon", "show", "status",
+           "stream_log"]
 
 
 def queue_for(settings: Settings) -> LocalQueue:
+    """The root's queue, created if missing: for the commands that add work (enqueue, run)."""
     return LocalQueue(settings.root).init()
+
+
+def existing_queue(settings: Settings) -> LocalQueue:
+    """The root's queue for a command that reads or changes existing jobs: a missing root is an error, never created."""
+    root = settings.root
+    if not root.is_dir():
+        raise NotFound(f"{root}: not found: no queue here (`agent-queue enqueue` or `agent-queue run` creates one)")
+    return LocalQueue(root)
 
 
 def enqueue(settings: Settings, spec: Any, where: str) -> str:
     """Validate ``spec`` fully (fields, tool, profile, unique id) before writing anything; return the id."""
     if isinstance(spec, Mapping) and "id" not in spec:
         spec = {**spec, "id": new_job_id()}
+    if isinstance(spec, Mapping) and spec.get("kind") == "composite" and isinstance(spec.get("plan"), dict):
+        spec = plan_job.with_rules(spec, sorted(settings.tools), sorted(settings.profiles))
     job = Job.from_dict(spec, where=where)
     if job.kind == "composite":
         composite_queue.enqueue(queue_for(settings), job,
@@ -55,16 +70,40 @@ def enqueue(settings: Settings, spec: Any, where: str) -> str:
 
 
 def requeue(settings: Settings, job_id: str) -> None:
-    queue = queue_for(settings)
+    """quarantine -> inbox (a composite: its quarantined children); a job that came from the coordinator is refused.
+
+    Route mode never reads the local inbox, and running a fleet job's local copy outside its lease
+    could ship it twice: only the coordinator may run it again (``requeue ID --fleet``).
+    """
+    queue = existing_queue(settings)
     parent = composite_queue.find_parent(queue, job_id)
     if parent is not None:
         composite_queue.requeue_parent(queue, parent)
         return
+    lease = read_lease(queue.get(job_id))
+    if lease is not None:
+        raise Conflict(f"job {job_id}: came from the coordinator (lease epoch {lease.epoch}); requeue it there "
+                       f"with `agent-queue requeue {job_id} --fleet`")
     queue.requeue(job_id)
 
 
+def cancel(settings: Settings, job_id: str) -> Cancelled:
+    """``agent-queue cancel ID``: see ``agent_queue.cancel``."""
+    return cancel_job(existing_queue(settings), job_id)
+
+
+def jobs(settings: Settings, state: str | None, limit: int | None) -> dict[str, Any]:
+    """``agent-queue jobs``: the most recently changed jobs first, ``limit`` of them (None: all)."""
+    return jobview.list_jobs(existing_queue(settings), state, limit, time.time())
+
+
+def show(settings: Settings, job_id: str) -> dict[str, Any]:
+    """``agent-queue show ID``: spec (secrets redacted), attempts, lease, log."""
+    return jobview.show(existing_queue(settings), job_id, settings.factory_id, [settings.fleet_token])
+
+
 def run_daemon(settings: Settings, opts: RunOptions) -> int:
-    """Start-up checks, lock, then the runner loop; returns the number of jobs processed."""
+    """Start-up checks, lock, then the runner loop; returns the number of jobs that ended (not attempts)."""
     # The daemon's modules (runner, attempt, shipping, git, the Sources) load only when a daemon runs.
     from agent_queue.assemble import build_source
     from agent_queue.runner import Runner
@@ -74,20 +113,22 @@ def run_daemon(settings: Settings, opts: RunOptions) -> int:
     flags = resolve_flags(settings.fleet, settings.fleet_route, settings.fleet_shadow, log.warning)
     queue = queue_for(settings)
     source = build_source(settings, queue)
-    lock = FileLock(str(queue.state_dir / "daemon.lock"), mode=0o600)
+    lock = queue.daemon_lock()
     try:
         lock.acquire(timeout=1.0)  # not 0: `status` takes this lock for an instant to see if a daemon runs
     except Timeout:
         raise StateError(f"{settings.root}: another agent-queue daemon is running on this root") from None
     try:
         write_json_atomic(queue.state_dir / "daemon.json", {"pid": os.getpid(), "factoryId": settings.factory_id,
-                                                            "startedAt": to_rfc3339(time.time())})
+                                                            "startedAt": to_rfc3339(time.time()),
+                                                            "fleetMode": settings.fleet_mode,
+                                                            "fleetFlags": flags.describe()})
         runner = Runner(settings, source)
         log.info("daemon started", extra={"root": str(settings.root), "fleetMode": settings.fleet_mode,
                                             "fleetFlags": flags.describe()})
         with runner.signals():
             done = runner.work(opts)
-        log.info("daemon stopped", extra={"jobs": done})
+        log.info("daemon stopped", extra={"jobs": done, "attempts": runner.attempts_run})
         return done
     finally:
         lock.release()
@@ -114,25 +155,34 @@ def doctor(settings: Settings) -> list[Any]:
 
 
 def _fleet_health(settings: Settings) -> Callable[[], object]:
-    """A probe that raises when the coordinator is unreachable or unhealthy (the token stays in the transport)."""
+    """A probe that raises when the coordinator is unreachable, unhealthy or refuses this host's token.
+
+    healthz needs no token, so it alone passed with a wrong one while the daemon then logged
+    ``unauthorized`` forever: an authenticated read (``status``) follows it. The token stays in the transport.
+    """
 
     def probe() -> object:
         from agent_queue.errors import CoordinatorError
-        from agent_queue.fleet.client import FleetClient
+        from agent_queue.fleet.client import SINGLE_SHOT, FleetClient
         from agent_queue.fleet.transport import make_transport
 
         client = FleetClient(make_transport(settings.fleet_api_cmd, settings.fleet_api, settings.fleet_token, 5.0),
-                             settings.factory_id, settings.capabilities)
-        if not client.healthz():
-            raise CoordinatorError("coordinator did not answer healthz with ok (see the daemon log)")
+                             settings.factory_id, settings.capabilities, SINGLE_SHOT)
+        try:
+            if not client.healthz():
+                raise CoordinatorError("coordinator did not answer healthz with ok (see the daemon log)")
+            client.status()  # authenticated: a wrong or missing token fails here
+        finally:
+            client.transport.close()
         return True
 
     return probe
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    """Counts per state, the running job(s) with elapsed time and pid, the daemon, the settings (redacted)."""
-    queue = queue_for(settings)
+    """Counts per state, the running job(s) with elapsed time and pid, the daemon, the fleet mode (the running
+    daemon's, as its start line gave it; else what this host's settings resolve to), the settings (redacted)."""
+    queue = existing_queue(settings)
     now = time.time()
     running = []
     for entry in queue.entries(State.RUNNING):
@@ -140,8 +190,12 @@ def status(settings: Settings) -> dict[str, Any]:
         running.append({"id": entry.job.id, "tool": entry.job.tool, "attempt": entry.result.get("attempt"),
                         "pid": _live_pid(entry.result),
                         "elapsedS": None if not started else round(now - parse_rfc3339(started), 1)})
+    daemon = _daemon(queue, now)
+    mode = daemon.get("fleetMode") if daemon["running"] else None
+    flags = daemon.get("fleetFlags") if daemon["running"] else None
     return {"counts": queue.counts(), "running": running, "composites": composite_queue.rollups(queue),
-            "daemon": _daemon(queue), "settings": settings.describe()}
+            "daemon": daemon, "fleetMode": mode or settings.fleet_mode,
+            "fleetFlags": flags or settings.fleet_flags.describe(), "settings": settings.describe()}
 
 
 def _live_pid(result: Mapping[str, Any]) -> int | None:
@@ -152,15 +206,13 @@ def _live_pid(result: Mapping[str, Any]) -> int | None:
     return pid if isinstance(pid, int) and pid > 1 and ident is not None and identity(pid) == ident else None
 
 
-def _daemon(queue: LocalQueue) -> dict[str, Any] | None:
-    lock = FileLock(str(queue.state_dir / "daemon.lock"), mode=0o600)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        info = _read_optional(queue.state_dir / "daemon.json")
-        return {"running": True, **(info or {})}
-    lock.release()
-    return {"running": False}
+def _daemon(queue: LocalQueue, now: float) -> dict[str, Any]:
+    if not queue.daemon_running():
+        return {"running": False}
+    info = _read_optional(queue.state_dir / "daemon.json") or {}
+    started = info.get("startedAt")
+    up = round(now - parse_rfc3339(started), 1) if isinstance(started, str) else None
+    return {"running": True, **info, "upS": up}
 
 
 def _read_optional(path: Path) -> Any:
@@ -171,27 +223,6 @@ def _read_optional(path: Path) -> Any:
 
 
 def stream_log(settings: Settings, job_id: str, follow: bool, write: Callable[[str], None],
-               poll_s: float = 0.2) -> None:
-    """Write the job's log; with ``follow``, keep writing until the job leaves inbox/ and running/."""
-    queue = LocalQueue(settings.root)
-    queue.get(job_id)  # NotFound for an unknown id
-    path = queue.log_path(job_id)
-    offset = 0
-    while True:
-        offset = _copy_from(path, offset, write)
-        if not follow or queue.find(job_id) not in (State.INBOX, State.RUNNING):
-            _copy_from(path, offset, write)
-            return
-        time.sleep(poll_s)
-
-
-def _copy_from(path: Path, offset: int, write: Callable[[str], None]) -> int:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-    except FileNotFoundError:
-        return offset
-    if data:
-        write(data.decode("utf-8", "replace"))
-    return offset + len(data)
+               note: Callable[[str], None]) -> int:
+    """``agent-queue logs``: see ``agent_queue.logfollow``; returns the exit status (0 only for shipped)."""
+    return logfollow.stream(existing_queue(settings), job_id, follow, write, note)

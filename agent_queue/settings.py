@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from agent_queue.adapters import AgentAdapter
 from agent_queue.errors import ConfigError
 from agent_queue.fleet.flags import ResolvedFlags, parse_bool, resolve_flags
-from agent_queue.outputcap import DEFAULT_LOG_CAP
+from agent_queue.logpump import DEFAULT_LOG_CAP
 from agent_queue.tools import Profile, configured_tools, host_env, parse_profiles, parse_tools
 
 CONFIG_NAME = "agent-queue.toml"
@@ -57,7 +57,7 @@ class Settings:
     tools: Mapping[str, AgentAdapter] = field(default_factory=lambda: parse_tools(None, "tools"))
     configured_tools: tuple[str, ...] = ()  # named in [tools.*] of the config: doctor requires them
     keep_worktrees_days: float = 7.0  # worktrees of finished jobs are pruned after this long
-    log_cap: int = DEFAULT_LOG_CAP  # bytes of a job's log (the middle of a flood is cut; see outputcap)
+    log_cap: int = DEFAULT_LOG_CAP  # bytes of a job's log (the middle of a flood is cut; see logpump)
     # Repos (path or URL prefixes) a job may name; empty: any repo this daemon's user can read.
     allowed_repos: tuple[str, ...] = ()
     profiles: Mapping[str, Profile] = field(default_factory=lambda: parse_profiles(None, "profiles"))
@@ -111,6 +111,9 @@ class Settings:
 def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Build the one Settings object; ``flags`` holds CLI values, None where not given."""
     root = Path(_pick(flags.get("root"), env.get("AQ_ROOT"), None, "~/.agent-queue")).expanduser()
+    if root.exists() and not root.is_dir():  # the same answer whichever way it was given
+        source = "--root" if flags.get("root") is not None else "AQ_ROOT" if env.get("AQ_ROOT") else "root"
+        raise ConfigError(f"{source} {root}: is not a directory")
     config_path = _config_path(flags.get("config"), env.get("AQ_CONFIG"), root)
     cfg = _read_config(config_path)
     where = str(config_path)
@@ -156,6 +159,34 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact_spec(spec: Mapping[str, Any], secrets: Iterable[str | None] = ()) -> dict[str, Any]:
+    """A job spec fit to show: env values and URL credentials hidden, and any known secret (the fleet
+    token) replaced wherever it appears, at any depth."""
+    known = [s for s in secrets if s]
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in known:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, Mapping):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [scrub(v) for v in value]
+        return value
+
+    def hide(job: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(job.get("env"), Mapping):
+            job["env"] = dict.fromkeys(job["env"], REDACTED)
+        if isinstance(job.get("repo"), str):
+            job["repo"] = redact_url(job["repo"])
+        if isinstance(job.get("children"), list):
+            job["children"] = [hide(c) if isinstance(c, dict) else c for c in job["children"]]
+        return job
+
+    return hide(scrub(spec))
 
 
 def _pick(flag: Any, env_value: str | None, cfg_value: Any, default: Any) -> Any:

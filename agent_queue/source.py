@@ -67,6 +67,8 @@ class Claim(ABC):
 
     job: Job
     attempts_done: int
+    # 1 + how often the job was requeued after it ended (``requeue``): the attempt log header says it.
+    round: int = 1
     # Set on a claim whose report(shipped) the coordinator accepted before this daemon stopped
     # (or before an outage ended): the runner skips the tool and verify and resumes at the ship
     # step with this attempt record.

@@ -24,7 +24,13 @@ from agent_queue.adapters import BUILTIN_ADAPTERS, AgentAdapter, adapter_from_co
 from agent_queue.assessment import transcript_name
 from agent_queue.errors import ConfigError, InvalidJob
 from agent_queue.fsutil import write_bytes_atomic
-from agent_queue.invocation import BASE_ENV_NAMES, PROMPT_FILE_NAME, prepare_invocation, tool_env
+from agent_queue.invocation import (
+    BASE_ENV_NAMES,
+    PROMPT_FILE_NAME,
+    check_argv_prompt,
+    prepare_invocation,
+    tool_env,
+)
 from agent_queue.jobs import NAME_RE, Job
 
 SHELL = "shell"
@@ -105,29 +111,32 @@ def parse_profiles(table: Any, where: str) -> dict[str, Profile]:
 
 
 def check_known(job: Job, tools: Mapping[str, AgentAdapter], profiles: Mapping[str, Profile]) -> None:
-    """Refuse a job naming a tool or profile this factory does not have."""
+    """Refuse a job naming a tool or profile this factory does not have, or a prompt its tool cannot take."""
     if job.tool not in tools:
         raise InvalidJob(f"job {job.id}.tool: unknown tool {job.tool!r} (known: {', '.join(sorted(tools))})")
     if job.profile not in profiles:
         raise InvalidJob(
             f"job {job.id}.profile: unknown profile {job.profile!r} (known: {', '.join(sorted(profiles))})"
         )
+    check_argv_prompt(tools[job.tool], job)
 
 
 def invocation(adapter: AgentAdapter, profile: Profile, job: Job, *, workdir: Path, root: Path,
-               run_dir: Path, host: Mapping[str, str]) -> Invocation:
+               run_dir: Path, host: Mapping[str, str], prompt_path: Path | None = None) -> Invocation:
     """argv / env / stdin of one attempt: the adapter's template + profile args, profile env under job env.
 
-    The prompt file (``run_dir/prompt.txt``, 0600) doubles as the stdin of a
-    stdin-fed tool, so any size reaches it without an in-memory pipe writer.
+    The prompt file doubles as the stdin of a stdin-fed tool, so any size reaches it without an
+    in-memory pipe writer: the job's own stored prompt (``prompt_path``), or for a job stored in an
+    older layout (prompt inside job.json) a copy in ``run_dir/prompt.txt`` (0600).
     """
     job_env = replace(job, env=(*profile.env, *job.env))
-    inv = prepare_invocation(adapter, job_env, workdir=workdir, root=root, run_dir=run_dir, base_env=host)
+    inv = prepare_invocation(adapter, job_env, workdir=workdir, root=root, run_dir=run_dir, base_env=host,
+                             prompt_path=prompt_path)
     argv = inv.argv if job.tool == SHELL else inv.argv + profile.args
     stdin_path = None
     if inv.stdin is not None:
-        stdin_path = run_dir / PROMPT_FILE_NAME
-        if inv.prompt_file is None:
+        stdin_path = prompt_path or run_dir / PROMPT_FILE_NAME
+        if inv.prompt_file is None and prompt_path is None:
             write_bytes_atomic(stdin_path, inv.stdin)
     return Invocation(argv=argv, env=dict(inv.env), stdin_path=stdin_path)
 

@@ -28,7 +28,8 @@ import common  # noqa: E402
 def measure(state: Path, n: int) -> dict[str, list[float]]:
     """Claim, renew and report ``n`` jobs on disk; seconds per operation."""
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.store import JsonStore, flock
+    from coordinator_stub.stores.file import JsonStore
+    from coordinator_stub.stores.locking import flock
 
     def coord() -> Coordinator:  # a fresh store per operation: it reads the files as a seam process does
         return Coordinator(JsonStore(state, lock=flock), time.time)

@@ -131,8 +131,8 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0
         time.sleep(step)
 
 
-def serve_stub(state: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``coordinator-stub serve`` on a free loopback port; returns (process, base URL)."""
+def serve_stub(state: Path | str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``coordinator-stub serve`` (a state dir or a database URL) on a free loopback port; (process, URL)."""
     port = free_port()
     proc = spawn([STUB, "--state", str(state), "serve", "--host", "127.0.0.1", "--port", str(port)], env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -170,7 +170,7 @@ def seam_call(state: Path, method: str, path: str, body: dict[str, Any] | None =
 def enqueue_true(state: Path, n: int, prefix: str = "job") -> list[str]:
     """Enqueue ``n`` trivial jobs (command ``true``) in-process through the core, one transaction each."""
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.store import JsonStore
+    from coordinator_stub.stores.file import JsonStore
 
     coord = Coordinator(JsonStore(state), time.time)
     ids = [f"{prefix}-{i:06d}" for i in range(n)]
@@ -180,7 +180,8 @@ def enqueue_true(state: Path, n: int, prefix: str = "job") -> list[str]:
 
 
 def _setup_store() -> Any:
-    from coordinator_stub.store import MemoryStore, Tx
+    from coordinator_stub.stores.base import Tx
+    from coordinator_stub.stores.memory import MemoryStore
 
     class NoCopyTx(Tx):
         """Shares the hot document instead of deep-copying it per operation (no rollback: set-up only)."""
@@ -255,6 +256,27 @@ class History:
         self.store.events.clear()
         return ids
 
+    def bulk_queued(self, n: int, prefix: str = "bq") -> None:
+        """Add ``n`` queued jobs fast: one through the core, the rest its copies with their own id and seq.
+
+        ``queued`` costs O(queue) per enqueue (a commit looks at every hot record); a 100k or 1M deep
+        queue needs records made without it, identical in shape to what the core makes.
+        """
+        import copy
+
+        [tmpl_id] = self.queued(1, prefix=f"{prefix}-tmpl")
+        rec, spec = self.store.hot["jobs"][tmpl_id], self.store.specs[tmpl_id]
+        jobs, specs = self.store.hot["jobs"], self.store.specs
+        for _ in range(n - 1):
+            self.seq += 1
+            self.store.hot["seq"] += 1
+            job_id = f"{prefix}-{self.seq:07d}"
+            clone = copy.copy(rec)
+            clone["seq"] = self.store.hot["seq"]
+            clone["spec"] = type(rec["spec"])({**rec["spec"], "id": job_id})
+            jobs[job_id] = clone
+            specs[job_id] = {**spec, "id": job_id}
+
     def finish_first(self, n: int) -> None:
         """Claim and ship the ``n`` jobs first in claim order (mirrors what a measurement did on disk)."""
         for _ in range(n):
@@ -271,15 +293,17 @@ class History:
 
     def dump(self, state: Path) -> None:
         """Write the hot document and every archive file not yet written into ``state``."""
-        from coordinator_stub.store import STATE_VERSION, JsonStore, archive_name
+        from coordinator_stub.stores.base import STATE_VERSION
+        from coordinator_stub.stores.file import JsonStore
 
         store = JsonStore(state)
+        store.files.ensure_dirs()  # (a store creates them with its first write; these files come first here)
         for job_id, rec in self.store.archive.items():
-            path = store.archive_dir / str(archive_name(job_id))
+            path = store.files.archive_path(job_id)
             if not path.exists():
                 path.write_text(json.dumps(rec), encoding="utf-8")
         for job_id in self.store.hot["jobs"]:
-            store.spec_path(job_id).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
+            store.files.spec_path(job_id).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
         store.state_path.write_text(json.dumps({**self.store.hot, "version": STATE_VERSION}), encoding="utf-8")
         store.journal_path.unlink(missing_ok=True)  # the snapshot above is the whole state: no older journal
 

@@ -15,6 +15,8 @@ ROWS = [  # name, figure, how to show it
     ("b5_idle", "B5 idle daemon"),
     ("b6_failover", "B6 failover"),
     ("b7_fairness", "B7 8 factories on one seam stub"),
+    ("b8_pg_http", "B8 PostgreSQL claim+report pairs/s over HTTP (1 / 4 / 16 clients)"),
+    ("b9_claim_depth", "B9 claim latency by queue depth"),
 ]
 
 
@@ -39,7 +41,9 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
         o = d["ops_per_s"]
         return (f"{o['stub_claim_report']['1']:.0f} / {o['stub_claim_report']['4']:.0f} ops/s "
                 f"(healthz {o['stub_healthz']['1']:.0f} / {o['stub_healthz']['4']:.0f})",
-                f"echo {o['echo']['1']:.0f} / {o['echo']['4']:.0f} ops/s",
+                f"echo {o['echo']['1']:.0f} / {o['echo']['4']:.0f} ops/s"
+                + (f" (stdlib echo {o['echo_stdlib']['1']:.0f} / {o['echo_stdlib']['4']:.0f}, "
+                   f"{h['stdlib_echo_ratio_1']}x / {h['stdlib_echo_ratio_4']}x of it)" if "echo_stdlib" in o else ""),
                 f"{h['ratio_1']}x / {h['ratio_4']}x" + _range(h) + f" (HTTP layer {h['http_layer_ratio_1']}x)"
                 + (f"; state on tmpfs {h['tmpfs_ops_s_1']:.0f} / {h['tmpfs_ops_s_4']:.0f} ops/s, "
                    f"{h['tmpfs_ratio_1']}x" if "tmpfs_ops_s_1" in h else ""), h["target"])
@@ -66,6 +70,24 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
     if name == "b7_fairness":
         return (f"{h['claims_per_s']} claims/s, p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, "
                 f"per factory {h['min_share']}-{h['max_share']}, starved {h['starved']}", "B1", "-", h["target"])
+    if name == "b8_pg_http":
+        if h.get("status") == "unavailable":
+            return f"unavailable: {h['reason']}", "-", "-", h["target"]
+        p = h["pairs_s"]
+
+        def row(key: str) -> str:
+            return " / ".join(f"{p[key][c]:.0f}" for c in ("1", "4", "16"))
+        return (f"PG 1 replica {row('pg1')}, 2 replicas {row('pg2')}; file store {row('file')}",
+                f"bare psycopg {row('floor')}",
+                "vs file: 1 replica " + " / ".join(f"{h['pg1_vs_file'][c]}x" for c in ("1", "4", "16"))
+                + ", 2 replicas " + " / ".join(f"{h['pg2_vs_file'][c]}x" for c in ("1", "4", "16")), h["target"])
+    if name == "b9_claim_depth":
+        def depths(ms: dict[str, float]) -> str:
+            return " / ".join(f"{int(d) // 1000}k: {v:.2f}" if int(d) >= 1000 else f"{d}: {v:.2f}"
+                              for d, v in ms.items()) + " ms"
+        pg = depths(h["pg_ms"]) if "pg_ms" in h else f"unavailable ({h.get('reason', '')})"
+        return (f"PG serve {pg}", f"file serve {depths(h['file_serve_ms'])}; seam {depths(h['file_seam_ms'])}",
+                f"{h.get('pg_ratio_last_first', '-')}x", h["target"])
     raise ValueError(name)
 
 

@@ -1,4 +1,4 @@
-"""Run every benchmark script (B1..B7) in order, then print the report table.
+"""Run every benchmark script (B1..B9) in order, then print the report table.
 
 ``--smoke`` runs tiny sizes (part of ``make test``: proves the scripts run and
 write well-formed JSON, measures nothing). ``--out DIR`` picks the results
@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["b1_seam.py", "b2_http.py", "b3_history.py", "b4_e2e.py", "b5_idle.py", "b6_failover.py",
-           "b7_fairness.py"]
+           "b7_fairness.py", "b8_pg_http.py", "b9_claim_depth.py"]
 
 
 def main(argv: list[str]) -> int:

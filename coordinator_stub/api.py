@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from agent_queue.errors import AQError, BadInput
+from agent_queue.errors import AQError, BadInput, TooLarge
 from agent_queue.timeutil import parse_rfc3339
 from coordinator_stub.core import Coordinator
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 PREFIX = "/v1/fleet"
 MAX_BODY = 1024 * 1024
+MAX_LIMIT = 100_000  # GET /jobs?limit=N
 _FACTORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -95,8 +96,8 @@ class _Request:
 
 
 def _parse_body(raw: bytes) -> Any:
-    if len(raw) > MAX_BODY:
-        raise BadInput(f"request body: {len(raw)} bytes, at most {MAX_BODY} allowed")
+    if len(raw) > MAX_BODY:  # the same 413 as the HTTP front end's, over the seam too
+        raise TooLarge(f"request body: {len(raw)} bytes, at most {MAX_BODY} allowed")
     if not raw.strip():
         return {}
     try:
@@ -179,7 +180,13 @@ def _enqueue(r: _Request) -> Response:
 
 def _list(r: _Request) -> Response:
     state = r.query.get("state", [None])[-1]
-    return 200, {"jobs": r.coord.list_jobs(state)}
+    text = r.query.get("limit", [None])[-1]
+    limit = None
+    if text is not None:
+        if not text.isdigit() or int(text) > MAX_LIMIT:
+            raise BadInput(f"limit: {text[:20]!r} is not a whole number from 0 to {MAX_LIMIT}")
+        limit = int(text)
+    return 200, r.coord.list_page(state, limit)
 
 
 def _get(r: _Request) -> Response:
@@ -221,6 +228,14 @@ def _requeue(r: _Request) -> Response:
     return 200, r.coord.requeue(r.job_id)
 
 
+def _cancel(r: _Request) -> Response:
+    return 200, r.coord.cancel(r.job_id)
+
+
+def _approve(r: _Request) -> Response:
+    return 200, r.coord.approve(r.job_id)
+
+
 def _reap(r: _Request) -> Response:
     return 200, {"reclaimed": r.coord.reap()}
 
@@ -244,6 +259,8 @@ _ROUTES: dict[str, dict[str, Callable[[_Request], Response]]] = {
     "jobs/{id}/release": {"POST": _release},
     "jobs/{id}/report": {"POST": _report},
     "jobs/{id}/requeue": {"POST": _requeue},
+    "jobs/{id}/cancel": {"POST": _cancel},
+    "jobs/{id}/approve": {"POST": _approve},
     "claim": {"POST": _claim},
     "reap": {"POST": _reap},
     "shadow-reports": {"POST": _shadow},

@@ -19,6 +19,14 @@ import click
 
 from agent_queue.errors import EXIT_FAILURE, EXIT_OK, AQError
 from coordinator_stub.settings import StubSettings, load_settings
+from coordinator_stub.web.options import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_GRACE_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_MAX_CONNECTIONS,
+    ServeOptions,
+)
 
 
 def _settings(ctx: click.Context, ignore_dry_run: bool = False) -> StubSettings:
@@ -26,21 +34,24 @@ def _settings(ctx: click.Context, ignore_dry_run: bool = False) -> StubSettings:
     return load_settings(os.environ, opts["state"], opts["lease_ttl"], ignore_dry_run)
 
 
-def _coordinator(settings: StubSettings, store: Any = None) -> Any:
+def _coordinator(settings: StubSettings, opened: tuple[Any, Any] | None = None, must_exist: bool = False) -> Any:
+    """``must_exist``: a command that only reads or reaps refuses a state dir that is not there (exit 2)."""
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.store import JsonStore
+    from coordinator_stub.stores.choose import open_store
 
-    return Coordinator(store or JsonStore(settings.state_dir), time.time, settings.lease_ttl_s)
+    store, clock = opened or open_store(settings, must_exist=must_exist)
+    return Coordinator(store, clock, settings.lease_ttl_s)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--state", metavar="DIR", help="State directory (env AQ_STUB_STATE).")
+@click.option("--state", metavar="DIR|URL",
+              help="State directory, or a postgresql:// URL (env AQ_STUB_STATE).")
 @click.option("--lease-ttl", metavar="S", help="Lease time-to-live in seconds (env AQ_STUB_LEASE_TTL_S, default 60).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request (never the token).")
 @click.pass_context
 def cli(ctx: click.Context, state: str | None, lease_ttl: str | None, verbose: bool) -> None:
-    """A file-backed fleet coordinator: leases with fencing tokens, a reaper, HTTP and a command seam."""
-    ctx.obj = {"state": state, "lease_ttl": lease_ttl}
+    """A fleet coordinator (state in a directory or PostgreSQL): leases with fencing tokens, a reaper, HTTP, a seam."""
+    ctx.obj = {"state": state, "lease_ttl": lease_ttl, "verbose": verbose}
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -61,26 +72,46 @@ def call(ctx: click.Context, ignore_dry_run: bool, method: str, path: str) -> No
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--ignore-dry-run", is_flag=True, help="Test aid: act like an older coordinator that ignores dryRun.")
+@click.option("--grace", "grace_s", default=DEFAULT_GRACE_S, show_default=True, type=click.FloatRange(min=0),
+              metavar="S", help="On SIGTERM/SIGINT, requests under way get S seconds, then they are cut.")
+@click.option("--header-timeout", "header_timeout_s", default=DEFAULT_HEADER_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0.01), metavar="S", help="A request head must arrive within S seconds.")
+@click.option("--body-timeout", "body_timeout_s", default=DEFAULT_BODY_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0.01), metavar="S", help="A request body must arrive within S seconds.")
+@click.option("--keep-alive", "keep_alive_s", default=DEFAULT_KEEP_ALIVE_S, show_default=True,
+              type=click.FloatRange(min=0.01), metavar="S", help="Close a connection idle for S seconds.")
+@click.option("--max-connections", default=DEFAULT_MAX_CONNECTIONS, show_default=True, type=click.IntRange(min=1),
+              help="Open connections at most (kept below the descriptor limit).")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> None:
-    """Serve the fleet API over HTTP (bearer token from AQ_FLEET_TOKEN)."""
-    from coordinator_stub.http import check_bind
+def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_s: float, header_timeout_s: float,
+          body_timeout_s: float, keep_alive_s: float, max_connections: int) -> None:
+    """Serve the fleet API, the dashboard (/) and /metrics over HTTP (bearer token from AQ_FLEET_TOKEN)."""
+    from coordinator_stub.http import check_bind, require_stack
     from coordinator_stub.http import serve as run_server
 
     settings = _settings(ctx, ignore_dry_run)
     check_bind(host, settings.token)
+    require_stack()
     if not settings.token:
         logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
 
     def announce(url: str) -> None:
         click.echo(f"listening on {url}", err=True)
 
-    from coordinator_stub.store import JsonStore
+    from coordinator_stub.stores.choose import open_store
+    from coordinator_stub.stores.file import JsonStore
 
-    store = JsonStore(settings.state_dir, tidy_later=True)  # the server tidies after each answer is sent
-    run_server(_coordinator(settings, store), host, port, settings.token, settings.ignore_dry_run, announce)
+    store, clock = open_store(settings, serving=True)  # a file store tidies after each answer is sent
+    if isinstance(store, JsonStore):
+        store.ensure()  # a directory it cannot use stops it here, not at every request
+    options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
+                           settings.ignore_dry_run, access_log=ctx.obj["verbose"])
+    logs_dir = None if settings.database_url else settings.state_dir  # PostgreSQL keeps its logs in tables
+    run_server(_coordinator(settings, (store, clock)), options, logs_dir, os.environ, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
-        store.checkpoint()
+        if isinstance(store, JsonStore):
+            store.checkpoint()
+        store.close()
     except (OSError, AQError) as exc:  # nothing is lost: the journal holds it, the next operation folds it
         logging.getLogger(__name__).warning("checkpoint on stop skipped: %s", exc)
 
@@ -91,7 +122,7 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
 @click.pass_context
 def reap(ctx: click.Context, loop_s: float | None) -> None:
     """Return expired leases' jobs to the queue (each operation does this too)."""
-    coord = _coordinator(_settings(ctx))
+    coord = _coordinator(_settings(ctx), must_exist=True)
     while True:
         for r in coord.reap():
             click.echo(f"reclaimed {r['jobId']} from {r['factoryId']} (epoch {r['leaseEpoch']})")
@@ -105,7 +136,7 @@ def reap(ctx: click.Context, loop_s: float | None) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Counts per state, live leases and factories."""
-    st = _coordinator(_settings(ctx)).status()
+    st = _coordinator(_settings(ctx), must_exist=True).status()
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
         return
@@ -114,7 +145,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"lease {lease['jobId']} {lease['factoryId']} epoch={lease['leaseEpoch']} "
                    f"expires={lease['expiresAt']} left={lease['timeLeftS']}s")
     for f in st["factories"]:
-        click.echo(f"factory {f['factoryId']} lastSeen={f['lastSeen']}")
+        click.echo(f"factory {f['factoryId']} lastSeen={f['lastSeen']} {f.get('liveness', '')}".rstrip())
+    for s in st.get("stranded", []):
+        click.echo(f"stranded {s['jobId']}: {s['why']}")
 
 
 @cli.command()
@@ -131,6 +164,34 @@ def enqueue(ctx: click.Context, file: Any) -> None:
         raise BadInput(f"{file.name}: malformed JSON ({exc})") from exc
     created, view = _coordinator(_settings(ctx)).enqueue(spec)
     click.echo(f"{'enqueued' if created else 'already enqueued'} {view['job']['id']}")
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Apply the PostgreSQL schema (--state URL); idempotent. Stop every serve replica before an upgrade."""
+    from coordinator_stub.stores import pg_admin
+
+    settings = _settings(ctx)
+    if settings.database_url is None:
+        from agent_queue.errors import ConfigError
+
+        raise ConfigError("migrate: --state must be a postgresql:// URL (a state directory needs no migration)")
+    applied, version = pg_admin.migrate_database(settings.database_url)
+    for name in applied:
+        click.echo(f"applied {name}")
+    click.echo(f"schema version {version}")
+
+
+@cli.command()
+@click.option("--from", "src", required=True, metavar="DIR", help="The file store's state directory.")
+@click.option("--to", "dst", required=True, metavar="URL", help="A migrated, empty PostgreSQL database.")
+def copy(src: str, dst: str) -> None:
+    """Move a fleet's state from a state directory to PostgreSQL: jobs, leases (epochs), archive, history, logs."""
+    from coordinator_stub.stores import pg_admin
+
+    counts = pg_admin.copy_dir_to_database(src, dst)
+    click.echo("copied " + "  ".join(f"{k}={v}" for k, v in counts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

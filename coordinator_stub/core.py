@@ -3,36 +3,61 @@
 Every public method is one operation of docs/fleet-api.md. Each runs in one
 store transaction: the reaper first (so an expired lease is never honoured),
 then the operation's preconditions (raising before anything changes), then
-its state change, then exactly one event line. All fencing decisions live in
-``_fence``. There is no I/O here except through the Store and no wall clock
-except the ``clock`` parameter, so every rule is testable without sleeping.
+its state change, then exactly one event line. There is no I/O here except
+through the Store and no wall clock except the ``clock`` parameter, so every
+rule is testable without sleeping. A store keeps state; it holds no rule.
+One module on purpose (a little over 500 lines): every lease rule in one place.
 
-Records (the hot document's ``jobs`` values, and archived ones)::
+Where each rule of the contract lives (one place each):
 
-    {"spec": {...job spec...}, "state": "queued|leased|shipped|quarantined|composite",
-     "seq": n, "enqueuedAt": t, "attempts": n, "leaseEpoch": n, "digest": "...",
-     "lease": null | {"factoryId", "leaseEpoch", "expiresAt", "ttlS", "requestId", "claimedAt"},
-     "notBefore": t|null, "reason": str|null, "outcome": str|null, "detail": {}|null,
-     "finishedAt": t|null, "lastEnd": null | {"op", "factoryId", "leaseEpoch", "outcome", "result"}}
-
-A composite parent (archived, state ``composite``) adds ``childIds``, ``order`` and,
-once its verify gate ran, ``verify: {"state": passed|failed, "round", "leaseEpoch",
-"attempts", "reason", "finishedAt"}``. While that gate waits or runs, the hot document
-holds a *verify record* under the parent's id: an ordinary leaf record (the spec of
-``agent_queue.composite.verify_spec``) plus ``verifyOf`` and ``verifyRound``. It is
-leased, renewed, released and reported like any job; its ending writes a new version
-of the parent (the old one goes to ``archive/history/``), never a second archive file.
-
-Times in records are epoch seconds (floats); on the wire they are RFC 3339.
+- claim order (highest priority, then oldest enqueue): ``claim_key``; what a
+  caller may claim now (not before, capabilities, dependencies): ``_pick``, ``_ready``
+- fencing (who may renew, release, report): ``_fence``, every decision there
+- expiry and reaping: ``_reap``, run first in every operation (``_run``)
+- a stalled store does not expire leases: ``_credit_stall`` (time the store
+  measured it could serve no one is given back to every lease, before reaping)
+- attempts and quarantine: ``_release``, ``_reap``, ``_finish``
+- cancel (the operator ends a job; its holder is fenced: renew/report 409 ``not_leased``): ``_cancel_op``
+- a factory's liveness and the queued jobs no live factory can run: ``liveness``, ``_stranded``
+- replay of a lost answer: ``_fence`` answers the ``lastEnd`` that
+  ``_finish``/``_requeue`` recorded; a claim's ``requestId``: ``_claim``
+- idempotent enqueue: ``_enqueue`` (``records.digest_of``)
+- composite readiness, verify gate, re-runs: ``composite_rules`` (family gates
+  from ``agent_queue.composite``, shared with the local queue)
+- crash leftovers (the archive wins): ``records.find_opt``, ``records.stale``
+- record shape and states, wire shapes (views, events): ``records``
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from enum import Enum, StrEnum
 
-from agent_queue.errors import AQError, BadInput, Conflict, Fenced, InvalidJob, NotFound, NotLeased
-from agent_queue.timeutil import parse_rfc3339, to_rfc3339
+from agent_queue.errors import AQError, BadInput, Conflict, Fenced, InvalidJob, NotFound, NotLeased, StateError
+from agent_queue.timeutil import to_rfc3339
+from coordinator_stub.records import (
+    ENDED,
+    LEASE_HISTORY,
+    LISTABLE,
+    TERMINAL,
+    Ctx,
+    JobState,
+    LeaseState,
+    create,
+    digest_of,
+    drop_if_stale,
+    event,
+    find,
+    find_opt,
+    lease_history,
+    lease_state,
+    lease_wire,
+    max_attempts,
+    not_before_of,
+    stale,
+    state_of,
+    view,
+)
+from coordinator_stub.stores.base import Retry
 
 # Start-up cost matters (the command seam is a fresh process per operation): typing,
 # dataclasses, hashlib and agent_queue.jobs are imported only where they are needed.
@@ -41,39 +66,46 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     from agent_queue.jobs import Job
-    from coordinator_stub.store import Store, Tx
+    from coordinator_stub.stores.base import Store, Tx
 
     T = TypeVar("T")
 
 Clock = Callable[[], float]
 DEFAULT_LEASE_TTL_S = 60.0
 SEEN_GRANULARITY_S = 10.0  # a factory's lastSeen (status) may lag by up to this much
+STRANDED_SHOWN = 50  # stranded jobs listed by status (``strandedTotal`` counts them all)
+CANNOT_RUN_KEPT = 100  # ids of a factory's last ``exclude`` kept for status
 VERDICTS = ("AGREE", "DIVERGE", "COORD_EMPTY", "LOCAL_EMPTY", "IDLE")  # IDLE: only with --shadow-log-idle
+# A stall shorter than this is ordinary waiting (a checkpoint, a busy disk, a queue of callers): no lease moves.
+# Well above a normal hold of the store (milliseconds), well below any sensible lease TTL (default 60 s).
+STALL_MIN_S = 1.0
+_ATTEMPTS = 3  # runs of one operation a store may ask for (``Retry``)
 
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    LEASED = "leased"
-    SHIPPED = "shipped"
-    QUARANTINED = "quarantined"
-    COMPOSITE = "composite"  # a composite parent: never claimable, its state is a rollup of its children
+def claim_key(rec: Mapping[str, Any]) -> tuple[int, int]:
+    """Claim order: highest priority first, then oldest enqueue (``seq``). Stores index queued jobs by it."""
+    return -rec["spec"].get("priority", 0), rec["seq"]
 
 
-TERMINAL = frozenset({JobState.SHIPPED.value, JobState.QUARANTINED.value})
-LISTABLE = tuple(s.value for s in JobState)
+def liveness(age_s: float, ttl_s: float) -> str:
+    """A factory last seen ``age_s`` ago: live within one lease TTL (plus the lastSeen granularity),
+    offline after three, stale in between (it may be paused, or gone and its leases about to lapse)."""
+    if age_s <= ttl_s + SEEN_GRANULARITY_S:
+        return "live"
+    return "stale" if age_s <= 3 * ttl_s + SEEN_GRANULARITY_S else "offline"
 
 
-class LeaseState(Enum):
-    NONE = "none"
-    ACTIVE = "active"
-    EXPIRED = "expired"
+def full_view(tx: Tx, rec: dict[str, Any], now: float) -> dict[str, Any]:
+    """A record as answered, with a composite parent's rollup (its state computed from its children)."""
+    out = view(tx, rec, now)
+    if rec.get("leases"):
+        out["meta"]["leases"] = lease_history(rec)
+    if rec["state"] == JobState.COMPOSITE.value:
+        from coordinator_stub.composite_rules import rollup  # only for a composite
 
-
-def lease_state(rec: Mapping[str, Any], now: float) -> LeaseState:
-    lease = rec.get("lease")
-    if rec["state"] != JobState.LEASED.value or not lease:
-        return LeaseState.NONE
-    return LeaseState.ACTIVE if now < lease["expiresAt"] else LeaseState.EXPIRED
+        out["rollup"] = rollup(tx, rec)
+        out["meta"]["state"] = out["rollup"]["state"]
+    return out
 
 
 class InvalidReport(BadInput):
@@ -81,18 +113,6 @@ class InvalidReport(BadInput):
 
     code = "invalid_report"
     http_status = 422
-
-
-class _Ctx:
-    """One operation's transaction, clock reading, event being built and reaper result."""
-
-    __slots__ = ("tx", "now", "ev", "reclaimed")
-
-    def __init__(self, tx: Tx, now: float, ev: dict[str, Any]) -> None:
-        self.tx = tx
-        self.now = now
-        self.ev = ev
-        self.reclaimed: list[dict[str, Any]] = []
 
 
 class Coordinator:
@@ -116,12 +136,17 @@ class Coordinator:
         return self._run("enqueue", lambda c: self._enqueue(c, job, raw), jobId=job.id)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
-        return self._run("get", lambda c: self._view(c.tx, self._find(c.tx, job_id), c.now, full=True), log=False)
+        return self._run("get", lambda c: full_view(c.tx, find(c.tx, job_id), c.now), log=False)
 
     def list_jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        jobs: list[dict[str, Any]] = self.list_page(state)["jobs"]
+        return jobs
+
+    def list_page(self, state: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """``{"jobs": [...], "total": n}``: jobs in enqueue order, only the ``limit`` most recent when given."""
         if state is not None and state not in LISTABLE:
             raise BadInput(f"state: {state[:40]!r} is not one of {', '.join(LISTABLE)}")
-        return self._run("list", lambda c: self._list(c, state), log=False)
+        return self._run("list", lambda c: self._list(c, state, limit), log=False)
 
     def claim(
         self, factory_id: str, capabilities: Iterable[str], dry_run: bool = False, request_id: str | None = None,
@@ -170,6 +195,16 @@ class Coordinator:
         """
         return self._run("requeue", lambda c: self._requeue_op(c, job_id), jobId=job_id)
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """End a queued or leased job as ``cancelled`` (a composite: its children that have not ended and its
+        verify gate). A lease it had ends with it: the holder's next renew, release or report is 409
+        ``not_leased``, so it stops the tool and ships nothing. Cancelling a cancelled job changes nothing."""
+        return self._run("cancel", lambda c: self._cancel_op(c, job_id), jobId=job_id)
+
+    def approve(self, job_id: str) -> dict[str, Any]:
+        """A person approved a planned composite: its children are created (``queued``: their ids)."""
+        return self._run("approve", lambda c: self._approve_op(c, job_id), jobId=job_id)
+
     def reap(self) -> list[dict[str, Any]]:
         """Return every expired lease's job to queued (or quarantine it when attempts are spent)."""
         return self._run("reap", lambda c: c.reclaimed)
@@ -188,11 +223,20 @@ class Coordinator:
 
     # ------------------------------------------------------------ the frame of every operation
 
-    def _run(self, op: str, fn: Callable[[_Ctx], T], *, log: bool = True, **fields: Any) -> T:
+    def _run(self, op: str, fn: Callable[[Ctx], T], *, log: bool = True, **fields: Any) -> T:
+        for _ in range(_ATTEMPTS):
+            try:
+                return self._run_once(op, fn, log, fields)
+            except Retry:  # the store kept nothing of that attempt
+                continue
+        raise StateError(f"{op}: the store asked to run it again {_ATTEMPTS} times")
+
+    def _run_once(self, op: str, fn: Callable[[Ctx], T], log: bool, fields: dict[str, Any]) -> T:
         error: AQError | None = None
         result: Any = None
         with self._store.transaction() as tx:
-            ctx = _Ctx(tx, self._clock(), {"op": op, **{k: v for k, v in fields.items() if v is not None}})
+            ctx = Ctx(tx, self._clock(), {"op": op, **{k: v for k, v in fields.items() if v is not None}})
+            self._credit_stall(tx, ctx.now)
             ctx.reclaimed = self._reap(tx, ctx.now)
             try:
                 result = fn(ctx)
@@ -201,7 +245,7 @@ class Coordinator:
                 error = exc
                 ctx.ev.update(status=exc.http_status, code=exc.code)
             if log or error is not None:
-                tx.event(_event(ctx.now, ctx.ev))
+                tx.event(event(ctx.now, ctx.ev))
         if error is not None:
             raise error
         return result  # type: ignore[no-any-return]
@@ -217,7 +261,7 @@ class Coordinator:
         job's most recent lease gets that op's result again: its first answer may have
         been lost in transit, and the caller must still learn that it took effect.
         """
-        rec = self._find_opt(tx, job_id, lease=True)
+        rec = find_opt(tx, job_id, lease=True)
         if rec is None:
             raise NotFound(f"job {job_id}: no such job")
         last = rec.get("lastEnd")
@@ -242,83 +286,40 @@ class Coordinator:
 
     # ------------------------------------------------------------ operation bodies
 
-    def _enqueue(self, c: _Ctx, job: Job, raw: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
-        digest = _digest(job, raw)
-        existing = self._find_opt(c.tx, job.id)
+    def _enqueue(self, c: Ctx, job: Job, raw: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+        from coordinator_stub import composite_rules
+
+        digest = digest_of(job, raw)
+        existing = find_opt(c.tx, job.id)
         if existing is not None:
             if existing.get("digest") != digest:
                 raise Conflict(f"job {job.id}: already exists with a different spec")
             if existing["state"] == JobState.COMPOSITE.value:  # idempotent re-run: what did not ship runs again
-                self._create_missing_children(c, job, raw)
-                c.ev["requeued"] = self._rerun(c, existing)
+                composite_rules.create_missing_children(c, job, raw)
+                c.ev["requeued"] = composite_rules.rerun(c, existing)
             c.ev["status"] = 200
-            return False, self._view(c.tx, existing, c.now, full=True)
+            return False, full_view(c.tx, existing, c.now)
         if job.kind == "composite":
-            self._create_composite(c, job, raw, digest)
+            composite_rules.create_composite(c, job, raw, digest)
         else:
             for dep in job.depends_on:
-                if self._find_opt(c.tx, dep) is None:
+                if find_opt(c.tx, dep) is None:
                     raise InvalidJob(f"job {job.id}.dependsOn: unknown job id {dep!r}")
-            self._create(c, job.to_dict(), _not_before(raw, f"job {job.id}"), digest)
+            create(c, job.to_dict(), not_before_of(raw, f"job {job.id}"), digest)
         c.ev["status"] = 201
-        return True, self._view(c.tx, self._find(c.tx, job.id), c.now, full=True)
-
-    def _create_composite(self, c: _Ctx, job: Job, raw: Mapping[str, Any], digest: str) -> None:
-        from agent_queue.composite import validate_graph
-
-        order = validate_graph(job.children, where=f"job {job.id}")
-        raw_children = raw.get("children") or []
-        for child in job.children:
-            if child.id == job.id:
-                raise InvalidJob(f"job {job.id}: a child has the parent's id")
-            if self._find_opt(c.tx, child.id) is not None:
-                raise Conflict(f"job {job.id}: child id {child.id!r} already exists")
-        child_nb = [_not_before(r, f"job {ch.id}") for ch, r in zip(job.children, raw_children, strict=True)]
-        spec = job.to_dict()
-        spec.pop("children", None)
-        parent = self._new_record(c, spec, None, digest)
-        parent.update(state=JobState.COMPOSITE.value, childIds=[ch.id for ch in job.children], order=order)
-        c.tx.archive(job.id, parent)  # immutable from here on: the write-once archive is its home
-        for child, nb in zip(job.children, child_nb, strict=True):
-            self._create(c, child.to_dict(), nb, _digest(child, {}))
-        c.ev["children"] = len(job.children)
-
-    def _create_missing_children(self, c: _Ctx, job: Job, raw: Mapping[str, Any]) -> None:
-        """A crash between archiving the parent and writing its children leaves them missing: the
-        same enqueue again creates them (the parent is archived first, so this is the only gap)."""
-        raw_children = raw.get("children") or []
-        for child, raw_child in zip(job.children, raw_children, strict=False):
-            if self._find_opt(c.tx, child.id) is None:
-                self._create(c, child.to_dict(), _not_before(raw_child, f"job {child.id}"), _digest(child, {}))
-                c.ev.setdefault("created", []).append(child.id)
-
-    def _create(self, c: _Ctx, spec: dict[str, Any], not_before: float | None, digest: str) -> None:
-        c.tx.hot["jobs"][spec["id"]] = self._new_record(c, spec, not_before, digest)
-        c.tx.touch()
-
-    def _new_record(self, c: _Ctx, spec: dict[str, Any], not_before: float | None, digest: str) -> dict[str, Any]:
-        c.tx.hot["seq"] += 1
-        if not_before is not None:
-            spec["notBefore"] = to_rfc3339(not_before)
-        from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS
-
-        max_attempts = spec.get("budget", {}).get("maxAttempts") or DEFAULT_MAX_ATTEMPTS
-        return {
-            "spec": spec, "state": JobState.QUEUED.value, "seq": c.tx.hot["seq"], "enqueuedAt": c.now,
-            "maxAttempts": max_attempts,
-            "attempts": 0, "leaseEpoch": 0, "lease": None, "notBefore": not_before, "digest": digest,
-            "reason": None, "outcome": None, "detail": None, "finishedAt": None, "lastEnd": None,
-        }
+        return True, full_view(c.tx, find(c.tx, job.id), c.now)
 
     def _claim(
-        self, c: _Ctx, factory_id: str, caps: frozenset[str], dry_run: bool, request_id: str | None,
+        self, c: Ctx, factory_id: str, caps: frozenset[str], dry_run: bool, request_id: str | None,
         skip: frozenset[str] = frozenset(),
     ) -> dict[str, Any] | None:
         if request_id is not None and not dry_run:
             held = self._lease_for_request(c.tx, factory_id, request_id)
             if held is not None:
                 self._note_lease(c, held, replay=True)
-                return self._view(c.tx, held, c.now)
+                return view(c.tx, held, c.now)
+        if not dry_run:
+            self._note_factory(c, factory_id, caps, skip)
         rec = self._pick(c.tx, caps, c.now, skip)
         if rec is None:
             c.ev["status"] = 204
@@ -327,27 +328,28 @@ class Coordinator:
             return None
         if dry_run:
             c.ev["jobId"] = rec["spec"]["id"]
-            return {**self._view(c.tx, rec, c.now), "lease": None, "dryRun": True}
+            return {**view(c.tx, rec, c.now), "lease": None, "dryRun": True}
         epoch = rec["leaseEpoch"] + 1
         rec.update(state=JobState.LEASED.value, leaseEpoch=epoch, lease={
             "factoryId": factory_id, "leaseEpoch": epoch, "expiresAt": c.now + self.lease_ttl_s,
             "ttlS": self.lease_ttl_s, "requestId": request_id, "claimedAt": c.now,
-        })
+        }, leases=[*(rec.get("leases") or [])[-(LEASE_HISTORY - 1):],
+                   {"leaseEpoch": epoch, "factoryId": factory_id, "claimedAt": c.now}])
         c.tx.touch()
         self._seen(c, factory_id)
         self._note_lease(c, rec)
-        return self._view(c.tx, rec, c.now)
+        return view(c.tx, rec, c.now)
 
-    def _renew(self, c: _Ctx, job_id: str, factory_id: str, epoch: int) -> dict[str, Any]:
+    def _renew(self, c: Ctx, job_id: str, factory_id: str, epoch: int) -> dict[str, Any]:
         rec, _ = self._fence(c.tx, job_id, factory_id, epoch, c.now, "renew")
         rec["lease"] = {**rec["lease"], "expiresAt": c.now + self.lease_ttl_s}  # replaced, never mutated in place
         c.tx.touch()
         self._seen(c, factory_id)
         self._note_lease(c, rec)
-        return {"lease": _lease_wire(rec)}
+        return {"lease": lease_wire(rec)}
 
     def _release(
-        self, c: _Ctx, job_id: str, factory_id: str, epoch: int, reason: str, retry: bool,
+        self, c: Ctx, job_id: str, factory_id: str, epoch: int, reason: str, retry: bool,
         count_attempt: bool, not_before: float | None,
     ) -> dict[str, Any]:
         rec, replay = self._fence(c.tx, job_id, factory_id, epoch, c.now, "release")
@@ -356,7 +358,7 @@ class Coordinator:
             return replay
         end = {"op": "release", "factoryId": factory_id, "leaseEpoch": epoch, "outcome": None}
         attempts = rec["attempts"] + (1 if count_attempt else 0)
-        limit = _max_attempts(rec)
+        limit = max_attempts(rec)
         rec["attempts"] = attempts
         self._seen(c, factory_id)
         if not retry:
@@ -370,7 +372,7 @@ class Coordinator:
         return result
 
     def _report(
-        self, c: _Ctx, job_id: str, factory_id: str, epoch: int, outcome: str, detail: dict[str, Any]
+        self, c: Ctx, job_id: str, factory_id: str, epoch: int, outcome: str, detail: dict[str, Any]
     ) -> dict[str, Any]:
         rec, replay = self._fence(c.tx, job_id, factory_id, epoch, c.now, "report", outcome)
         if replay is not None:
@@ -387,41 +389,92 @@ class Coordinator:
         reclaimed = []
         expired = [rec for rec in tx.leased_records() if lease_state(rec, now) is LeaseState.EXPIRED]
         for rec in expired:
-            if self._stale(tx, rec):  # crash leftover: the job already finished
-                del tx.hot["jobs"][rec["spec"]["id"]]
-                tx.touch()
+            if drop_if_stale(tx, rec):  # crash leftover: the job already finished
                 continue
             lease = rec["lease"]
             who = {"jobId": rec["spec"]["id"], "factoryId": lease["factoryId"], "leaseEpoch": lease["leaseEpoch"]}
-            ctx = _Ctx(tx, now, {"op": "reclaim", **who, "expiresAt": to_rfc3339(lease["expiresAt"])})
+            ctx = Ctx(tx, now, {"op": "reclaim", **who, "expiresAt": to_rfc3339(lease["expiresAt"])})
             end = {"op": "reap", "factoryId": lease["factoryId"], "leaseEpoch": lease["leaseEpoch"], "outcome": None}
             rec["attempts"] += 1
-            limit = _max_attempts(rec)
+            limit = max_attempts(rec)
             if rec["attempts"] >= limit:
                 self._finish(ctx, rec, JobState.QUARANTINED,
                              f"lease expired; attempts exhausted ({rec['attempts']}/{limit})", end)
             else:
                 self._requeue(ctx, rec, "lease expired", None, end)
             ctx.ev.update(status=200, state=rec["state"])
-            tx.event(_event(now, ctx.ev))
+            tx.event(event(now, ctx.ev))
             reclaimed.append(who)
         return reclaimed
 
-    def _status(self, c: _Ctx) -> dict[str, Any]:
+    def _credit_stall(self, tx: Tx, now: float) -> None:
+        """Time the store could serve no one (``tx.stall``, measured by the store) does not count against leases.
+
+        While a holder of the store's lock is paused or stuck, no factory can renew:
+        every lease live when the stall began is extended by the stall, before the
+        reaper looks. ``stallCreditedUntil`` (in this clock) keeps a stall that two
+        transactions learn of from being credited twice. Below ``STALL_MIN_S``, nothing.
+        """
+        stall = tx.stall
+        if stall is None or stall.seconds < STALL_MIN_S:
+            return
+        end = now - stall.ended_ago
+        start = max(end - stall.seconds, float(tx.hot.get("stallCreditedUntil", 0.0)))
+        if end <= start:
+            return
+        extended = []
+        for rec in tx.leased_records():
+            lease = rec["lease"]
+            if lease["expiresAt"] > start:
+                rec["lease"] = {**lease, "expiresAt": lease["expiresAt"] + (end - start)}  # replaced, not mutated
+                extended.append(rec["spec"]["id"])
+        tx.hot["stallCreditedUntil"] = end
+        tx.touch()
+        tx.event(event(now, {"op": "stall", "status": 200, "seconds": round(end - start, 3), "extended": extended}))
+
+    def _status(self, c: Ctx) -> dict[str, Any]:
         counts = {s.value: 0 for s in JobState if s is not JobState.COMPOSITE}
         counts.update(c.tx.hot["terminalCounts"])
         leases = []
         for rec in c.tx.hot["jobs"].values():
             counts[rec["state"]] += 1
             if lease_state(rec, c.now) is LeaseState.ACTIVE:
-                wire = _lease_wire(rec)
+                wire = lease_wire(rec)
                 wire["timeLeftS"] = round(rec["lease"]["expiresAt"] - c.now, 3)
                 leases.append(wire)
-        factories = [{"factoryId": f, "lastSeen": to_rfc3339(t)} for f, t in sorted(c.tx.hot["factories"].items())]
+        info = c.tx.hot.get("factoryInfo") or {}
+        factories = []
+        for f, t in sorted(c.tx.hot["factories"].items()):
+            age = round(max(0.0, c.now - t), 3)
+            factories.append({"factoryId": f, "lastSeen": to_rfc3339(t), "ageS": age,
+                              "liveness": liveness(age, self.lease_ttl_s), **(info.get(f) or {})})
+        stranded = self._stranded(c, factories)
         return {"counts": counts, "leases": sorted(leases, key=lambda x: x["jobId"]), "factories": factories,
-                "leaseTtlS": self.lease_ttl_s}
+                "leaseTtlS": self.lease_ttl_s, "stranded": stranded[:STRANDED_SHOWN], "strandedTotal": len(stranded)}
 
-    def _shadow(self, c: _Ctx, report: Any) -> dict[str, Any]:
+    def _stranded(self, c: Ctx, factories: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """Queued jobs that no live factory can run: none has every capability the job ``requires``, or
+        each one that has them said it cannot run the job (its ``exclude``: a tool or program missing there).
+        A live factory whose capabilities are not known (seen before this was recorded) is assumed able."""
+        live = [f for f in factories if f["liveness"] == "live"]
+        out = []
+        for rec in c.tx.hot["jobs"].values():
+            if rec["state"] != JobState.QUEUED.value:
+                continue
+            job_id, needs = rec["spec"]["id"], frozenset(rec["spec"].get("requires", ()))
+            able = [f for f in live if "capabilities" not in f or needs <= frozenset(f["capabilities"])]
+            if not live:
+                why = "no factory seen within the lease TTL"
+            elif not able:
+                why = f"requires {', '.join(sorted(needs))}: no live factory has it"
+            elif all(job_id in f.get("cannotRun", ()) for f in able):
+                why = "every live factory able to take it said it cannot run it (tool or program missing there)"
+            else:
+                continue
+            out.append({"jobId": job_id, "why": why})
+        return sorted(out, key=lambda x: x["jobId"])
+
+    def _shadow(self, c: Ctx, report: Any) -> dict[str, Any]:
         if not isinstance(report, Mapping) or report.get("shadow") is not True:
             raise InvalidReport("shadow report: 'shadow' must be true (a shadow report never acts on a job)")
         if not isinstance(report.get("factoryId"), str) or not report["factoryId"]:
@@ -432,134 +485,112 @@ class Coordinator:
         c.ev.update(status=202, verdict=report["verdict"])
         return {"accepted": True}
 
-    def _list(self, c: _Ctx, state: str | None) -> list[dict[str, Any]]:
+    def _list(self, c: Ctx, state: str | None, limit: int | None) -> dict[str, Any]:
         recs: list[dict[str, Any]] = []
         if state is None or state in (JobState.QUEUED.value, JobState.LEASED.value):
             recs.extend(r for r in c.tx.hot["jobs"].values() if (state is None or r["state"] == state)
-                        and not self._stale(c.tx, r))  # a crash leftover: the archive wins
-        if state is None or state in TERMINAL or state == JobState.COMPOSITE.value:
+                        and not stale(c.tx, r))  # a crash leftover: the archive wins
+        if state is None or state in ENDED or state == JobState.COMPOSITE.value:
             recs.extend(r for r in c.tx.iter_archived() if state is None or r["state"] == state)
         recs.sort(key=lambda r: r["seq"])
-        return [self._view(c.tx, r, c.now, full=True) for r in recs]
+        page = recs if limit is None else recs[len(recs) - limit:] if limit else []
+        return {"jobs": [full_view(c.tx, r, c.now) for r in page], "total": len(recs)}
 
     # ------------------------------------------------------------ state changes shared by operations
 
     def _finish(
-        self, c: _Ctx, rec: dict[str, Any], state: JobState, reason: str, end: dict[str, Any]
+        self, c: Ctx, rec: dict[str, Any], state: JobState, reason: str, end: dict[str, Any]
     ) -> dict[str, Any]:
         rec.update(state=state.value, lease=None, reason=reason, finishedAt=c.now,
                    outcome=end.get("outcome") or state.value)
-        result = self._view(c.tx, rec, c.now)
+        _close_lease(rec, end, reason, c.now)
+        result = view(c.tx, rec, c.now)
+        from coordinator_stub import composite_rules
+
         if rec.get("verifyOf"):
-            self._finish_verify(c, rec, state, reason, {**end, "result": result})
+            composite_rules.finish_verify(c, rec, state, reason, {**end, "result": result})
             return result
         rec["lastEnd"] = {**end, "result": result}
         c.tx.hot["terminalCounts"][state.value] = c.tx.hot["terminalCounts"].get(state.value, 0) + 1
         c.tx.archive(rec["spec"]["id"], rec)
         parent_id = rec["spec"].get("parentId")
+        if parent_id:
+            composite_rules.after_planning(c, rec, state)
         if parent_id and state is JobState.SHIPPED:
-            self._maybe_verify(c, parent_id)
+            composite_rules.maybe_verify(c, parent_id)
         return result
 
-    # ------------------------------------------------------------ composite: the parent's verify, re-runs
+    def _cancel_op(self, c: Ctx, job_id: str) -> dict[str, Any]:
+        from coordinator_stub import composite_rules
 
-    def _maybe_verify(self, c: _Ctx, parent_id: str, force: bool = False) -> None:
-        """Queue the parent's verify gate once every child shipped (``force``: again after it failed)."""
-        parent = c.tx.archived(parent_id)
-        if parent is None or parent.get("state") != JobState.COMPOSITE.value or not parent["spec"].get("verify"):
-            return
-        live = c.tx.hot["jobs"].get(parent_id)
-        if live is not None and not self._stale(c.tx, live):
-            return
-        outcome = parent.get("verify") or {}
-        if outcome.get("state") == "passed" or (outcome.get("state") == "failed" and not force):
-            return
-        from agent_queue import composite
-
-        family = self._family(c.tx, parent)
-        if any(m["state"] != JobState.SHIPPED.value for m in family.values()):
-            return
-        if composite.budget_stop(parent["spec"].get("budget"), family) is not None:
-            return
-        rec = self._new_record(c, composite.verify_spec(parent["spec"]), None, "")
-        # Epochs continue across rounds, so a zombie of an earlier round is always fenced.
-        rec.update(verifyOf=parent_id, verifyRound=int(outcome.get("round", 0)) + 1,
-                   leaseEpoch=int(outcome.get("leaseEpoch", 0)))
-        c.tx.hot["jobs"][parent_id] = rec
-        c.tx.touch()
-        c.ev["verifyQueued"] = parent_id
-
-    def _finish_verify(self, c: _Ctx, rec: dict[str, Any], state: JobState, reason: str,
-                       last_end: dict[str, Any]) -> None:
-        """The verify gate ended: a new version of the parent records it (and answers exact replays)."""
-        parent_id = rec["verifyOf"]
-        parent = c.tx.archived(parent_id)
-        if parent is None:  # cannot happen: the parent is archived before its children exist
-            raise NotFound(f"job {parent_id}: composite parent missing")
-        verify = {"state": "passed" if state is JobState.SHIPPED else "failed", "round": rec["verifyRound"],
-                  "leaseEpoch": rec["leaseEpoch"], "attempts": rec["attempts"],
-                  "reason": None if state is JobState.SHIPPED else reason, "finishedAt": c.now,
-                  "detail": rec.get("detail")}
-        c.tx.supersede(parent_id, {**parent, "verify": verify, "lastEnd": last_end})
-        del c.tx.hot["jobs"][parent_id]
-        c.tx.touch()
-
-    def _rerun(self, c: _Ctx, parent: dict[str, Any]) -> list[str]:
-        """Quarantined children back to queued (attempts reset); a failed verify queued again."""
-        requeued = []
-        for cid in parent["childIds"]:
-            rec = c.tx.archived(cid)
-            if rec is not None and rec["state"] == JobState.QUARANTINED.value:
-                self._revive(c, rec)
-                requeued.append(cid)
-        if (parent.get("verify") or {}).get("state") == "failed":
-            self._maybe_verify(c, parent["spec"]["id"], force=True)
-            if c.ev.get("verifyQueued"):
-                requeued.append(parent["spec"]["id"])
-        return requeued
-
-    def _revive(self, c: _Ctx, rec: dict[str, Any]) -> None:
-        """A quarantined job runs again: its archived version goes to history, a fresh attempt count to hot.
-
-        ``leaseEpoch`` keeps counting (a late report of an old lease stays fenced);
-        what the earlier attempts spent is kept for the parent's budget.
-        """
-        job_id = rec["spec"]["id"]
-        c.tx.supersede(job_id)
-        detail = rec.get("detail") or {}
-        rec.update(state=JobState.QUEUED.value, attempts=0, lease=None, notBefore=None, reason="requeued",
-                   outcome=None, detail=None, finishedAt=None,
-                   priorS=_num(rec.get("priorS")) + _num(detail.get("durationS")),
-                   priorUsd=_num(rec.get("priorUsd")) + _num(detail.get("costUsd")))
-        c.tx.hot["jobs"][job_id] = rec
-        counts = c.tx.hot["terminalCounts"]
-        counts[JobState.QUARANTINED.value] = max(0, counts.get(JobState.QUARANTINED.value, 0) - 1)
-        c.tx.touch()
-
-    def _requeue_op(self, c: _Ctx, job_id: str) -> dict[str, Any]:
-        rec = self._find(c.tx, job_id)
+        rec = find(c.tx, job_id)
         if rec["state"] == JobState.COMPOSITE.value:
-            requeued = self._rerun(c, rec)
+            cancelled = composite_rules.cancel_family(c, rec, self._cancel_one)
+        elif rec["state"] in (JobState.QUEUED.value, JobState.LEASED.value):
+            self._cancel_one(c, find_opt(c.tx, job_id, lease=True) or rec)
+            cancelled = [job_id]
+        elif rec["state"] == JobState.CANCELLED.value:
+            cancelled = []  # a repeat (its first answer lost): the same state, nothing new
+        else:
+            raise Conflict(f"job {job_id}: is {rec['state']}; only a queued or leased job (or a composite) "
+                           "can be cancelled")
+        c.ev["cancelled"] = cancelled
+        return {**full_view(c.tx, find(c.tx, job_id), c.now), "cancelled": cancelled}
+
+    def _cancel_one(self, c: Ctx, rec: dict[str, Any]) -> None:
+        """One queued or leased record ends cancelled. Its lease ends too: fencing (``_fence``) then finds no
+        lease, so the holder's renew, release or report is 409 ``not_leased`` and nothing of it ships."""
+        active = lease_state(rec, c.now) is LeaseState.ACTIVE
+        holder = rec["lease"]["factoryId"] if active else None
+        end = {"op": "cancel", "factoryId": holder, "leaseEpoch": rec["leaseEpoch"], "outcome": None}
+        reason = "cancelled by the operator" + (f" (lease epoch {rec['leaseEpoch']} of {holder} ended)"
+                                                if holder else "")
+        if holder:
+            c.ev.setdefault("fenced", []).append({"jobId": rec["spec"]["id"], "factoryId": holder,
+                                                  "leaseEpoch": rec["leaseEpoch"]})
+        self._finish(c, rec, JobState.CANCELLED, reason, end)
+
+    def _note_factory(self, c: Ctx, factory_id: str, caps: frozenset[str], cannot_run: frozenset[str]) -> None:
+        """What a claim says about its factory, for ``status`` (stranded jobs): written only when it changed."""
+        info = c.tx.hot.setdefault("factoryInfo", {})
+        now = {"capabilities": sorted(caps), "cannotRun": sorted(cannot_run)[:CANNOT_RUN_KEPT]}
+        if info.get(factory_id) != now:
+            info[factory_id] = now
+            c.tx.touch()
+
+    def _approve_op(self, c: Ctx, job_id: str) -> dict[str, Any]:
+        from coordinator_stub import composite_rules
+
+        queued = composite_rules.approve(c, job_id)
+        return {**full_view(c.tx, find(c.tx, job_id), c.now), "queued": queued}
+
+    def _requeue_op(self, c: Ctx, job_id: str) -> dict[str, Any]:
+        from coordinator_stub import composite_rules
+
+        rec = find(c.tx, job_id)
+        if rec["state"] == JobState.COMPOSITE.value:
+            requeued = composite_rules.rerun(c, rec)
         elif rec["state"] == JobState.QUARANTINED.value:
-            self._revive(c, rec)
+            composite_rules.revive(c, rec)
             requeued = [job_id]
         else:
             raise Conflict(f"job {job_id}: is {rec['state']}; only a quarantined job or a composite can be requeued")
         c.ev["requeued"] = requeued
-        return {**self._view(c.tx, self._find(c.tx, job_id), c.now, full=True), "requeued": requeued}
+        return {**full_view(c.tx, find(c.tx, job_id), c.now), "requeued": requeued}
 
     def _requeue(
-        self, c: _Ctx, rec: dict[str, Any], reason: str, not_before: float | None, end: dict[str, Any]
+        self, c: Ctx, rec: dict[str, Any], reason: str, not_before: float | None, end: dict[str, Any]
     ) -> dict[str, Any]:
         rec.update(state=JobState.QUEUED.value, lease=None, reason=reason or None, notBefore=not_before)
-        result = self._view(c.tx, rec, c.now)
+        _close_lease(rec, end, reason, c.now)
+        result = view(c.tx, rec, c.now)
         # Without the spec (it may hold a 1 MB prompt): the hot record and each journal line stay small;
         # a replay puts the spec, which never changes, back in (_fence).
         rec["lastEnd"] = {**end, "result": {k: v for k, v in result.items() if k != "job"}}
         c.tx.touch()
         return result
 
-    def _seen(self, c: _Ctx, factory_id: str) -> None:
+    def _seen(self, c: Ctx, factory_id: str) -> None:
         """Note the factory's lastSeen; on its own, written only when the stored one is SEEN_GRANULARITY_S old.
 
         An idle poll (204) would otherwise rewrite and fsync the whole hot document
@@ -571,49 +602,13 @@ class Coordinator:
         if before is None or not 0 <= c.now - before < SEEN_GRANULARITY_S:
             c.tx.touch()
 
-    def _note_lease(self, c: _Ctx, rec: dict[str, Any], replay: bool = False) -> None:
+    def _note_lease(self, c: Ctx, rec: dict[str, Any], replay: bool = False) -> None:
         lease = rec["lease"]
         c.ev.update(jobId=rec["spec"]["id"], leaseEpoch=lease["leaseEpoch"], expiresAt=to_rfc3339(lease["expiresAt"]))
         if replay:
             c.ev["replay"] = True
 
     # ------------------------------------------------------------ lookups
-
-    def _find_opt(self, tx: Tx, job_id: str, lease: bool = False) -> dict[str, Any] | None:
-        """The record of ``job_id``; the archive wins over a stale hot copy left by a crash (which is dropped).
-
-        A composite parent's id names two records while its verify gate waits or runs:
-        the parent (archived) and the verify record (hot); ``lease`` asks for the latter.
-        """
-        arch = tx.archived(job_id)
-        hot: dict[str, Any] | None = tx.hot["jobs"].get(job_id)
-        if arch is None:
-            return hot
-        if hot is not None:
-            if not self._stale(tx, hot):
-                return hot if lease else arch
-            del tx.hot["jobs"][job_id]
-            tx.touch()
-        return arch
-
-    def _stale(self, tx: Tx, rec: dict[str, Any]) -> bool:
-        """A hot record the archive already supersedes (a crash between the two writes)."""
-        arch = tx.archived(rec["spec"]["id"])
-        if arch is None:
-            return False
-        if rec.get("verifyOf"):  # live unless its round's outcome is already recorded in the parent
-            return int((arch.get("verify") or {}).get("round", 0)) >= int(rec["verifyRound"])
-        return True
-
-    def _find(self, tx: Tx, job_id: str) -> dict[str, Any]:
-        rec = self._find_opt(tx, job_id)
-        if rec is None:
-            raise NotFound(f"job {job_id}: no such job")
-        return rec
-
-    def _state_of(self, tx: Tx, job_id: str) -> str | None:
-        rec = tx.hot["jobs"].get(job_id) or tx.archived(job_id)
-        return None if rec is None else str(rec["state"])
 
     def _lease_for_request(self, tx: Tx, factory_id: str, request_id: str) -> dict[str, Any] | None:
         for rec in tx.leased_records():
@@ -628,14 +623,11 @@ class Coordinator:
         """Highest priority, then oldest enqueue, among queued jobs this caller may take now."""
         queued = JobState.QUEUED.value
         parents: dict[str, dict[str, Any] | None] = {}
-        for rec in tx.queued_in_claim_order():
+        for rec in tx.queued_by(claim_key):
             if (rec["state"] != queued or (rec["notBefore"] is not None and rec["notBefore"] > now)
                     or not caps.issuperset(rec["spec"].get("requires", ())) or rec["spec"]["id"] in skip):
                 continue
-            job_id = rec["spec"]["id"]
-            if self._stale(tx, rec):  # crash leftover: the archive is authoritative
-                del tx.hot["jobs"][job_id]
-                tx.touch()
+            if drop_if_stale(tx, rec):  # crash leftover: the archive is authoritative
                 continue
             if self._ready(tx, rec, parents):
                 picked: dict[str, Any] = rec
@@ -645,120 +637,20 @@ class Coordinator:
     def _ready(self, tx: Tx, rec: dict[str, Any], parents: dict[str, dict[str, Any] | None]) -> bool:
         """All ``dependsOn`` shipped; a composite child also passes its family's gates (phases, budget)."""
         spec = rec["spec"]
-        if any(self._state_of(tx, dep) != JobState.SHIPPED.value for dep in spec.get("dependsOn", ())):
+        if any(state_of(tx, dep) != JobState.SHIPPED.value for dep in spec.get("dependsOn", ())):
             return False
-        parent_id = spec.get("parentId")
-        if parent_id is None:
+        if spec.get("parentId") is None:
             return True
-        if parent_id not in parents:
-            parents[parent_id] = tx.archived(parent_id)
-        parent = parents[parent_id]
-        if parent is None or parent.get("state") != JobState.COMPOSITE.value:
-            return True
-        from agent_queue import composite
+        from coordinator_stub import composite_rules
 
-        family = self._family(tx, parent)
-        if composite.budget_stop(parent["spec"].get("budget"), family) is not None:
-            return False
-        return composite.blocker(family[spec["id"]], family) is None
-
-    def _family(self, tx: Tx, parent: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """The parent's children as ``agent_queue.composite`` family members (a missing record counts as queued)."""
-        from agent_queue import composite
-
-        family = {}
-        for cid in parent["childIds"]:
-            rec = tx.hot["jobs"].get(cid) or tx.archived(cid)
-            if rec is None:
-                family[cid] = composite.member(cid, "queued", {})
-                continue
-            detail = rec.get("detail") or {}
-            family[cid] = composite.member(cid, rec["state"], rec["spec"],
-                                           _num(detail.get("durationS")) + _num(rec.get("priorS")),
-                                           _num(detail.get("costUsd")) + _num(rec.get("priorUsd")))
-        return family
-
-    # ------------------------------------------------------------ views (wire shapes)
-
-    def _view(self, tx: Tx, rec: dict[str, Any], now: float, full: bool = False) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "state": rec["state"], "attempts": rec["attempts"], "maxAttempts": _max_attempts(rec),
-            "leaseEpoch": rec["leaseEpoch"], "enqueuedAt": to_rfc3339(rec["enqueuedAt"]),
-        }
-        for key in ("notBefore", "finishedAt"):
-            if rec.get(key) is not None:
-                meta[key] = to_rfc3339(rec[key])
-        for key in ("reason", "outcome", "detail", "verifyOf"):
-            if rec.get(key) is not None:
-                meta[key] = rec[key]
-        out: dict[str, Any] = {"job": tx.spec_of(rec), "meta": meta}  # hot records hold only a summary
-        out["lease"] = _lease_wire(rec) if lease_state(rec, now) is LeaseState.ACTIVE else None
-        if rec["state"] == JobState.COMPOSITE.value:
-            out["job"] = {**rec["spec"], "childIds": rec["childIds"]}
-            if full:
-                out["rollup"] = self._rollup(tx, rec)
-                meta["state"] = out["rollup"]["state"]
-        return out
-
-    def _rollup(self, tx: Tx, parent: dict[str, Any]) -> dict[str, Any]:
-        """Computed from the children by the rules shared with the local queue (``agent_queue.composite``)."""
-        from agent_queue import composite
-
-        outcome = parent.get("verify") or {}
-        verify = None
-        if parent["spec"].get("verify"):
-            live = tx.hot["jobs"].get(parent["spec"]["id"])
-            if live is not None and live.get("verifyOf") and not self._stale(tx, live):
-                verify = "running" if live["state"] == JobState.LEASED.value else "pending"
-            else:
-                verify = outcome.get("state") or "pending"
-        out = composite.rollup(self._family(tx, parent), parent.get("order", parent["childIds"]),
-                               budget=parent["spec"].get("budget"), verify=verify)
-        if verify == "failed" and outcome.get("reason") and out.get("reason"):
-            out["reason"] = f"{out['reason']}: {outcome['reason']}"
-        return out
+        return composite_rules.family_allows(tx, spec, parents)
 
 
-# ---------------------------------------------------------------- helpers
-
-
-def _lease_wire(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """The wire form of ``agent_queue.jobs.Lease.to_dict`` (a test pins the two together)."""
-    lease = rec["lease"]
-    return {"jobId": rec["spec"]["id"], "factoryId": lease["factoryId"], "leaseEpoch": lease["leaseEpoch"],
-            "expiresAt": to_rfc3339(lease["expiresAt"]), "ttlS": lease["ttlS"]}
-
-
-def _max_attempts(rec: Mapping[str, Any]) -> int:
-    """Fixed at enqueue (the job's budget, else the shared default), so no later default change moves it."""
-    return int(rec["maxAttempts"])
-
-
-def _num(value: Any) -> float:
-    """A reported number (seconds, dollars), 0 when absent or not a number."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
-def _not_before(raw: Any, where: str) -> float | None:
-    value = raw.get("notBefore") if isinstance(raw, Mapping) else None
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidJob(f"{where}.notBefore: must be an RFC 3339 string")
-    try:
-        return parse_rfc3339(value)
-    except ValueError as exc:
-        raise InvalidJob(f"{where}.notBefore: {value[:40]!r} is not an RFC 3339 time") from exc
-
-
-def _digest(job: Job, raw: Mapping[str, Any]) -> str:
-    """Identity of a spec for idempotent enqueue: the normalized spec (children included) plus notBefore."""
-    import hashlib
-    import json
-
-    body = {"spec": job.to_dict(), "notBefore": raw.get("notBefore")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _event(now: float, ev: dict[str, Any]) -> dict[str, Any]:
-    return {"time": to_rfc3339(now), "ts": round(now, 6), **ev}
+def _close_lease(rec: dict[str, Any], end: Mapping[str, Any], reason: str, now: float) -> None:
+    """The lease history entry of the lease ``end`` ended gets its end (op, outcome, reason, time)."""
+    leases = list(rec.get("leases") or [])
+    if not leases or leases[-1].get("endedAt") is not None or leases[-1]["leaseEpoch"] != end.get("leaseEpoch"):
+        return
+    how = end["op"] + (f" {end['outcome']}" if end.get("outcome") else "")
+    leases[-1] = {**leases[-1], "endedAt": now, "end": how, "reason": reason or None}
+    rec["leases"] = leases

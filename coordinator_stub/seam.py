@@ -5,7 +5,7 @@ request body on stdin, exactly one ``{"status": N, "body": ...}`` line on
 stdout, exit 0 whenever a response was delivered (whatever its status). Any
 other exit is a transport error for the client. This path runs hundreds of
 times per minute, so it imports neither click nor filelock nor requests: it
-locks with the equivalent flock(2) (``store.flock``).
+locks with the equivalent flock(2) (``stores.locking.flock``).
 
 The pieces are reusable: ``parse_call_prefix`` (the flags before METHOD PATH)
 and ``run_request`` / ``encode_answer`` (one request -> the answer line), so the
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from agent_queue.errors import AQError
 
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO, TextIO
 
     from coordinator_stub.settings import StubSettings
-    from coordinator_stub.store import LockFactory
+    from coordinator_stub.stores.locking import LockFactory
 
     CallPrefix = tuple[str | None, str | None, bool, list[str]]
 
@@ -35,20 +34,24 @@ if TYPE_CHECKING:
 def run_request(
     settings: StubSettings, method: str, path: str, body: bytes, lock: LockFactory | None = None
 ) -> tuple[int, dict[str, Any] | None]:
-    """Run one request against the state dir: (status, body). ``lock`` defaults to ``store.flock``.
+    """Run one request against the state (dir or database): (status, body). ``lock``: the dir's, default flock.
 
     An ``AQError`` (also one opening the state dir) becomes the JSON error body;
     anything else propagates (the spawned seam then exits non-zero).
     """
     from coordinator_stub.api import handle
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.store import JsonStore, flock
+    from coordinator_stub.stores.choose import open_store
 
     try:
-        coord = Coordinator(JsonStore(settings.state_dir, lock=lock or flock), time.time, settings.lease_ttl_s)
+        store, clock = open_store(settings, lock=lock)
+        coord = Coordinator(store, clock, settings.lease_ttl_s)
     except AQError as exc:
         return exc.http_status, exc.to_body()
-    return handle(coord, method, path, body, ignore_dry_run=settings.ignore_dry_run)
+    try:
+        return handle(coord, method, path, body, ignore_dry_run=settings.ignore_dry_run)
+    finally:
+        store.close()
 
 
 def encode_answer(status: int, body: dict[str, Any] | None) -> str:

@@ -25,3 +25,38 @@ def strays() -> Iterator[list[int]]:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+
+
+# ---- PostgreSQL (tests/pgutil.py): one database per session, emptied per test that asks for it
+
+@pytest.fixture(scope="session")
+def pg_database():  # type: ignore[no-untyped-def]
+    from tests.pgutil import create_database
+
+    url, drop = create_database()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """The session's database, emptied: each test starts from a fresh coordinator."""
+    from tests.pgutil import reset
+
+    reset(pg_database)
+    return pg_database
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+def contract_store(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A fresh store of each kind the contract tests run on: MemoryStore, then PgStore (tests/pgutil.py)."""
+    if request.param == "memory":
+        from coordinator_stub.stores.memory import MemoryStore
+
+        yield MemoryStore()
+        return
+    from tests.pgutil import inspect_store
+
+    store = inspect_store(request.getfixturevalue("pg_url"))
+    yield store
+    store.close()

@@ -4,8 +4,8 @@ One method per endpoint. Each call goes through one retry loop: a transport
 error or a 5xx answer is retried with capped exponential backoff and jitter,
 within a bounded number of attempts and an overall deadline; a 4xx answer is
 never retried, it is mapped to the one exception hierarchy (409 -> Fenced /
-NotLeased / Conflict, 404 -> NotFound, 422 -> InvalidJob, 401 and other 4xx
--> CoordinatorError). Retrying is safe because every mutating call is
+NotLeased / Conflict, 404 -> NotFound, 422 -> InvalidJob, 413 -> TooLarge (bad
+input: exit 2), 401 and other 4xx -> CoordinatorError). Retrying is safe because every mutating call is
 idempotent at the coordinator: a claim carries a ``requestId`` that stays the
 same across the retries of one call, and renew / release / report are exact
 replays of the same (jobId, factoryId, leaseEpoch, outcome).
@@ -31,6 +31,7 @@ from agent_queue.errors import (
     InvalidJob,
     NotFound,
     NotLeased,
+    TooLarge,
     TransportError,
 )
 from agent_queue.fleet.wire import Response, Transport
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 OUTCOMES = ("shipped", "quarantined")
-JOB_STATES = ("queued", "leased", "shipped", "quarantined", "composite")
+JOB_STATES = ("queued", "leased", "shipped", "quarantined", "cancelled", "composite")
 _MESSAGE_LIMIT = 300
 
 
@@ -133,6 +134,33 @@ class FleetClient:
             path += "?" + urlencode({"state": state})
         return self._call("GET", path, None, lambda r: _list_field(r, "jobs"))
 
+    def jobs_page(self, state: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """``{"jobs": [...], "total": n}``: the ``limit`` most recently enqueued jobs (in enqueue order).
+
+        A coordinator that predates ``limit`` answers every job and no ``total``: the page is cut here.
+        """
+        if state is not None and state not in JOB_STATES:
+            raise BadInput(f"jobs: state {state[:40]!r} is not one of {', '.join(JOB_STATES)}")
+        query = {k: v for k, v in (("state", state), ("limit", limit)) if v is not None}
+        path = "/v1/fleet/jobs" + ("?" + urlencode(query) if query else "")
+        body = self._call("GET", path, None, lambda r: _require_body(r, path))
+        jobs = body.get("jobs")
+        if not isinstance(jobs, list):
+            raise TransportError(f"GET {path}: answer has no 'jobs' list")
+        total = body.get("total")
+        cut = jobs if limit is None else jobs[-limit:] if limit else []
+        return {"jobs": cut, "total": total if isinstance(total, int) else len(jobs)}
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job (a composite: its children that have not ended, and its verify gate).
+
+        Returns the view plus ``cancelled`` (ids cancelled now). The factory holding a cancelled
+        job's lease gets 409 ``not_leased`` on its next renew or report, so it ships nothing.
+        Idempotent: cancelling a cancelled job answers 200 with nothing new cancelled.
+        """
+        path = f"/v1/fleet/jobs/{_path_id(job_id)}/cancel"
+        return self._call("POST", path, {}, lambda r: _require_body(r, path))
+
     def requeue(self, job_id: str) -> dict[str, Any]:
         """Re-run a quarantined job, or a composite's quarantined (and so blocked) children and failed verify.
 
@@ -140,6 +168,11 @@ class FleetClient:
         composite (a repeat finds nothing quarantined); a leaf's repeat is a ``Conflict``.
         """
         path = f"/v1/fleet/jobs/{_path_id(job_id)}/requeue"
+        return self._call("POST", path, {}, lambda r: _require_body(r, path))
+
+    def approve(self, job_id: str) -> dict[str, Any]:
+        """Approve a planned composite: the view plus ``queued`` (its children's ids). A repeat is a ``Conflict``."""
+        path = f"/v1/fleet/jobs/{_path_id(job_id)}/approve"
         return self._call("POST", path, {}, lambda r: _require_body(r, path))
 
     # -- leases -----------------------------------------------------------
@@ -175,7 +208,7 @@ class FleetClient:
         raw = self._call("POST", "/v1/fleet/claim", body, lambda r: _parse_claim(r, fid, dry_run))
         if raw is None:
             return None
-        job_data, lease, attempts = raw
+        job_data, lease, attempts, rounds = raw
         if lease is not None and dry_run:
             log.warning("dry-run claim got a real lease; releasing it", extra=_fields(lease))
             self._release_quietly(lease, "dry-run claim returned a real lease", retry=True)
@@ -186,7 +219,7 @@ class FleetClient:
             if lease is not None:
                 self._release_quietly(lease, f"invalid job spec: {exc.message}", retry=False)
             raise
-        return Claimed(job, lease, attempts)
+        return Claimed(job, lease, attempts, rounds)
 
     def renew(self, lease: Lease, *, deadline_s: float | None = None) -> Lease:
         """Extend ``lease``; returns the lease with its new expiry. ``Fenced`` if it is no longer ours."""
@@ -334,6 +367,9 @@ def _raise_for_status(resp: Response, method: str, path: str) -> Response:
         raise NotFound(detail)
     if status == 422:
         raise InvalidJob(detail)
+    if status == 413:  # e.g. a job whose prompt makes the request larger than the coordinator takes
+        raise TooLarge(f"{where}: the coordinator refused the request as too large (HTTP 413): "
+                       f"{message or 'no detail'}")
     if status == 401:
         raise CoordinatorError(f"{where}: unauthorized: check AQ_FLEET_TOKEN", 401, "unauthorized")
     raise CoordinatorError(f"{where}: coordinator answered {status}: {message or code or 'no detail'}",
@@ -364,6 +400,7 @@ class Claimed:
     job: Job
     lease: Lease | None
     attempts: int
+    round: int = 1  # 1 + how often the job was requeued (a re-run after quarantine); older coordinators: 1
 
 
 def _dict_field(resp: Response, name: str) -> dict[str, Any]:
@@ -389,29 +426,36 @@ def _lease_of(data: Any, what: str) -> Lease:
 
 def _parse_claim(
     resp: Response, factory_id: str, dry_run: bool
-) -> tuple[dict[str, Any], Lease | None, int] | None:
+) -> tuple[dict[str, Any], Lease | None, int, int] | None:
     if resp.status == 204:
         return None
     job = _dict_field(resp, "job")
     if not isinstance(job.get("id"), str):
         raise TransportError("claim: job without an id")
-    attempts = _attempts_of((resp.body or {}).get("meta"))
+    meta = (resp.body or {}).get("meta")
+    attempts = _attempts_of(meta)
+    rounds = _count_of(meta, "round", 1)
     raw_lease = (resp.body or {}).get("lease")
     if raw_lease is None:
         if not dry_run:
             raise TransportError("claim: 200 answer without a lease")
-        return job, None, attempts
+        return job, None, attempts, rounds
     lease = _lease_of(raw_lease, "claim")
     if lease.job_id != job["id"] or lease.factory_id != factory_id:
         raise TransportError(f"claim: lease is for {lease.job_id}/{lease.factory_id}, not {job['id']}/{factory_id}")
-    return job, lease, attempts
+    return job, lease, attempts, rounds
 
 
 def _attempts_of(meta: Any) -> int:
     """``meta.attempts`` of a claim answer; 0 when absent or malformed (informational: the coordinator
     enforces the limit itself, so a coordinator without meta is no reason to refuse the job)."""
-    value = meta.get("attempts") if isinstance(meta, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    return _count_of(meta, "attempts", 0)
+
+
+def _count_of(meta: Any, name: str, default: int) -> int:
+    """A non-negative integer of a claim answer's meta (informational), ``default`` when absent or malformed."""
+    value = meta.get(name) if isinstance(meta, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
 def _parse_lease(resp: Response, old: Lease) -> Lease:

@@ -88,9 +88,9 @@ class EmbeddedTransport:
             raise TransportError(f"{where}: coordinator-stub: {self._config_error}")
         deadline = time.monotonic() + timeout
 
-        from coordinator_stub.store import LockTimeout, flock
+        from coordinator_stub.stores.locking import LockTimeout, flock
 
-        def lock(path: Path) -> contextlib.AbstractContextManager[None]:
+        def lock(path: Path) -> contextlib.AbstractContextManager[object]:
             return flock(path, deadline)
 
         try:

@@ -41,16 +41,20 @@ def archive(queue: LocalQueue, job_id: str, kind: str, epoch: int, update: dict[
 
 
 def set_aside_earlier_run(queue: LocalQueue, job_id: str) -> Path | None:
-    """A job the coordinator re-runs (requeue, composite re-run) may have ended here before: keep that record.
+    """A job the coordinator hands out may have a local leftover with its id: keep that record, once.
 
-    Its ``quarantine/<id>`` (or ``shipped/<id>``) moves to ``<root>/rerun/<id>.<n>/``
-    so the new lease can be materialized; nothing is deleted.
+    An earlier run that ended here (``quarantine/<id>``, ``shipped/<id>``, ``cancelled/<id>``: the
+    coordinator re-runs it), or a copy in ``inbox/<id>`` that route mode never reads (e.g. an older
+    version's local requeue of a fleet job), moves to ``<root>/rerun/<id>.<n>/`` so the new lease can be
+    materialized. Without this the claim collided with the leftover on every poll, forever. A copy in
+    ``running/`` is not touched: it is settled with the coordinator first. Nothing is deleted.
     """
     state = queue.find(job_id)
-    if state not in (State.QUARANTINE, State.SHIPPED):
+    if state is None or state is State.RUNNING:
         return None
     target = queue.retire(job_id, state, RERUN_DIR)
-    log.info("earlier local run set aside for the coordinator's re-run", extra={"job_id": job_id})
+    log.warning("local leftover set aside for the coordinator's claim",
+                extra={"job_id": job_id, "was": state.value, "keptIn": str(target)})
     return target
 
 
@@ -72,5 +76,5 @@ def read_lease(entry: Entry) -> Lease | None:
 
 def report_detail(record: Record) -> dict[str, Any]:
     """The attempt fields a report to the coordinator carries."""
-    keys = ("attempt", "exitCode", "verifyExitCode", "durationS", "reason")
+    keys = ("attempt", "exitCode", "verifyExitCode", "durationS", "reason", "costUsd", "answer")
     return {k: record[k] for k in keys if record.get(k) is not None}

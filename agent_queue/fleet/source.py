@@ -207,9 +207,9 @@ class FleetSource(Source):
         job, lease = got.job, got.lease
         if lease is None:  # cannot happen for a real claim (the client checks); never run without one
             raise TransportError(f"claim of {job.id}: answer without a lease")
-        return self._take(job, lease, sent, got.attempts)
+        return self._take(job, lease, sent, got.attempts, got.round)
 
-    def _take(self, job: Job, lease: Lease, sent: float, attempts: int) -> Claim | None:
+    def _take(self, job: Job, lease: Lease, sent: float, attempts: int, rounds: int = 1) -> Claim | None:
         """Start renewing at once, then materialize the job locally; release it if that is impossible."""
         holder: list[FleetClaim] = []
 
@@ -218,7 +218,7 @@ class FleetSource(Source):
                 holder[0].on_heartbeat_lost(reason)
 
         heartbeat = Heartbeat(self.client, lease, on_lost, self.heartbeat_interval_s, started_at=sent).start()
-        result = {"attempts": attempts, "lease": lease.to_dict(), "leaseEpoch": lease.epoch}
+        result = {"attempts": attempts, "lease": lease.to_dict(), "leaseEpoch": lease.epoch, "round": rounds}
         try:
             set_aside_earlier_run(self.queue, job.id)
             # lease.json in the same rename: a running/ entry never lacks its lease (and 2 fsyncs fewer)
@@ -227,13 +227,17 @@ class FleetSource(Source):
             heartbeat.stop()
             reason = f"factory {lease.factory_id} cannot hold the job locally: {exc}"
             log.error(reason, extra={"job_id": job.id, "epoch": lease.epoch})
-            # A local leftover with the same id (e.g. waiting to be settled) is this factory's problem,
-            # not the job's: give it back without spending one of its attempts.
+            # A local leftover with the same id (a running/ copy waiting to be settled) is this factory's
+            # problem, not the job's, and so is a full disk: give it back without spending one of its
+            # attempts. A collision: stop asking for it for a while, so it can never turn into a
+            # claim-release loop; a full disk: the runner holds new work until there is room again.
             full = is_disk_full(exc)
             with contextlib.suppress(AQError):
                 self.client.release(lease, reason, retry=True,
                                     count_attempt=not (isinstance(exc, Conflict) or full))
-            if full:  # the runner holds new work until there is room again
+            if isinstance(exc, Conflict):
+                self._note_cannot_run(job.id)
+            if full:
                 raise DiskFull(reason) from exc
             return None
         claim = FleetClaim(self.queue, entry, self.client, heartbeat, self._pend, self._park)

@@ -12,12 +12,21 @@ the scenarios do not change.
 
 from __future__ import annotations
 
+import secrets
 import shlex
+import socket
+import subprocess
+import time
 from pathlib import Path
+
+import requests
 
 from .api import Api, HttpTransport, SeamTransport
 from .knobs import DemoError, Knobs
 from .processes import console_script
+
+REPLICAS = 2  # PostgreSQL mode: one `serve` replica per factory
+START_S = 20.0
 
 
 class Coordinator:
@@ -89,8 +98,86 @@ class LiveHttp(Coordinator):
             raise DemoError(f"AQ_FLEET_API: {exc}") from None
 
 
+class PgReplicas(Coordinator):
+    """PostgreSQL mode: AQ_DEMO_STATE names a database; each factory reaches its own `serve` replica over HTTP.
+
+    The replicas share nothing but the database, so a lease taken through one is
+    fenced through the other: the dead worker's late report goes to its own
+    factory's replica, the job's new holder renews through the other.
+    """
+
+    def __init__(self, knobs: Knobs, base: Path, base_env: dict[str, str]) -> None:
+        super().__init__(knobs.lease_ttl_s, base_env)
+        assert knobs.state
+        self.state = knobs.state
+        self.base = base
+        self.stub = knobs.stub_cmd or console_script("coordinator-stub", "coordinator_stub")
+        self._token = secrets.token_hex(16)
+        self.ports = [_free_port() for _ in range(REPLICAS)]
+        self.factories: list[str] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.label = f"postgresql, {REPLICAS} serve replicas on one database"
+
+    def url(self, factory: str | None) -> str:
+        n = self.factories.index(factory) % REPLICAS if factory in self.factories else 0
+        return f"http://127.0.0.1:{self.ports[n]}"
+
+    def start(self) -> None:
+        env = {**self.base_env, "AQ_STUB_STATE": self.state, "AQ_FLEET_TOKEN": self._token}
+        migrate = subprocess.run([*self.stub, "migrate"], env=env, capture_output=True, check=False, timeout=60)
+        if migrate.returncode != 0:
+            raise DemoError(f"AQ_DEMO_STATE: migrate failed: {migrate.stderr.decode(errors='replace').strip()}")
+        for n, port in enumerate(self.ports):
+            log = (self.base / f"serve-{n + 1}.log").open("wb")
+            self.procs.append(subprocess.Popen(
+                [*self.stub, "--lease-ttl", f"{self.lease_ttl_s:g}", "serve", "--port", str(port)], env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
+        for n, proc in enumerate(self.procs):
+            self._await(n, proc)
+
+    def _await(self, n: int, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + START_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(f"http://127.0.0.1:{self.ports[n]}/v1/fleet/healthz", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        log = (self.base / f"serve-{n + 1}.log").read_text(errors="replace")[-2000:]
+        raise DemoError(f"serve replica {n + 1} did not come up; its log:\n{log}")
+
+    def daemon_env(self, factory: str) -> dict[str, str]:
+        if factory not in self.factories:
+            self.factories.append(factory)
+        return {"AQ_FLEET_API": self.url(factory), "AQ_FLEET_TOKEN": self._token}
+
+    def api(self, as_factory: str | None = None) -> Api:
+        return Api(HttpTransport(self.url(as_factory), self._token))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def open_coordinator(knobs: Knobs, base: Path, base_env: dict[str, str]) -> Coordinator:
-    """The mode the knobs ask for: live when AQ_FLEET_API and AQ_FLEET_TOKEN are both set, else stub."""
+    """The mode the knobs ask for: live when AQ_FLEET_API and AQ_FLEET_TOKEN are both set, PostgreSQL when
+    AQ_DEMO_STATE names a database, else stub."""
     if knobs.live:
         return LiveHttp(knobs, base_env)
+    if knobs.state:
+        return PgReplicas(knobs, base, base_env)
     return StubSeam(knobs, base / "coordinator", base_env)

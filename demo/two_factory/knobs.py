@@ -21,6 +21,7 @@ class Knobs:
     stub_cmd: list[str] | None  # test seam: a coordinator-stub look-alike (see README)
     api: str | None
     token: str | None = field(repr=False)
+    state: str | None = field(default=None, repr=False)  # AQ_DEMO_STATE: a postgresql:// URL (may hold a password)
 
     @property
     def live(self) -> bool:
@@ -45,6 +46,9 @@ def read_knobs(env: Mapping[str, str]) -> Knobs:
         stub_argv = shlex.split(stub_cmd) if stub_cmd else None
     except ValueError as exc:
         raise DemoError(f"AQ_DEMO_STUB_CMD: cannot split like a shell ({exc})") from None
+    state = env.get("AQ_DEMO_STATE", "").strip() or None
+    if state is not None and not state.startswith(("postgresql://", "postgres://")):
+        raise DemoError("AQ_DEMO_STATE: must be a postgresql:// URL (the stub mode's state is a temp dir)")
     return Knobs(
         jobs=int(number("AQ_DEMO_JOBS", 3, 2, 20)),
         lease_ttl_s=number("AQ_DEMO_LEASE_TTL_S", 3.0, 1.0, 120.0),
@@ -54,4 +58,5 @@ def read_knobs(env: Mapping[str, str]) -> Knobs:
         stub_cmd=stub_argv,
         api=env.get("AQ_FLEET_API") or None,
         token=env.get("AQ_FLEET_TOKEN") or None,
+        state=state,
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from coordinator_stub.__main__ import main
 from coordinator_stub.core import Coordinator
+from coordinator_stub.records import view as job_view
 
 _claim = Coordinator._claim
 
@@ -32,7 +33,7 @@ def double_claim(self: Coordinator, c: Any, factory_id: str, caps: frozenset[str
                     "ttlS": self.lease_ttl_s, "requestId": request_id, "claimedAt": c.now})
                 self._seen(c, factory_id)
                 self._note_lease(c, rec)
-                view: dict[str, Any] = self._view(c.tx, rec, c.now)
+                view: dict[str, Any] = job_view(c.tx, rec, c.now)
                 return view
     return _claim(self, c, factory_id, caps, dry_run, request_id, skip)
 

@@ -8,24 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_support import aq, clean_env, running_pid, start, status, wait_for
 
 from tests.procutil import alive
-
-
-@pytest.fixture()
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Daemons started by a test; killed (with their tool groups) even when the test fails."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.communicate(timeout=10)
 
 
 def kill_group(pid: int | None) -> None:
@@ -46,7 +34,7 @@ def test_drain_status_logs_requeue(tmp_path: Path) -> None:
     events = [json.loads(line) for line in run.stderr.splitlines()]
     assert {e["msg"] for e in events} >= {"job taken", "attempt started", "shipped", "quarantined", "verify failed"}
     assert all(e["factoryId"] for e in events)
-    assert status(tmp_path / "r")["counts"] == {"inbox": 0, "running": 0, "shipped": 1, "quarantine": 2}
+    assert status(tmp_path / "r")["counts"] == {"inbox": 0, "running": 0, "shipped": 1, "quarantine": 2, "cancelled": 0}
     logs = aq(root, "logs", "ok")
     assert logs.returncode == 0 and "hello-ü" in logs.stdout and "=== " in logs.stdout
     assert aq(root, "requeue", "ok").returncode == 2  # shipped: refused
@@ -58,7 +46,7 @@ def test_drain_status_logs_requeue(tmp_path: Path) -> None:
 
 def test_bad_file_dropped_in_inbox_while_running(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
     root = tmp_path / "r"
-    aq(root, "status")
+    aq(root, "run", "--drain")  # creates the layout (a read like status never does)
     daemon = start(root, "run", "--poll", "0.05")
     procs.append(daemon)
     (root / "inbox" / "junk.json").write_text("{oops")
@@ -110,7 +98,7 @@ def test_crashed_daemon_job_recovered_with_attempt_counted(tmp_path: Path,
 
 def test_second_daemon_on_the_same_root_is_refused(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
     root = tmp_path / "r"
-    aq(root, "status")
+    aq(root, "run", "--drain")  # creates the layout (a read like status never does)
     first = start(root, "run", "--poll", "0.05")
     procs.append(first)
     wait_for(lambda: status(root)["daemon"]["running"], "first daemon")
@@ -134,6 +122,7 @@ def test_logs_follow_until_the_job_ends(tmp_path: Path, procs: list[subprocess.P
 def test_env_variables_configure_the_cli(tmp_path: Path) -> None:
     root = tmp_path / "r"
     env = clean_env(AQ_ROOT=str(root), AQ_FACTORY_ID="env-fac", AQ_FLEET_TOKEN="tok-xyz", AQ_LOG_FORMAT="json")
+    root.mkdir()  # status reads a queue, it never creates one
     out = subprocess.run([sys.executable, "-m", "agent_queue", "status", "--json"],
                          capture_output=True, text=True, env=env, timeout=30)
     assert out.returncode == 0, out.stderr

@@ -147,3 +147,25 @@ def test_ctrl_c_stops_every_process_and_removes_the_temp_dir(tmp_path: Path) -> 
             proc.wait()
     assert proc.returncode == 130, "".join(seen) + out
     assert_clean(tmp_path, out)
+
+
+@pytest.mark.postgres
+def test_postgres_mode_each_factory_on_its_own_replica_every_guarantee_holds(tmp_path: Path, pg_url: str) -> None:
+    code, out = run_demo(tmp_path, {**FAST, "AQ_DEMO_STATE": pg_url})
+    assert code == 0, out
+    for key in ("a", "b", "b'", "c"):
+        assert verdict(out, key) == "PASS", out
+    assert "mode postgresql, 2 serve replicas on one database" in out
+    assert re.search(r"late report\(shipped\) for \S+ as \S+ epoch \d+ -> 409", out), out
+    assert_clean(tmp_path, out)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("fake", "fails"), [("broken_nofence.py", "b"), ("broken_double.py", "a")])
+def test_postgres_mode_still_fails_the_broken_coordinators(tmp_path: Path, pg_url: str, fake: str, fails: str) -> None:
+    broken = f"{sys.executable} {FAKES / fake}"
+    code, out = run_demo(tmp_path, {**FAST, "AQ_DEMO_STATE": pg_url, "AQ_DEMO_STUB_CMD": broken})
+    assert code == 1, out
+    assert verdict(out, fails) == "FAIL", out
+    assert "SOME GUARANTEE FAILED" in out
+    assert_clean(tmp_path, out)

@@ -49,9 +49,16 @@ def check(resp: requests.Response, status: int) -> Any:
     return body
 
 
-@pytest.fixture(scope="module")
-def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStub]:
-    with running_stub(tmp_path_factory.mktemp("http") / "coord", token=TOKEN, lease_ttl_s=30) as s:
+@pytest.fixture(scope="module", params=["dir", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStub]:
+    """``serve`` on a state directory, then on PostgreSQL: the same answers, validated against the same schema."""
+    state: Any = tmp_path_factory.mktemp("http") / "coord"
+    if request.param == "postgres":
+        from tests.pgutil import reset
+
+        state = request.getfixturevalue("pg_database")
+        reset(state)
+    with running_stub(state, token=TOKEN, lease_ttl_s=30) as s:
         yield s
 
 

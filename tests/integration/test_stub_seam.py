@@ -8,6 +8,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.stubutil import STUB_ARGV, seam_call, seam_command, stub_env
 
 
@@ -77,12 +79,22 @@ def test_four_processes_claim_200_jobs_exactly_once(tmp_path: Path) -> None:
     jobs = [{"id": f"j{i:03d}", "command": ["true"]} for i in range(200)]
     # enqueue in-process on the same directory (fast); the claims race through real processes
     from coordinator_stub.core import Coordinator
-    from coordinator_stub.store import JsonStore
+    from coordinator_stub.stores.file import JsonStore
 
     coord = Coordinator(JsonStore(state), __import__("time").time, 60)
     for spec in jobs:
         coord.enqueue(spec)
 
+    claimed = claim_race(str(state), 4)
+    assert sorted(claimed) == sorted(j["id"] for j in jobs)  # every job exactly once
+    hot = JsonStore(state).read_hot()  # snapshot plus journal still parse
+    assert all(rec["state"] == "leased" and rec["leaseEpoch"] == 1 for rec in hot["jobs"].values())
+    claims = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
+    assert sum(1 for e in claims if e["op"] == "claim" and e["status"] == 200) == 200
+
+
+def claim_race(state: str, procs: int) -> list[str]:
+    """``procs`` workers, each claiming through real seam processes until 204; every id claimed, in any order."""
     worker = (
         "import json, subprocess, sys\n"
         "argv = sys.argv[1:]\n"
@@ -102,11 +114,25 @@ def test_four_processes_claim_200_jobs_exactly_once(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         return list(json.loads(proc.stdout))
 
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(run, range(4)))
-    claimed = [j for r in results for j in r]
-    assert sorted(claimed) == sorted(j["id"] for j in jobs)  # every job exactly once
-    hot = JsonStore(state).read_hot()  # snapshot plus journal still parse
-    assert all(rec["state"] == "leased" and rec["leaseEpoch"] == 1 for rec in hot["jobs"].values())
-    claims = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
-    assert sum(1 for e in claims if e["op"] == "claim" and e["status"] == 200) == 200
+    with ThreadPoolExecutor(procs) as pool:
+        results = list(pool.map(run, range(procs)))
+    return [j for r in results for j in r]
+
+
+@pytest.mark.postgres
+def test_four_seam_processes_on_postgres_claim_100_jobs_exactly_once(pg_url: str) -> None:
+    """Each seam call is a process that imports psycopg and connects: 100 jobs keep it near 15 s."""
+    from coordinator_stub.core import Coordinator
+    from tests.pgutil import inspect_store
+
+    store = inspect_store(pg_url)
+    coord = Coordinator(store, store.clock, 60)
+    jobs = [f"p{i:03d}" for i in range(100)]
+    for job_id in jobs:
+        coord.enqueue({"id": job_id, "command": ["true"]})
+    claimed = claim_race(pg_url, 4)
+    assert sorted(claimed) == jobs  # every job exactly once
+    hot = store.hot["jobs"]
+    assert len(hot) == 100 and all(rec["state"] == "leased" and rec["leaseEpoch"] == 1 for rec in hot.values())
+    assert sum(1 for e in store.events if e["op"] == "claim" and e["status"] == 200) == 100
+    store.close()

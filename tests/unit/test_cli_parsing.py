@@ -113,11 +113,12 @@ def test_fleet_flags_reach_settings(root: Path, capsys: pytest.CaptureFixture[st
 def test_status_json_redacts_the_token(root: Path, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AQ_FLEET_TOKEN", "super-secret-value")
+    root.mkdir()  # status reads a queue, it never creates one
     assert main(["--factory-id", "f-7", "status", "--json"]) == 0
     out = capsys.readouterr().out
     report = json.loads(out)
     assert "super-secret-value" not in out
     assert report["settings"]["fleetToken"] == "<redacted>" and report["settings"]["factoryId"] == "f-7"
-    assert report["counts"] == {"inbox": 0, "running": 0, "shipped": 0, "quarantine": 0}
+    assert report["counts"] == {"inbox": 0, "running": 0, "shipped": 0, "quarantine": 0, "cancelled": 0}
     assert main(["status"]) == 0
     assert "super-secret-value" not in capsys.readouterr().out

@@ -12,7 +12,7 @@ import pytest
 from agent_queue import composite
 from agent_queue.errors import InvalidJob
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore, MemoryStore
+from coordinator_stub.stores.file import JsonStore
 from tests.stubutil import seam_answer as seam
 
 
@@ -122,8 +122,8 @@ def _monotonic_clock() -> Any:
     return clock
 
 
-def test_coordinator_budget_stop_from_reported_durations() -> None:
-    coord = Coordinator(MemoryStore(), lambda: 1_000_000.0, lease_ttl_s=30)
+def test_coordinator_budget_stop_from_reported_durations(contract_store: Any) -> None:
+    coord = Coordinator(contract_store, lambda: 1_000_000.0, lease_ttl_s=30)
     coord.enqueue({"id": "epic", "kind": "composite", "budget": {"timeoutS": 10},
                    "children": [spec_of("a"), spec_of("b")]})
     view = coord.claim("f1", ())
@@ -135,8 +135,8 @@ def test_coordinator_budget_stop_from_reported_durations() -> None:
     assert roll["budget"]["spentS"] == 11.0
 
 
-def test_coordinator_parent_verify_is_pending_not_skipped() -> None:
-    coord = Coordinator(MemoryStore(), lambda: 1_000_000.0, lease_ttl_s=30)
+def test_coordinator_parent_verify_is_pending_not_skipped(contract_store: Any) -> None:
+    coord = Coordinator(contract_store, lambda: 1_000_000.0, lease_ttl_s=30)
     coord.enqueue({"id": "epic", "kind": "composite", "verify": ["true"], "children": [spec_of("a")]})
     view = coord.claim("f1", ())
     assert view is not None
@@ -173,9 +173,10 @@ def test_a_crash_after_archiving_the_parent_is_repaired_by_the_same_enqueue(tmp_
     spec = {"id": "epic", "kind": "composite", "children": [
         {"id": "a", "command": ["true"]}, {"id": "b", "command": ["true"], "dependsOn": ["a"]}]}
     Coordinator(JsonStore(tmp_path / "first"), clock=lambda: 1000.0).enqueue(spec)
-    (tmp_path / "st" / "archive").mkdir(parents=True)
-    shutil.copy(tmp_path / "first" / "archive" / "epic.json", tmp_path / "st" / "archive" / "epic.json")
+    JsonStore(tmp_path / "first").checkpoint()  # writes archive/epic.json
     coord = Coordinator(JsonStore(tmp_path / "st"), clock=lambda: 1000.0)
+    assert coord.claim("f0", ()) is None  # a store in use (its snapshot exists), with an empty queue
+    shutil.copy(tmp_path / "first" / "archive" / "epic.json", tmp_path / "st" / "archive" / "epic.json")
     assert coord.list_jobs("queued") == []
     created, _ = coord.enqueue(spec)
     assert created is False

@@ -10,7 +10,7 @@ import pytest
 
 from agent_queue.errors import Conflict, Fenced, NotLeased
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore, MemoryStore
+from coordinator_stub.stores.file import JsonStore
 from tests.stubutil import seam_answer as seam
 
 
@@ -42,8 +42,8 @@ def rollup(coord: Coordinator) -> dict[str, Any]:
     return roll
 
 
-def test_parent_verify_is_claimable_once_after_every_child_shipped_and_gates_the_rollup() -> None:
-    coord = Coordinator(MemoryStore(), Clock(), lease_ttl_s=30)
+def test_parent_verify_is_claimable_once_after_every_child_shipped_and_gates_the_rollup(contract_store: Any) -> None:
+    coord = Coordinator(contract_store, Clock(), lease_ttl_s=30)
     coord.enqueue(EPIC)
     ship_next(coord, "a")
     ship_next(coord, "b")
@@ -79,10 +79,10 @@ def test_failed_verify_quarantines_the_parent_and_requeue_runs_it_again_with_fen
     roll = rollup(coord)
     assert roll["state"] == "quarantined" and roll["verify"] == "failed"
     assert roll["reason"] == "the parent's verify gate failed: quarantined by test"
-    history = sorted(p.name for p in (store.history_dir).iterdir())
+    history = sorted(p.name for p in (store.files.history_dir).iterdir())
     assert history == ["epic.1.json"]  # the parent's first version is kept, not overwritten
     store.checkpoint()  # the current version's file is written at a checkpoint
-    assert json.loads((store.archive_dir / "epic.json").read_text())["verify"]["state"] == "failed"
+    assert json.loads((store.files.archive_dir / "epic.json").read_text())["verify"]["state"] == "failed"
 
     answer = coord.requeue("epic")
     assert answer["requeued"] == ["epic"] and answer["rollup"]["verify"] == "pending"
@@ -93,7 +93,7 @@ def test_failed_verify_quarantines_the_parent_and_requeue_runs_it_again_with_fen
         coord.report("epic", "f1", 1, "shipped")  # a zombie of round 1 never ships round 2
     coord.report("epic", "f2", 2, "shipped")
     assert rollup(coord)["state"] == "shipped"
-    assert sorted(p.name for p in store.history_dir.iterdir()) == ["epic.1.json", "epic.2.json"]
+    assert sorted(p.name for p in store.files.history_dir.iterdir()) == ["epic.1.json", "epic.2.json"]
 
 
 def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their_history(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their
     ship_next(coord, "a")
     ship_next(coord, "b", "quarantined")
     store.checkpoint()
-    assert (store.archive_dir / "b.json").exists()
+    assert (store.files.archive_dir / "b.json").exists()
     roll = rollup(coord)
     assert roll["state"] == "quarantined" and [c["state"] for c in roll["children"]] == [
         "shipped", "quarantined", "blocked"]
@@ -116,8 +116,8 @@ def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their
     b = coord.get_job("b")
     assert b["meta"]["state"] == "queued" and b["meta"]["attempts"] == 0 and b["meta"]["leaseEpoch"] == 1
     store.checkpoint()
-    assert not (store.archive_dir / "b.json").exists()  # b is live again; its old version is history
-    assert json.loads((store.history_dir / "b.1.json").read_text())["state"] == "quarantined"
+    assert not (store.files.archive_dir / "b.json").exists()  # b is live again; its old version is history
+    assert json.loads((store.files.history_dir / "b.1.json").read_text())["state"] == "quarantined"
     assert coord.status()["counts"]["quarantined"] == 0
     events = [json.loads(x) for x in store.events_path.read_text().splitlines()]
     assert events[-1]["op"] == "enqueue" and events[-1]["requeued"] == ["b"]
@@ -126,13 +126,13 @@ def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their
     ship_next(coord, "c")
     assert rollup(coord)["state"] == "shipped"
     store.checkpoint()
-    assert json.loads((store.archive_dir / "b.json").read_text())["leaseEpoch"] == 2
+    assert json.loads((store.files.archive_dir / "b.json").read_text())["leaseEpoch"] == 2
     assert coord.enqueue(spec)[1]["rollup"]["state"] == "shipped"  # nothing left to re-run
     assert coord.claim("f1", ()) is None
 
 
-def test_requeue_of_a_job_that_is_not_quarantined_is_refused() -> None:
-    coord = Coordinator(MemoryStore(), Clock(), lease_ttl_s=30)
+def test_requeue_of_a_job_that_is_not_quarantined_is_refused(contract_store: Any) -> None:
+    coord = Coordinator(contract_store, Clock(), lease_ttl_s=30)
     coord.enqueue(leaf("solo"))
     with pytest.raises(Conflict, match="only a quarantined job or a composite"):
         coord.requeue("solo")

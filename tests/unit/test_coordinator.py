@@ -1,4 +1,4 @@
-"""Coordinator rules on the in-memory store with a fake clock: no sleeps, every rule of docs/fleet-api.md."""
+"""Coordinator rules with a fake clock, on the in-memory store and on PostgreSQL: every rule of docs/fleet-api.md."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from agent_queue.errors import BadInput, Conflict, Fenced, InvalidJob, NotFound,
 from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS, Lease
 from agent_queue.timeutil import to_rfc3339
 from coordinator_stub.core import Coordinator, InvalidReport
-from coordinator_stub.store import MemoryStore
+from coordinator_stub.stores.memory import MemoryStore
 
 TTL = 10.0
 
@@ -32,8 +32,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+def store(contract_store: MemoryStore) -> MemoryStore:
+    """Each test runs on both stores (tests/conftest.py): the same assertions for MemoryStore and PgStore."""
+    return contract_store
 
 
 @pytest.fixture
@@ -209,7 +210,7 @@ def test_status_shows_counts_leases_and_factories(coord: Coordinator, clock: Clo
     coord.claim("f1", ())
     clock.advance(2)
     st = coord.status()
-    assert st["counts"] == {"queued": 1, "leased": 1, "shipped": 0, "quarantined": 0}
+    assert st["counts"] == {"queued": 1, "leased": 1, "shipped": 0, "quarantined": 0, "cancelled": 0}
     assert st["leases"][0]["timeLeftS"] == pytest.approx(TTL - 2)
     assert st["factories"][0]["factoryId"] == "f1"
 
@@ -257,7 +258,7 @@ def test_composite_dependencies_and_rollup(coord: Coordinator) -> None:
     assert claim_id(coord) == "c2"
     coord.report("c2", "f1", 1, "quarantined")
     rollup = coord.get_job("epic")["rollup"]
-    assert rollup["counts"] == {"queued": 0, "running": 0, "blocked": 1, "shipped": 1, "quarantined": 1}
+    assert rollup["counts"] == {"queued": 0, "running": 0, "blocked": 1, "shipped": 1, "quarantined": 1, "cancelled": 0}
     assert rollup["state"] == "quarantined"
     assert coord.claim("f1", ()) is None  # a quarantined dependency blocks its dependents
 

@@ -1,4 +1,4 @@
-"""The lease protocol under random interleavings: a hypothesis state machine over Coordinator + MemoryStore.
+"""The lease protocol under random interleavings: a hypothesis state machine over Coordinator + MemoryStore / PgStore.
 
 Several factories enqueue, claim, renew, release and report (also with stale
 epochs and as the wrong factory) while the fake clock jumps; after every step
@@ -9,23 +9,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from agent_queue.errors import AQError, Fenced
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import MemoryStore
+from coordinator_stub.stores.memory import MemoryStore
 
 TTL = 10.0
 FACTORIES = st.sampled_from(["f1", "f2", "f3"])
 
 
 class LeaseMachine(RuleBasedStateMachine):
+    def new_store(self) -> Any:
+        return MemoryStore()
+
     def __init__(self) -> None:
         super().__init__()
         self.t = 0.0
-        self.store = MemoryStore()
+        self.store = self.new_store()
         self.coord = Coordinator(self.store, lambda: self.t, TTL)
         self.ids: list[str] = []
         self.terminal: dict[str, str] = {}
@@ -108,3 +112,25 @@ class LeaseMachine(RuleBasedStateMachine):
 
 LeaseMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestLeaseMachine = LeaseMachine.TestCase
+
+
+class PgLeaseMachine(LeaseMachine):
+    """The same machine on PostgreSQL: each example starts from an emptied database."""
+
+    url = ""
+
+    def new_store(self) -> Any:
+        from tests.pgutil import inspect_store, reset
+
+        reset(self.url)
+        return inspect_store(self.url)
+
+    def teardown(self) -> None:
+        self.store.close()
+
+
+@pytest.mark.postgres
+def test_lease_machine_on_postgres(pg_database: str) -> None:
+    PgLeaseMachine.url = pg_database
+    run_state_machine_as_test(PgLeaseMachine, settings=settings(max_examples=25, stateful_step_count=30,
+                                                                deadline=None))

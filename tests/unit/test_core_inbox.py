@@ -31,7 +31,7 @@ def test_duplicate_id_refused_in_any_state(queue: LocalQueue) -> None:
     queue.move("a", State.INBOX, State.SHIPPED, {})
     with pytest.raises(Conflict, match="shipped"):
         queue.enqueue(shell_job("a", "echo"))
-    assert queue.counts() == {"inbox": 0, "running": 0, "shipped": 1, "quarantine": 0}
+    assert queue.counts() == {"inbox": 0, "running": 0, "shipped": 1, "quarantine": 0, "cancelled": 0}
 
 
 def test_order_is_priority_then_oldest(queue: LocalQueue) -> None:

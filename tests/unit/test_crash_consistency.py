@@ -27,7 +27,7 @@ import pytest
 from agent_queue.inbox import LocalQueue, State
 from agent_queue.jobs import Job
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore
+from coordinator_stub.stores.file import JsonStore
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0

@@ -134,9 +134,9 @@ def test_an_accepted_ship_that_keeps_failing_is_resumed_a_bounded_number_of_time
     root = tmp_path / "root"
     queue = crashed_while_shipping(root, tmp_path)
     client = Client()  # every replay of report(shipped) is answered 200
-    done = Runner(make_settings(root), FleetSource(queue, client)).work(  # type: ignore[arg-type]
+    Runner(make_settings(root), FleetSource(queue, client)).work(  # type: ignore[arg-type]
         RunOptions(drain=True, max_jobs=50))
-    assert len(tried) == 1 + getattr(fleet_source, "MAX_SHIP_RESUMES", -1) and done == len(tried)
+    assert len(tried) == 1 + getattr(fleet_source, "MAX_SHIP_RESUMES", -1)
     assert [op for op, _ in client.calls if op != "claim"] == ["report"] * len(tried)  # never a release
     shipped = result(root, "shipped", "j1")  # the coordinator counts it shipped; the error is kept
     assert "ship step broken" in shipped["shipError"] and not (root / "running" / "j1").exists()

@@ -184,8 +184,9 @@ def test_nothing_imports_the_cli_but_the_entry_point(graph: Graph) -> None:
 
 
 def test_command_operations_are_called_by_the_cli_only(graph: Graph) -> None:
-    assert importers(graph, "agent_queue.service") <= {"agent_queue.cli"}
-    assert importers(graph, "agent_queue.fleet.ops") <= {"agent_queue.cli"}
+    cli = {"agent_queue.cli", "agent_queue.cli_plan"}  # the planner's commands live in their own CLI file
+    assert importers(graph, "agent_queue.service") <= cli
+    assert importers(graph, "agent_queue.fleet.ops") <= cli
 
 
 def test_the_daemon_is_assembled_in_one_place(graph: Graph) -> None:
@@ -207,3 +208,13 @@ def test_the_core_the_coordinator_loads_stays_small(graph: Graph) -> None:
         inside = {d for d in graph[module] if d.startswith("agent_queue")}
         assert inside <= CORE, module
         assert not {"requests", "click", "filelock"} & {d.split(".")[0] for d in graph[module]}, module
+
+
+def test_only_the_postgresql_store_imports_psycopg(graph: Graph) -> None:
+    """The seam and the file store never load psycopg: only the PostgreSQL store and its administration do,
+    and only the store choice (a URL) and that administration import them."""
+    assert {m for m in graph if {"psycopg", "psycopg_pool"} & {d.split(".")[0] for d in graph[m]}} == {
+        "coordinator_stub.stores.postgres", "coordinator_stub.stores.pg_admin"}
+    assert importers(graph, "coordinator_stub.stores.postgres") == {
+        "coordinator_stub.stores.choose", "coordinator_stub.stores.pg_admin"}
+    assert importers(graph, "coordinator_stub.stores.pg_admin") == {"coordinator_stub.cli"}

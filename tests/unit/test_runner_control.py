@@ -107,7 +107,8 @@ def test_refused_ship_never_runs_the_ship_hook(tmp_path: Path) -> None:
 def test_warm_shutdown_waits_grace_then_gives_back_uncounted(tmp_path: Path) -> None:
     runner, q, source, control = setup(tmp_path, "sleep", "60")
     stopper = _stop_when_started(source, control, times=1)
-    assert runner.work(RunOptions()) == 1
+    assert runner.work(RunOptions()) == 0  # given back: no job ended here
+    assert runner.attempts_run == 1
     stopper.join()
     entry = q.get("j")
     assert entry.state is State.INBOX and entry.attempts == 0

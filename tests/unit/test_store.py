@@ -12,7 +12,9 @@ from filelock import FileLock, Timeout
 
 from agent_queue.errors import StateError
 from coordinator_stub.core import Coordinator
-from coordinator_stub.store import JsonStore, archive_name, flock
+from coordinator_stub.stores.file import JsonStore
+from coordinator_stub.stores.job_files import archive_name
+from coordinator_stub.stores.locking import flock
 
 
 def coord_on(root: Path, now: list[float]) -> Coordinator:
@@ -182,4 +184,5 @@ def test_an_idle_poll_does_not_rewrite_the_state(tmp_path: Path) -> None:
     assert files() == written
     now[0] += 6.0  # lastSeen now older than the granularity: refreshed
     assert c.claim("f1", ()) is None
-    assert c.status()["factories"] == [{"factoryId": "f1", "lastSeen": "1970-01-01T00:01:51.000Z"}]
+    (seen,) = c.status()["factories"]
+    assert (seen["factoryId"], seen["lastSeen"]) == ("f1", "1970-01-01T00:01:51.000Z")

@@ -1,0 +1,66 @@
+"""Queued ids in the core's claim order and the ids holding a lease: what claims and the reaper look for.
+
+Without it every claim scans and sorts the whole queue (B2: 4.8 ms per request
+at 6,000 queued). A long-lived file store keeps it across operations and updates
+it from each commit's changed ids; a fresh process builds it on first use. The
+order is the core's (the ``key`` a caller asks for): the index only keeps it.
+"""
+
+from __future__ import annotations
+
+from coordinator_stub.stores.base import QUEUED
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+    from coordinator_stub.stores.base import SortKey
+
+
+class ClaimIndex:
+    """``leased``: ids whose record holds a lease. ``order``: sorted ``(key(rec), job_id)`` of queued records.
+
+    The order is built on the first ``ordered(key)`` (the reaper, which runs
+    first in every operation, needs only ``leased``) and rebuilt if asked for
+    another key.
+    """
+
+    __slots__ = ("key", "order", "key_of", "leased")
+
+    def __init__(self, jobs: dict[str, dict[str, Any]]) -> None:
+        self.leased: set[str] = {job_id for job_id, rec in jobs.items() if rec["lease"]}
+        self.key: SortKey | None = None
+        self.key_of: dict[str, tuple[Any, str]] = {}
+        self.order: list[tuple[Any, str]] = []
+
+    def ordered(self, jobs: dict[str, dict[str, Any]], key: SortKey) -> list[tuple[Any, str]]:
+        if self.key is not key:
+            self.key = key
+            self.key_of = {job_id: (key(rec), job_id) for job_id, rec in jobs.items() if rec["state"] == QUEUED}
+            self.order = sorted(self.key_of.values())
+        return self.order
+
+    def update(self, jobs: dict[str, dict[str, Any]], ids: Iterable[str]) -> None:
+        import bisect  # here, not at the top: a seam call that only reads never updates an index
+
+        for job_id in ids:
+            rec = jobs.get(job_id)
+            self.leased.discard(job_id)
+            if rec is not None and rec["lease"]:
+                self.leased.add(job_id)
+            if self.key is None:
+                continue
+            old = self.key_of.pop(job_id, None)
+            if old is not None:
+                del self.order[bisect.bisect_left(self.order, old)]
+            if rec is not None and rec["state"] == QUEUED:
+                entry = self.key_of[job_id] = (self.key(rec), job_id)
+                bisect.insort(self.order, entry)
+
+    def matches(self, jobs: dict[str, dict[str, Any]]) -> bool:
+        """The self-check: this index equals one built afresh from ``jobs``."""
+        fresh = ClaimIndex(jobs)
+        if self.key is not None:
+            fresh.ordered(jobs, self.key)
+        return fresh.leased == self.leased and fresh.order == self.order
