@@ -90,10 +90,7 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
     from coordinator_stub.http import serve as run_server
 
     settings = _settings(ctx, ignore_dry_run)
-    check_bind(host, settings.token)
     require_stack()
-    if not settings.token:
-        logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
 
     def announce(url: str) -> None:
         click.echo(f"listening on {url}", err=True)
@@ -102,12 +99,17 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
     from coordinator_stub.stores.file import JsonStore
 
     store, clock = open_store(settings, serving=True)  # a file store tidies after each answer is sent
+    coord = _coordinator(settings, (store, clock))
+    enrolled = coord.enrolled()  # enrolled credentials authenticate too (issue #19)
+    check_bind(host, settings.token, enrolled)
+    if not settings.token and not enrolled:
+        logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
     if isinstance(store, JsonStore):
         store.ensure()  # a directory it cannot use stops it here, not at every request
     options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
                            settings.ignore_dry_run, access_log=ctx.obj["verbose"])
     logs_dir = None if settings.database_url else settings.state_dir  # PostgreSQL keeps its logs in tables
-    run_server(_coordinator(settings, (store, clock)), options, logs_dir, os.environ, announce)
+    run_server(coord, options, logs_dir, os.environ, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
         if isinstance(store, JsonStore):
             store.checkpoint()

@@ -250,6 +250,11 @@ class Coordinator:
 
         return self._run("credentials", enrolment.listing, log=False)
 
+    def enrolled(self) -> bool:
+        """Whether any factory or token was ever enrolled (then ``serve`` is never open)."""
+        listed = self.credentials()
+        return bool(listed["factories"] or listed["tokens"])
+
     def identify(self, token: str) -> dict[str, Any] | None:
         """Who an enrolled token is (see ``enrolment.identify``); None for an unknown or revoked one."""
         from coordinator_stub import enrolment
