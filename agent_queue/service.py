@@ -157,7 +157,21 @@ def doctor(settings: Settings) -> list[Any]:
             needs_git = needs_git or entry.job.repo is not None
     return checks.run_checks(settings.root, settings.tools, needed_tools=needed, needs_git=needs_git,
                              fleet_health=_fleet_health(settings) if settings.fleet else None,
-                             env=settings.host_env)
+                             env=settings.host_env, token_file=settings.fleet_token_file,
+                             shared_token_host=_shared_token_host(settings))
+
+
+def _shared_token_host(settings: Settings) -> str | None:
+    """The coordinator's host when it is reached over a non-loopback address with a token no factory owns."""
+    from urllib.parse import urlsplit
+
+    from agent_queue.fleet.http_transport import is_loopback_host
+
+    host = urlsplit(settings.fleet_api).hostname if settings.fleet_api and not settings.fleet_api_cmd else None
+    token = settings.fleet_token or ""
+    if host is None or is_loopback_host(host) or not token or token.startswith("aqf_"):
+        return None
+    return host
 
 
 def _fleet_health(settings: Settings) -> Callable[[], object]:
