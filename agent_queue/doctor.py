@@ -127,17 +127,12 @@ def check_fleet(health: Callable[[], object]) -> Check:
     return Check("coordinator", True, "healthz ok, authenticated read ok")
 
 
-SYSTEMD_CREDENTIALS = Path("/run/credentials")  # LoadCredential=: private to the unit, on a non-swapped ramfs
-
-
 def check_token_file(path: Path) -> Check:
-    """A token file this user can read, a tool under this uid can read too (issue #19): warn, unless systemd
-    passes it as a credential (the file behind ``LoadCredential=`` stays root's)."""
-    if SYSTEMD_CREDENTIALS in path.parents:
-        return Check("token file", True, f"{path}: a systemd credential", required=False)
+    """A token file this user can read, a tool under this uid can read too (issue #19), a systemd credential
+    (``LoadCredential=``, ``$CREDENTIALS_DIRECTORY``) included: the unit's user reads it for the unit's life."""
     if os.access(path, os.R_OK):
         return Check("token file", False, f"{path} is readable by this user, so by every tool it runs: keep it "
-                     "root-owned and let systemd pass it (LoadCredential= or EnvironmentFile=, docs/deploy.md)",
+                     "root-owned and let systemd pass the token (EnvironmentFile=, docs/deploy.md)",
                      required=False)
     return Check("token file", True, f"{path}: not readable by this user", required=False)
 
