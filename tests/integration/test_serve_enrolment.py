@@ -124,3 +124,10 @@ def test_shared_token_keeps_working_beside_enrolment(state: Any) -> None:
         check(call(stub, "POST", "/jobs", SHARED, {"id": "s", "command": ["true"]}), 201)
         check(call(stub, "POST", "/jobs", f1, {"id": "t", "command": ["true"]}), 403)
         check(call(stub, "POST", "/claim", f1, {"factoryId": "f1"}), 200)
+
+
+def test_enrolment_lets_serve_listen_beyond_loopback_and_closes_it(state: Any) -> None:
+    f1 = stub_cli(state, "factory", "add", "f1")
+    with running_stub(state, token=None, host="0.0.0.0") as stub:  # noqa: S104 (the point of the test)
+        check(call(stub, "GET", "/status", None), 401)
+        check(call(stub, "GET", "/status", f1), 200)
