@@ -2,7 +2,9 @@
 
 Checks each configured tool (on PATH? what version? a login the runner saw
 expire?), git, the root directory's permissions, and the coordinator's health
-when fleet mode is on. Each check is a ``Check``; a failed check that a
+when fleet mode is on, and where the fleet token could be reached: a token
+file this user can read, a remote coordinator that takes the shared token
+(issue #19). Each check is a ``Check``; a failed check that a
 configured job needs makes the command exit 1, anything else is a warning.
 The CLI only calls ``run_checks`` and prints ``format_checks``.
 
@@ -125,6 +127,23 @@ def check_fleet(health: Callable[[], object]) -> Check:
     return Check("coordinator", True, "healthz ok, authenticated read ok")
 
 
+def check_token_file(path: Path) -> Check:
+    """A token file this user can read, a tool under this uid can read too (issue #19), a systemd credential
+    (``LoadCredential=``, ``$CREDENTIALS_DIRECTORY``) included: the unit's user reads it for the unit's life."""
+    if os.access(path, os.R_OK):
+        return Check("token file", False, f"{path} is readable by this user, so by every tool it runs: keep it "
+                     "root-owned and let systemd pass the token (EnvironmentFile=, docs/deploy.md)",
+                     required=False)
+    return Check("token file", True, f"{path}: not readable by this user", required=False)
+
+
+def check_shared_token(host: str) -> Check:
+    """The coordinator at a non-loopback ``host`` accepted a token that is not an enrolled factory's."""
+    return Check("fleet token", False, f"the coordinator at {host} accepts the shared AQ_FLEET_TOKEN, which can do "
+                 "everything: enrol this factory (coordinator-stub factory add) and use its own token",
+                 required=False)
+
+
 def run_checks(
     root: Path,
     adapters: Mapping[str, AgentAdapter],
@@ -133,6 +152,8 @@ def run_checks(
     needs_git: bool = True,
     fleet_health: Callable[[], object] | None = None,
     env: Mapping[str, str] | None = None,
+    token_file: Path | None = None,
+    shared_token_host: str | None = None,
 ) -> list[Check]:
     """All checks, in table order. ``fleet_health`` (fleet mode only) raises on an unhealthy coordinator."""
     env = dict(os.environ if env is None else env)
@@ -145,6 +166,10 @@ def run_checks(
     checks += check_root(root)
     if fleet_health is not None:
         checks.append(check_fleet(fleet_health))
+        if checks[-1].ok and shared_token_host is not None:
+            checks.append(check_shared_token(shared_token_host))
+    if token_file is not None:
+        checks.append(check_token_file(token_file))
     return checks
 
 

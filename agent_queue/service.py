@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from agent_queue.errors import Conflict, NotFound, StateError
 from agent_queue.fleet.flags import resolve_flags
 from agent_queue.fleet.records import read_lease
 from agent_queue.fsutil import read_json, write_json_atomic
+from agent_queue.hardening import drop_secrets, make_undumpable
 from agent_queue.inbox import LocalQueue, State, decode_spec
 from agent_queue.jobs import Job, new_job_id
 from agent_queue.settings import Settings
@@ -109,6 +111,10 @@ def run_daemon(settings: Settings, opts: RunOptions) -> int:
     from agent_queue.runner import Runner
 
     aqlog.setup(settings.log_format, settings.verbose, settings.factory_id)
+    # The token is in ``settings`` now; before any tool can start, no copy is left within its reach.
+    drop_secrets(os.environ)
+    if not make_undumpable() and sys.platform.startswith("linux"):
+        log.warning("prctl(PR_SET_DUMPABLE, 0) failed: a tool under this uid can read /proc/<daemon>/environ")
     # Resolved once; each precedence warning (ROUTE wins over SHADOW...) is given once per process.
     flags = resolve_flags(settings.fleet, settings.fleet_route, settings.fleet_shadow, log.warning)
     queue = queue_for(settings)
@@ -151,7 +157,21 @@ def doctor(settings: Settings) -> list[Any]:
             needs_git = needs_git or entry.job.repo is not None
     return checks.run_checks(settings.root, settings.tools, needed_tools=needed, needs_git=needs_git,
                              fleet_health=_fleet_health(settings) if settings.fleet else None,
-                             env=settings.host_env)
+                             env=settings.host_env, token_file=settings.fleet_token_file,
+                             shared_token_host=_shared_token_host(settings))
+
+
+def _shared_token_host(settings: Settings) -> str | None:
+    """The coordinator's host when it is reached over a non-loopback address with a token no factory owns."""
+    from urllib.parse import urlsplit
+
+    from agent_queue.fleet.http_transport import is_loopback_host
+
+    host = urlsplit(settings.fleet_api).hostname if settings.fleet_api and not settings.fleet_api_cmd else None
+    token = settings.fleet_token or ""
+    if host is None or is_loopback_host(host) or not token or token.startswith("aqf_"):
+        return None
+    return host
 
 
 def _fleet_health(settings: Settings) -> Callable[[], object]:

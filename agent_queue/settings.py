@@ -42,6 +42,7 @@ _FLEET_KEYS = {
     "token": ("fleet_token", "AQ_FLEET_TOKEN"),
 }
 _BOOL_FIELDS = {"fleet", "fleet_route", "fleet_shadow"}
+TOKEN_FILE_ENV = "AQ_FLEET_TOKEN_FILE"  # noqa: S105 (a variable name) read once; the daemon then drops it
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Settings:
     fleet_api_cmd: str | None = None
     fleet_api: str | None = None
     fleet_token: str | None = field(default=None, repr=False)
+    fleet_token_file: Path | None = None  # where fleet_token was read from (AQ_FLEET_TOKEN_FILE); doctor checks it
     shadow_log_idle: bool = False  # run --shadow-log-idle: also log IDLE shadow verdicts
 
     @property
@@ -105,6 +107,7 @@ class Settings:
             "fleetApiCmd": self.fleet_api_cmd,
             "fleetApi": None if self.fleet_api is None else redact_url(self.fleet_api),
             "fleetToken": None if self.fleet_token is None else REDACTED,
+            "fleetTokenFile": None if self.fleet_token_file is None else str(self.fleet_token_file),
         }
 
 
@@ -124,6 +127,10 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         raw = _pick(flags.get(name), env.get(var), fleet_cfg.get(key), None)
         if raw is not None:
             values[name] = parse_bool(var, raw) if name in _BOOL_FIELDS else _nonempty(raw, var)
+    token_file = env.get(TOKEN_FILE_ENV)
+    if token_file and "fleet_token" not in values:  # a token given directly wins, as flag > env > file
+        values["fleet_token_file"] = Path(token_file)
+        values["fleet_token"] = read_token_file(Path(token_file))
     return Settings(
         root=root,
         factory_id=_factory_id(_pick(flags.get("factory_id"), env.get("AQ_FACTORY_ID"), cfg.get("factory_id"),
@@ -145,6 +152,19 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         shadow_log_idle=bool(flags.get("shadow_log_idle")),
         **values,
     )
+
+
+def read_token_file(path: Path) -> str:
+    """The fleet token from a file (systemd ``LoadCredential=``: ``$CREDENTIALS_DIRECTORY/<name>``)."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{TOKEN_FILE_ENV} {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{TOKEN_FILE_ENV} {path}: not UTF-8 text") from None
+    if not text or "\n" in text:
+        raise ConfigError(f"{TOKEN_FILE_ENV} {path}: must hold one token on one line")
+    return text
 
 
 def short_hostname() -> str:

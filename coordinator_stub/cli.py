@@ -90,10 +90,7 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
     from coordinator_stub.http import serve as run_server
 
     settings = _settings(ctx, ignore_dry_run)
-    check_bind(host, settings.token)
     require_stack()
-    if not settings.token:
-        logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
 
     def announce(url: str) -> None:
         click.echo(f"listening on {url}", err=True)
@@ -102,12 +99,17 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
     from coordinator_stub.stores.file import JsonStore
 
     store, clock = open_store(settings, serving=True)  # a file store tidies after each answer is sent
+    coord = _coordinator(settings, (store, clock))
+    enrolled = coord.enrolled()  # enrolled credentials authenticate too (issue #19)
+    check_bind(host, settings.token, enrolled)
+    if not settings.token and not enrolled:
+        logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
     if isinstance(store, JsonStore):
         store.ensure()  # a directory it cannot use stops it here, not at every request
     options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
                            settings.ignore_dry_run, access_log=ctx.obj["verbose"])
     logs_dir = None if settings.database_url else settings.state_dir  # PostgreSQL keeps its logs in tables
-    run_server(_coordinator(settings, (store, clock)), options, logs_dir, os.environ, announce)
+    run_server(coord, options, logs_dir, os.environ, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
         if isinstance(store, JsonStore):
             store.checkpoint()
@@ -192,6 +194,91 @@ def copy(src: str, dst: str) -> None:
 
     counts = pg_admin.copy_dir_to_database(src, dst)
     click.echo("copied " + "  ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def _listed(ctx: click.Context, part: str, as_json: bool) -> list[dict[str, Any]]:
+    """One part of the credentials listing; printed here as JSON (then nothing is left to print) or returned."""
+    listed: list[dict[str, Any]] = _coordinator(_settings(ctx)).credentials()[part]
+    if as_json:
+        click.echo(json.dumps(listed, indent=2, sort_keys=True))
+        return []
+    return listed
+
+
+@cli.group()
+def factory() -> None:
+    """Enrol factories: one token each (shown once), capabilities, revocation (issue #19)."""
+
+
+@factory.command("add")
+@click.argument("factory_id", metavar="ID")
+@click.option("--capability", "capabilities", multiple=True, metavar="CAP",
+              help="A capability the factory may claim with (repeat).")
+@click.pass_context
+def factory_add(ctx: click.Context, factory_id: str, capabilities: tuple[str, ...]) -> None:
+    """Enrol factory ID; prints its token once (only its hash is kept)."""
+    click.echo(_coordinator(_settings(ctx)).factory_add(factory_id, list(capabilities)))
+
+
+@factory.command("rotate")
+@click.argument("factory_id", metavar="ID")
+@click.pass_context
+def factory_rotate(ctx: click.Context, factory_id: str) -> None:
+    """A second token for ID, working beside the first until that is revoked (token revoke TOKEN_ID)."""
+    click.echo(_coordinator(_settings(ctx)).factory_rotate(factory_id))
+
+
+@factory.command("revoke")
+@click.argument("factory_id", metavar="ID")
+@click.pass_context
+def factory_revoke(ctx: click.Context, factory_id: str) -> None:
+    """Revoke ID: its tokens stop working and its leases are fenced (their jobs queued again, no attempt counted)."""
+    out = _coordinator(_settings(ctx), must_exist=True).factory_revoke(factory_id)
+    click.echo(f"revoked {factory_id}: tokens {' '.join(out['tokenIds']) or '-'}; "
+               f"fenced {' '.join(f['jobId'] for f in out['fenced']) or '-'}")
+
+
+@factory.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def factory_list(ctx: click.Context, as_json: bool) -> None:
+    """Enrolled factories: id, capabilities, created, last seen, token ids (never a token)."""
+    for f in _listed(ctx, "factories", as_json):
+        click.echo(f"{f['factoryId']} caps={','.join(f['capabilities']) or '-'} created={f['created']} "
+                   f"lastSeen={f['lastSeen'] or '-'} tokens={','.join(f['tokenIds']) or '-'}"
+                   + (f" revoked={f['revoked']}" if f["revoked"] else ""))
+
+
+@cli.group()
+def token() -> None:
+    """Tokens for people and CI jobs (scope submit, read or admin); factory tokens are revoked here too."""
+
+
+@token.command("add")
+@click.option("--scope", required=True, type=click.Choice(["submit", "read", "admin"]))
+@click.option("--name", required=True, help="Who or what holds it (shown by token list).")
+@click.pass_context
+def token_add(ctx: click.Context, scope: str, name: str) -> None:
+    """A new token, printed once (only its hash is kept)."""
+    click.echo(_coordinator(_settings(ctx)).token_add(scope, name))
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def token_list(ctx: click.Context, as_json: bool) -> None:
+    """People's tokens: id, scope, name, created (never a token)."""
+    for t in _listed(ctx, "tokens", as_json):
+        click.echo(f"{t['tokenId']} scope={t['scope']} name={t['name']} created={t['created']}")
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="TOKEN_ID")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke one token by its id (a person's, or one of a factory's after a rotation)."""
+    _coordinator(_settings(ctx), must_exist=True).token_revoke(token_id)
+    click.echo(f"revoked token {token_id}")
 
 
 def main(argv: list[str] | None = None) -> int:

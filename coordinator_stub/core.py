@@ -217,6 +217,54 @@ class Coordinator:
         return self._run("shadow_report", lambda c: self._shadow(c, report),
                          factoryId=report.get("factoryId") if isinstance(report, Mapping) else None)
 
+    # ------------------------------------------------------------ enrolment (issue #19; rules in enrolment.py)
+
+    def factory_add(self, factory_id: str, capabilities: list[str]) -> str:
+        """Enrol a factory; its token (shown once, only its hash is kept)."""
+        from coordinator_stub import enrolment
+
+        return self._run("factory_add", lambda c: enrolment.add_factory(c, factory_id, capabilities),
+                         factoryId=factory_id)
+
+    def factory_rotate(self, factory_id: str) -> str:
+        from coordinator_stub import enrolment
+
+        return self._run("factory_rotate", lambda c: enrolment.rotate_factory(c, factory_id), factoryId=factory_id)
+
+    def factory_revoke(self, factory_id: str) -> dict[str, Any]:
+        """Its tokens stop working and its live leases are fenced, in one transaction (no attempt counted)."""
+        return self._run("factory_revoke", lambda c: self._revoke_factory(c, factory_id), factoryId=factory_id)
+
+    def token_add(self, scope: str, name: str) -> str:
+        from coordinator_stub import enrolment
+
+        return self._run("token_add", lambda c: enrolment.add_token(c, scope, name), scope=scope)
+
+    def token_revoke(self, token_id: str) -> dict[str, Any]:
+        from coordinator_stub import enrolment
+
+        return self._run("token_revoke", lambda c: enrolment.revoke_token(c, token_id), tokenId=token_id)
+
+    def credentials(self) -> dict[str, Any]:
+        from coordinator_stub import enrolment
+
+        return self._run("credentials", enrolment.listing, log=False)
+
+    def enrolled(self) -> bool:
+        """Whether any factory or token was ever enrolled (then ``serve`` is never open)."""
+        listed = self.credentials()
+        return bool(listed["factories"] or listed["tokens"])
+
+    def identify(self, token: str) -> dict[str, Any] | None:
+        """Who an enrolled token is (see ``enrolment.identify``); None for an unknown or revoked one."""
+        from coordinator_stub import enrolment
+
+        return self._run("identify", lambda c: enrolment.identify(c, token), log=False)
+
+    def refused(self, token_id: str | None, status: int, why: str) -> None:
+        """A request ``serve`` refused, into the event log: the token's id, never the token."""
+        self._run("refused", lambda c: c.ev.update(status=status, reason=why[:200]), tokenId=token_id or "-")
+
     def tidy(self) -> None:
         """Let the store finish what the last operation left for after its answer (``serve``, once it is sent)."""
         self._store.tidy()
@@ -557,6 +605,21 @@ class Coordinator:
         if info.get(factory_id) != now:
             info[factory_id] = now
             c.tx.touch()
+
+    def _revoke_factory(self, c: Ctx, factory_id: str) -> dict[str, Any]:
+        from coordinator_stub import enrolment
+
+        tokens = enrolment.revoke_factory(c, factory_id)
+        fenced = []
+        for rec in list(c.tx.leased_records()):
+            lease = rec["lease"]
+            if lease["factoryId"] != factory_id or drop_if_stale(c.tx, rec):
+                continue
+            end = {"op": "revoke", "factoryId": factory_id, "leaseEpoch": lease["leaseEpoch"], "outcome": None}
+            self._requeue(c, rec, "factory revoked", None, end)  # the attempt is not counted: not the job's fault
+            fenced.append({"jobId": rec["spec"]["id"], "leaseEpoch": lease["leaseEpoch"]})
+        c.ev.update(tokenIds=tokens, fenced=[f["jobId"] for f in fenced])
+        return {"factoryId": factory_id, "tokenIds": tokens, "fenced": fenced}
 
     def _approve_op(self, c: Ctx, job_id: str) -> dict[str, Any]:
         from coordinator_stub import composite_rules

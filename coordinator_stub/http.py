@@ -23,10 +23,11 @@ STACK = ("uvicorn", "starlette", "h11", "prometheus_client")
 INSTALL_HINT = "pip install 'agent-queue[serve]'"
 
 
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse to expose an unauthenticated coordinator beyond this host."""
-    if not token and not is_loopback_host(host):
-        raise ConfigError(f"serve --host {host}: not a loopback address, so AQ_FLEET_TOKEN must be set")
+def check_bind(host: str, token: str | None, enrolled: bool = False) -> None:
+    """Refuse to expose an unauthenticated coordinator beyond this host (enrolled credentials authenticate)."""
+    if not token and not enrolled and not is_loopback_host(host):
+        raise ConfigError(f"serve --host {host}: not a loopback address, so AQ_FLEET_TOKEN must be set "
+                          "or a factory or token enrolled (coordinator-stub factory add / token add)")
 
 
 def require_stack() -> None:
@@ -45,7 +46,8 @@ def serve(coord: Coordinator, options: ServeOptions, state_dir: Path | None, env
     ``state_dir``: where the store keeps its audit logs (the dashboard and the metrics read them).
     """
     env = os.environ if env is None else env
-    check_bind(options.host, env.get("AQ_FLEET_TOKEN"))
+    enrolled = coord.enrolled()
+    check_bind(options.host, env.get("AQ_FLEET_TOKEN"), enrolled)
     require_stack()
     from coordinator_stub.web.app import build_app
     from coordinator_stub.web.runner import StoreRunner
@@ -53,7 +55,7 @@ def serve(coord: Coordinator, options: ServeOptions, state_dir: Path | None, env
 
     runner = StoreRunner()
     try:
-        run(build_app(coord, options, env, runner, state_dir), options, announce)
+        run(build_app(coord, options, env, runner, state_dir, enrolled), options, announce)
     finally:
         runner.close()  # the operation under way finishes before the caller checkpoints
     return 0

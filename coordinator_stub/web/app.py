@@ -35,11 +35,11 @@ class Served:
     """What every part of the app shares: the coordinator, its store thread, tokens, sessions, logs, metrics."""
 
     def __init__(self, coord: Coordinator, options: ServeOptions, env: Mapping[str, str], runner: StoreRunner,
-                 state_dir: Path | None) -> None:
+                 state_dir: Path | None, enrolled: bool = False) -> None:
         self.coord = coord
         self.options = options
         self.runner = runner
-        self.tokens = Tokens.from_env(env)
+        self.tokens = Tokens.from_env(env, enrolled)
         self.sessions = Sessions()
         self.metrics = Metrics()
         self.feed = EventFeed(state_dir)
@@ -155,9 +155,9 @@ class ServeApp:
 
 
 def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str], runner: StoreRunner,
-              state_dir: Path | None) -> ServeApp:
-    """The app ``serve`` runs; ``env`` gives the tokens (read once, here)."""
-    served = Served(coord, options, env, runner, state_dir)
+              state_dir: Path | None, enrolled: bool = False) -> ServeApp:
+    """The app ``serve`` runs; ``env`` gives the shared tokens (read once, here), the store the enrolled ones."""
+    served = Served(coord, options, env, runner, state_dir, enrolled)
     capabilities = Capabilities()
     fleet = FleetApi(coord, runner, served.tokens, options.body_timeout_s, options.ignore_dry_run,
                      answered=capabilities.heard, timed=served.metrics.observe_request)

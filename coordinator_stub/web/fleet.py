@@ -22,7 +22,8 @@ from typing import Any
 
 from coordinator_stub.api import MAX_BODY, handle
 from coordinator_stub.core import Coordinator
-from coordinator_stub.web.auth import Tokens, authorize, scope_for
+from coordinator_stub.enrolment import token_id_of
+from coordinator_stub.web.auth import Principal, Tokens, authorize, bearer, bind_to_factory, decide, enrolled, scope_for
 from coordinator_stub.web.protocol import AUTHORISED
 from coordinator_stub.web.responses import error_document, send_json
 from coordinator_stub.web.runner import StoreRunner
@@ -112,13 +113,20 @@ class FleetApi:
     async def _serve(self, scope: Scope, receive: Receive, send: Send, method: str, target: str, op: str) -> int:
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization")
-        principal, denied = authorize(self.tokens, None, auth.decode("latin-1") if auth else None, None,
-                                      scope_for(method, target))
+        authorization = auth.decode("latin-1") if auth else None
+        need = scope_for(method, target)
+        principal, denied = authorize(self.tokens, None, authorization, None, need)
+        presented = bearer(authorization)
+        if presented is not None and token_id_of(presented) is not None and (
+                denied == 401 or (principal is not None and principal.via == "open")):
+            principal, denied = await self._enrolled(presented, need, principal, denied)
         if denied == 401:
-            return await _refuse(send, 401, "unauthorized", "missing or wrong bearer token")
+            return await self._refused(send, 401, "unauthorized", "missing, wrong or revoked bearer token",
+                                       presented, principal)
         if denied:
-            return await _refuse(send, 403, "forbidden",
-                                 f"{method} {target.partition('?')[0]}: the token lacks the scope")
+            return await self._refused(send, 403, "forbidden",
+                                       f"{method} {target.partition('?')[0]}: the token lacks the {need} scope",
+                                       presented, principal)
         if principal is not None:
             scope[AUTHORISED] = True
         try:
@@ -128,6 +136,10 @@ class FleetApi:
             return await _refuse(send, exc.status, code, str(exc))
         except ClientGone:
             return 0  # nothing to answer, nobody to answer
+        if principal is not None:
+            body, mismatch = bind_to_factory(principal, op, body)
+            if mismatch is not None:
+                return await self._refused(send, 403, "forbidden", mismatch, presented, principal)
         status, answer = await self.runner.run(op, self._handle, method, target, body)
         try:
             await send_json(send, status, answer)
@@ -137,6 +149,29 @@ class FleetApi:
             self.answered(op, target, status, body)
         return status
 
+
+    async def _enrolled(self, presented: str, need: str | None, principal: Principal | None,
+                        denied: int) -> tuple[Principal | None, int]:
+        """An enrolled token, looked up in the store (shared tokens never get here: no store call for them).
+
+        An open server (started before anything was enrolled) closes for good once
+        the store holds credentials.
+        """
+        who = await self.runner.run("identify", self.coord.identify, presented)
+        if self.tokens.open and (who is not None or await self.runner.run("enrolled", self.coord.enrolled)):
+            self.tokens.close()
+        if self.tokens.open:
+            return principal, denied
+        found = enrolled(who)
+        return found, decide(found, need)
+
+    async def _refused(self, send: Send, status: int, code: str, message: str, presented: str | None,
+                       principal: Principal | None) -> int:
+        """A refusal, answered and written to the event log under the token's id (never the token)."""
+        token_id = principal.token_id if principal is not None and principal.token_id else (
+            token_id_of(presented) if presented else None) or ("shared" if principal is not None else None)
+        await self.runner.run("refused", self.coord.refused, token_id, status, message)
+        return await _refuse(send, status, code, message)
 
     def _handle(self, method: str, target: str, body: bytes) -> tuple[int, dict[str, Any] | None]:
         return handle(self.coord, method, target, body, ignore_dry_run=self.ignore_dry_run)

@@ -72,3 +72,25 @@ def test_unhealthy_coordinator_and_open_root_permissions(tmp_path: Path) -> None
     assert exit_code(checks) == 1 and "connection refused" in table
     perms = next(c for c in checks if c.name == "root permissions")
     assert not perms.ok and not perms.required and "chmod 700" in perms.detail
+
+
+def test_doctor_warns_of_a_readable_token_file_and_a_remote_shared_token(tmp_path: Path) -> None:
+    """Issue #19: a token file this user reads (so its tools do), a non-loopback coordinator taking the shared token."""
+    from tests.integration.cli_support import aq, clean_env
+
+    token_file = tmp_path / "fleet-token"
+    token_file.write_text("shared-secret\n")
+    token_file.chmod(0o600)
+    env = clean_env(AQ_FLEET_TOKEN_FILE=str(token_file), AQ_FLEET="1", AQ_FLEET_API="http://10.255.255.1:9")
+    out = aq(tmp_path / "root", "doctor", env=env)
+    line = next(x for x in out.stdout.splitlines() if "token file" in x)
+    assert line.startswith("warn") and str(token_file) in line and "shared-secret" not in out.stdout + out.stderr
+    healthy = run_checks(tmp_path, {}, needs_git=False, fleet_health=lambda: None, env={"PATH": os.environ["PATH"]},
+                         shared_token_host="coord.example")
+    assert [(c.name, c.ok, c.required) for c in healthy[-1:]] == [("fleet token", False, False)]
+    down = run_checks(tmp_path, {}, needs_git=False, fleet_health=lambda: 1 / 0, env={"PATH": os.environ["PATH"]},
+                      shared_token_host="coord.example")
+    assert all(c.name != "fleet token" for c in down)  # only a coordinator that answered accepted the token
+    gone = run_checks(tmp_path, {}, needs_git=False, env={"PATH": os.environ["PATH"]},
+                      token_file=tmp_path / "no-such-file")
+    assert gone[-1].name == "token file" and gone[-1].ok

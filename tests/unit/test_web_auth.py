@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from coordinator_stub.web.auth import (
+    ADMIN,
     ALL_SCOPES,
     FACTORY,
     METRICS,
@@ -12,7 +15,10 @@ from coordinator_stub.web.auth import (
     Tokens,
     authorize,
     bearer,
+    bind_to_factory,
     csrf_ok,
+    decide,
+    enrolled,
     scope_for,
 )
 
@@ -86,3 +92,25 @@ def test_the_scope_each_fleet_route_needs() -> None:
     for path in ("/v1/fleet/claim", "/v1/fleet/jobs/a/renew", "/v1/fleet/jobs/a/report", "/v1/fleet/reap",
                  "/v1/fleet/shadow-reports", "/v1/fleet/nowhere"):
         assert scope_for("POST", path) == FACTORY
+
+
+def test_enrolled_scopes_and_the_admin_only_routes() -> None:
+    factory = enrolled({"tokenId": "0123456789ab", "scope": "factory", "factoryId": "f1", "capabilities": ["gpu"]})
+    submit = enrolled({"tokenId": "ba9876543210", "scope": "submit"})
+    assert factory is not None and submit is not None
+    assert factory.factory_id == "f1" and factory.capabilities == frozenset({"gpu"}) and factory.via == "enrolled"
+    assert scope_for("POST", "/v1/fleet/jobs/x/cancel") == ADMIN == scope_for("POST", "/v1/fleet/jobs/x/approve")
+    assert [decide(factory, n) for n in (FACTORY, READ, SUBMIT, ADMIN)] == [0, 0, 403, 403]
+    assert [decide(submit, n) for n in (FACTORY, READ, SUBMIT, ADMIN)] == [403, 0, 0, 403]
+    assert decide(None, READ) == 401 and decide(None, None) == 0 and enrolled(None) is None
+
+
+def test_a_factory_token_is_bound_to_its_factory_and_its_capabilities() -> None:
+    f1 = enrolled({"tokenId": "0123456789ab", "scope": "factory", "factoryId": "f1", "capabilities": ["linux"]})
+    assert f1 is not None
+    body, why = bind_to_factory(f1, "renew", b'{"factoryId": "f2", "leaseEpoch": 1}')
+    assert why is not None and "'f2'" in why and "'f1'" in why
+    body, why = bind_to_factory(f1, "claim", b'{"factoryId": "f1", "capabilities": ["gpu", "linux"]}')
+    assert why is None and json.loads(body)["capabilities"] == ["linux"]
+    assert bind_to_factory(f1, "claim", b"{broken") == (b"{broken", None)  # the dispatcher answers 400
+    assert bind_to_factory(f1, "reap", b"{}") == (b"{}", None)
