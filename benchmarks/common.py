@@ -82,11 +82,12 @@ def free_port() -> int:
 def bench_env(**extra: str) -> dict[str, str]:
     """A clean environment for children: no AQ_* from the caller's shell, no fleet token.
 
-    PYTHONDONTWRITEBYTECODE is dropped too: an installed package has its
-    bytecode cached, and recompiling every module on every seam call would
-    measure the compiler, not the product.
+    Everything else, PYTHONDONTWRITEBYTECODE included, is inherited as the
+    user's shell has it: a regular install has its bytecode compiled by pip,
+    so that flag costs an installed product nothing, and forcing it either way
+    would measure a set-up users do not have.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_") and k != "PYTHONDONTWRITEBYTECODE"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
     env.update(extra)
     return env
 

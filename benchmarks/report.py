@@ -36,7 +36,11 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
     """(figure, floor, ratio, target) of one result document."""
     h = d["headline"]
     if name == "b1_seam":
-        return _ms(d["op_s"]), "python -c pass " + _ms(d["floor_s"]), f"{h['ratio']}x", h["target"]
+        floor, ratio = "python -c pass " + _ms(d["floor_s"]), f"{h['ratio']}x"
+        if "bare_floor_s" in d:
+            floor += "; python -I -S -c pass " + _ms(d["bare_floor_s"])
+            ratio += f" / {h['ratio_bare']}x"
+        return _ms(d["op_s"]), floor, ratio, h["target"]
     if name == "b2_http":
         o = d["ops_per_s"]
         return (f"{o['stub_claim_report']['1']:.0f} / {o['stub_claim_report']['4']:.0f} ops/s "
