@@ -300,13 +300,13 @@ class History:
         store = JsonStore(state)
         store.files.ensure_dirs()  # (a store creates them with its first write; these files come first here)
         for job_id, rec in self.store.archive.items():
-            path = store.files.archive_path(job_id)
+            path = Path(store.files.archive_file(job_id))
             if not path.exists():
                 path.write_text(json.dumps(rec), encoding="utf-8")
         for job_id in self.store.hot["jobs"]:
-            store.files.spec_path(job_id).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
-        store.state_path.write_text(json.dumps({**self.store.hot, "version": STATE_VERSION}), encoding="utf-8")
-        store.journal_path.unlink(missing_ok=True)  # the snapshot above is the whole state: no older journal
+            Path(store.files.spec_file(job_id)).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
+        Path(store.state_path).write_text(json.dumps({**self.store.hot, "version": STATE_VERSION}), encoding="utf-8")
+        Path(store.journal_path).unlink(missing_ok=True)  # the snapshot above is the whole state: no older journal
 
 
 def ratio(a: float, b: float) -> float:
