@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent_queue import doctor, plan_job, process, tools
+from agent_queue import doctor, plan_job, process, tools, workspace
 from agent_queue.adapters import AgentAdapter
 from agent_queue.agent_output import answer_text
 from agent_queue.assessment import assess
 from agent_queue.control import Control
+from agent_queue.errors import AQError, DiskFull
 from agent_queue.joblog import log_header, log_path, show
 from agent_queue.jobs import Job
 from agent_queue.planning import Plan, run_dir
@@ -63,6 +64,8 @@ class AttemptRunner:
             verdict = self._assess(job, plan.adapter, tool, raw, record) or verdict
         if verdict is None and plan.verify:
             verdict = self._verify(job, plan, workdir, record)
+        if verdict is None:
+            verdict = self._pin(job, workdir, record)
         if verdict is not None:
             record.update(outcome=verdict[0], reason=verdict[1])
         record.update(endedAt=to_rfc3339(time.time()), durationS=round(time.time() - started, 3))
@@ -76,6 +79,16 @@ class AttemptRunner:
         log.info("verify %s", "passed" if verdict is None else "failed",
                  extra={"job_id": job.id, "attempt": record["attempt"], "exitCode": gate.exit_code})
         return verdict
+
+    def _pin(self, job: Job, workdir: Path, record: Record) -> Verdict | None:
+        """Pin what verify saw (every process of the attempt has ended): exactly that ships."""
+        try:
+            tree = workspace.record_verified(self.root, job, workdir)
+        except AQError as exc:
+            return "failed", f"workspace: {exc.message}"
+        if tree is not None:
+            record["verifiedTree"] = tree
+        return None
 
     def _assess(self, job: Job, adapter: AgentAdapter, tool: ProcResult, raw: Path,
                 record: Record) -> Verdict | None:
@@ -103,10 +116,14 @@ class AttemptRunner:
         return None if a.verdict == "ok" else (a.verdict, a.reason)
 
     def _run(self, job: Job, argv: tuple[str, ...], plan: Plan, workdir: Path, *, stdin: Path | None = None,
-             on_start: Callable[[int], None] | None = None, raw: Path | None = None) -> ProcResult:
-        return process.run(argv, cwd=workdir, env=plan.env, log_path=log_path(self.root, job.id),
-                           timeout_s=plan.timeout_s, watch=self.control, stdin_path=stdin, on_start=on_start,
-                           raw_path=raw)
+             on_start: Callable[[int, str | None], None] | None = None, raw: Path | None = None) -> ProcResult:
+        """One child under the daemon's ``Control``; a log it cannot write (disk full) raises ``DiskFull``."""
+        res = process.run(argv, cwd=workdir, env=plan.env, log_path=log_path(self.root, job.id),
+                          timeout_s=plan.timeout_s, watch=self.control, stdin_path=stdin, on_start=on_start,
+                          raw_path=raw, log_cap=self.settings.log_cap)
+        if res.disk_full is not None:
+            raise DiskFull(f"job {job.id}: {res.disk_full}")
+        return res
 
     def _verdict(self, what: str, res: ProcResult, timeout_s: float) -> Verdict | None:
         """None when ``res`` passed; else (outcome, reason) with outcome lost | shutdown | failed."""

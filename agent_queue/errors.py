@@ -9,6 +9,8 @@ them into exit codes and one-line messages in exactly one place
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -140,3 +142,31 @@ class StoreUnavailable(StateError):
 
     code = "store_unavailable"
     http_status = 503
+
+
+class DiskFull(AQError):
+    """The factory's disk (or quota) is full: a condition of this host, never the job's failure.
+
+    The runner gives the job back with its attempt not counted and backs off until a write
+    succeeds again (``runner``); ``status`` says so.
+    """
+
+    code = "disk_full"
+    http_status = 507
+
+
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """``exc``, or an error it was raised from, says the disk is full (also a git step's quoted stderr)."""
+    codes = {errno.ENOSPC, errno.EDQUOT}
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in codes):
+            return True
+        if isinstance(exc, AQError) and any(text in exc.message for text in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

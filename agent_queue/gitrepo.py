@@ -197,7 +197,7 @@ def reset_worktree(root: Path, job: Job) -> Path:
         raise NotFoundWorktree(f"job {job.id}: no worktree to reset")
     path = Path(meta["path"])
     _reset(path, str(meta["baseSha"]), job)
-    meta.update(pushedSha=None, hookDone=False, finished=None)
+    meta.update(pushedSha=None, hookDone=False, finished=None, verifiedHead=None, verifiedTree=None)
     write_meta(root.resolve(), job.id, meta)
     return path
 

@@ -211,15 +211,19 @@ class LocalQueue:
             fsync_dir(path.parent)
             return target
 
-    def move(self, job_id: str, src: State, dst: State, update: dict[str, Any]) -> Entry:
-        """Record ``update`` in result.json, then rename the job's directory from ``src`` to ``dst``."""
+    def move(self, job_id: str, src: State, dst: State, update: dict[str, Any] | None) -> Entry:
+        """Record ``update`` in result.json, then rename the job's directory from ``src`` to ``dst``.
+
+        ``update`` None: the rename alone (a full disk has no room for a new result.json).
+        """
         with self._lock:
             path = self.dir(src) / job_id
             if not path.is_dir():
                 raise NotFound(f"job {job_id}: not in {src.value}/")
             entry = self._load(path, src)
-            result = {**entry.result, **update, "state": dst.value, "updatedAt": now()}
-            write_json_atomic(path / RESULT_FILE, result)
+            result = {**entry.result, **(update or {}), "state": dst.value, "updatedAt": now()}
+            if update is not None:
+                write_json_atomic(path / RESULT_FILE, result)
             target = self.dir(dst) / job_id
             os.rename(path, target)
             fsync_dir(target.parent)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from agent_queue import cancelmark, composite_queue, process
-from agent_queue.errors import Fenced
+from agent_queue.errors import Fenced, is_disk_full
 from agent_queue.inbox import Entry, LocalQueue, State, now
 from agent_queue.source import Claim, Record, Source
 from agent_queue.timeutil import to_rfc3339
@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def stop_leftover_tool(entry: Entry) -> None:
-    """A crashed daemon's tool may still run in the job's workspace: stop it before anyone re-runs the job."""
-    pid = entry.result.get("pid")
-    if isinstance(pid, int) and pid > 1:
-        process.stop_leftover(pid, entry.result.get("pidStart"))
+    """A crashed daemon's tool may still run in the job's workspace: stop its whole tree before anyone re-runs
+    the job (its process tree while the recorded pid is still that process, and all of its cgroup scope)."""
+    pid, cgroup = entry.result.get("pid"), entry.result.get("cgroup")
+    process.stop_leftover(pid if isinstance(pid, int) and pid > 1 else 0, entry.result.get("pidStart"),
+                          cgroup if isinstance(cgroup, str) else None)
 
 
 class LocalClaim(Claim):
@@ -52,8 +53,8 @@ class LocalClaim(Claim):
         with cancelmark.watch(self.folder, on_lost):
             yield
 
-    def note_pid(self, pid: int) -> None:
-        self.queue.update(self.job.id, State.RUNNING, {"pid": pid, "pidStart": process.identity(pid)})
+    def note_pid(self, pid: int, cgroup: str | None = None) -> None:
+        self.queue.update(self.job.id, State.RUNNING, {"pid": pid, "pidStart": process.identity(pid), "cgroup": cgroup})
 
     def note_ship_hook(self, outcome: Record) -> None:
         self.queue.update(self.job.id, State.SHIPPED, {"shipHook": outcome})
@@ -85,8 +86,14 @@ class LocalClaim(Claim):
         if cancelmark.requested(self.folder) is not None:  # the operator asked: never back to the inbox
             self._end(State.CANCELLED, {"attempt": self.attempts_done + 1, "outcome": "cancelled"}, counted=False)
             return
-        self.queue.move(self.job.id, State.RUNNING, State.INBOX,
-                        {"reason": reason, "pid": None, "attempt": None, "startedAt": None})
+        try:
+            self.queue.move(self.job.id, State.RUNNING, State.INBOX,
+                            {"reason": reason, "pid": None, "attempt": None, "startedAt": None})
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # No room even for result.json: the rename alone puts the job back (attempts unchanged).
+            self.queue.move(self.job.id, State.RUNNING, State.INBOX, None)
 
     def defer(self, record: Record, not_before: float) -> None:
         # result.json keeps notBefore; LocalQueue.pending() skips the job until then.

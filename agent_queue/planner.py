@@ -109,9 +109,10 @@ def run_planner(settings: Settings, req: Request, prompt: str) -> str:
             except Rejected as exc:
                 raise BadInput(f"plan: {exc}") from None
             log = run_dir(settings.root, job) / "planner.log"
-            result = process.run(attempt.argv, cwd=workdir, env=attempt.env, log_path=log,
+            raw = log.with_suffix(".raw")  # the tool's own bytes: the log's lines carry time stamps
+            result = process.run(attempt.argv, cwd=workdir, env=attempt.env, log_path=log, raw_path=raw,
                                  timeout_s=attempt.timeout_s, watch=Control(0.0), stdin_path=attempt.stdin_path)
-            output = attempt_output(log, 0)
+            output = attempt_output(raw, 0)
     finally:
         shutil.rmtree(run_dir(settings.root, job), ignore_errors=True)
     if not result.ok:

@@ -118,6 +118,10 @@ def status(report: Mapping[str, Any], *, verbose: bool, color: bool) -> str:
         up = f", up {age(daemon['upS'])}" if daemon.get("upS") is not None else ""
         lines.append(f"daemon: pid {value(daemon.get('pid'))} since {value(daemon.get('startedAt'))} (factory "
                      f"{value(daemon.get('factoryId'))}{up})")
+        hold = daemon.get("backoff")
+        if isinstance(hold, Mapping):  # disk full: the daemon takes no work until a write fits (``diskfull``)
+            lines.append(f"daemon: backing off since {value(hold.get('since'))}, no new work: "
+                         f"{value(hold.get('reason'))} (next try {value(hold.get('retryAt'))})")
     else:
         lines.append("daemon: not running")
     lines.append(f"mode: {mode_text(report['fleetMode'], report['fleetFlags'])}"

@@ -4,7 +4,9 @@
 steps live beside it: ``planning`` resolves an attempt, ``attempt`` runs the
 tool and the verify gate, ``shipping`` ships; this module turns each attempt's
 outcome into exactly one claim ending. Signals only set flags on
-``control.Control`` (see there for warm and cold shutdown).
+``control.Control`` (see there for warm and cold shutdown). A full disk is the
+factory's condition, never the job's: the job is given back uncounted and the
+loop holds new work until there is room again (``diskfull``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from types import FrameType
 from agent_queue import workspace
 from agent_queue.attempt import AttemptRunner, new_record
 from agent_queue.control import Control
-from agent_queue.errors import AQError
+from agent_queue.diskfull import DiskBackoff
+from agent_queue.errors import AQError, is_disk_full
 from agent_queue.joblog import log_fields
 from agent_queue.jobs import DEFAULT_MAX_ATTEMPTS
 from agent_queue.planning import Plan, Rejected, plan_attempt
@@ -50,6 +53,8 @@ class Runner:
         self.root = settings.root
         self.attempts = AttemptRunner(settings, self.control)
         self.shipper = Shipper(settings, self.control)
+        self.disk = DiskBackoff(self.root, self.control)
+        self._stranded: list[Claim] = []  # given back while the disk was full, but not even moved back
         # Jobs that reached an end here (shipped, quarantined, cancelled, fenced): what --max-jobs and the
         # shutdown line count. A retried job is one job however many attempts it takes.
         self.ended: set[str] = set()
@@ -62,10 +67,15 @@ class Runner:
         self._start_up()
         backoff = self.settings.poll_s
         while not self.control.stopping:
+            if self.disk.active and not self._room_again():
+                continue
             try:
                 claim = self.source.next_claim()
             except Exception as exc:  # coordinator down, disk full, a bug: back off, never die of it
                 message = exc.message if isinstance(exc, AQError) else f"{type(exc).__name__}: {exc}"
+                if is_disk_full(exc):
+                    self.disk.hit(message)
+                    continue
                 log.warning("source unavailable, backing off", extra={"error": message, "backoffS": backoff},
                             exc_info=not isinstance(exc, AQError))
                 self.control.idle(backoff)
@@ -79,9 +89,13 @@ class Runner:
                 continue
             try:
                 self.process(claim)
+                self.disk.job_ended_well()
             except Exception as exc:  # an OS error or a bug must neither kill the daemon nor strand the job
-                self._salvage(claim, exc)
-                self.control.idle(self.settings.poll_s)
+                if is_disk_full(exc):
+                    self._disk_full(claim, exc)
+                else:
+                    self._salvage(claim, exc)
+                    self.control.idle(self.settings.poll_s)
             workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(), startup=False)
             self.attempts_run += 1
             if opts.once or (opts.max_jobs is not None and len(self.ended) >= opts.max_jobs):
@@ -91,7 +105,7 @@ class Runner:
 
     def _start_up(self) -> None:
         """Recover what a crash left (jobs, ship hooks, worktrees); what is left is settled again later."""
-        for step in (self.source.recover, self.shipper.rerun_interrupted_hooks,
+        for step in (self.disk.keep_reserve, self.source.recover, self.shipper.rerun_interrupted_hooks,
                      lambda: workspace.housekeeping(self.root, self.settings.keep_worktrees_days, time.time(),
                                                     startup=True)):
             try:
@@ -120,6 +134,8 @@ class Runner:
         try:
             workdir = workspace.prepare(self.root, job)
         except workspace.WorkspaceUnavailable as exc:  # e.g. a fetch failed: may be transient, counts an attempt
+            if is_disk_full(exc):
+                raise  # not the job's failure: given back uncounted (``_disk_full``)
             self._finish(claim, plan, self.root, new_record(attempt, "failed", reason=f"workspace: {exc}"))
             return
         claim.begin(attempt)
@@ -127,6 +143,31 @@ class Runner:
         with claim.keepalive(self.control.lose):
             record = self.attempts.run(claim, plan, workdir, attempt)
         self._finish(claim, plan, workdir, record)
+
+    def _disk_full(self, claim: Claim, exc: Exception) -> None:
+        """A factory condition: the job goes back with its attempt not counted, and the daemon holds new work."""
+        reason = f"disk full: {exc.message if isinstance(exc, AQError) else exc}"
+        log.error("disk full during the job: given back, attempt not counted", extra={"job_id": claim.job.id,
+                                                                                     "error": reason})
+        self.disk.hit(reason)
+        self._give_back(claim, reason)
+
+    def _give_back(self, claim: Claim, reason: str) -> None:
+        try:
+            claim.give_back(reason)
+        except Exception:
+            log.exception("cannot put the job back yet; trying again when space is back",
+                          extra={"job_id": claim.job.id})
+            self._stranded.append(claim)
+
+    def _room_again(self) -> bool:
+        """Hold new work while the disk is full; once a probe write fits, first put back what was stranded."""
+        if not self.disk.wait_for_room():
+            return False
+        stranded, self._stranded = self._stranded, []
+        for claim in stranded:
+            self._give_back(claim, "disk full")
+        return True
 
     def _salvage(self, claim: Claim, exc: Exception) -> None:
         """Count the attempt and put the job back (or quarantine it when spent), so a bug cannot loop."""
@@ -158,7 +199,7 @@ class Runner:
             claim.defer(record, parse_rfc3339(record["notBefore"]))
             log.warning("tool usage limit: job put back until notBefore (attempt not counted)",
                         extra={**log_fields(claim, record), "notBefore": record["notBefore"]})
-        elif outcome in ("auth_expired", "over_budget"):
+        elif outcome in ("auth_expired", "over_budget", "quarantined"):
             self._quarantine(claim, record)
         elif record["attempt"] < plan.max_attempts:
             claim.retry(record)

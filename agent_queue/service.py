@@ -188,7 +188,7 @@ def status(settings: Settings) -> dict[str, Any]:
     for entry in queue.entries(State.RUNNING):
         started = entry.result.get("startedAt")
         running.append({"id": entry.job.id, "tool": entry.job.tool, "attempt": entry.result.get("attempt"),
-                        "pid": entry.result.get("pid"),
+                        "pid": _live_pid(entry.result),
                         "elapsedS": None if not started else round(now - parse_rfc3339(started), 1)})
     daemon = _daemon(queue, now)
     mode = daemon.get("fleetMode") if daemon["running"] else None
@@ -196,6 +196,14 @@ def status(settings: Settings) -> dict[str, Any]:
     return {"counts": queue.counts(), "running": running, "composites": composite_queue.rollups(queue),
             "daemon": daemon, "fleetMode": mode or settings.fleet_mode,
             "fleetFlags": flags or settings.fleet_flags.describe(), "settings": settings.describe()}
+
+
+def _live_pid(result: Mapping[str, Any]) -> int | None:
+    """The recorded tool pid only while it is still that process: a crash's leftover record is not a running tool."""
+    from agent_queue.process import identity
+
+    pid, ident = result.get("pid"), result.get("pidStart")
+    return pid if isinstance(pid, int) and pid > 1 and ident is not None and identity(pid) == ident else None
 
 
 def _daemon(queue: LocalQueue, now: float) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from agent_queue.adapters import AgentAdapter
 from agent_queue.errors import ConfigError
 from agent_queue.fleet.flags import ResolvedFlags, parse_bool, resolve_flags
+from agent_queue.logpump import DEFAULT_LOG_CAP
 from agent_queue.tools import Profile, configured_tools, host_env, parse_profiles, parse_tools
 
 CONFIG_NAME = "agent-queue.toml"
@@ -28,7 +29,9 @@ LOG_FORMATS = ("text", "json")
 REDACTED = "<redacted>"
 MIN_POLL_S = 0.05  # a 0 poll would spin a core while idle
 _TOP_KEYS = {"factory_id", "capabilities", "log_format", "poll_s", "grace_s", "tools", "profiles", "fleet",
-             "keep_worktrees_days", "allowed_repos"}
+             "keep_worktrees_days", "allowed_repos", "log_cap"}
+MIN_LOG_CAP = 4096
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
 # [fleet] key -> (Settings field, env variable)
 _FLEET_KEYS = {
     "enabled": ("fleet", "AQ_FLEET"),
@@ -54,6 +57,7 @@ class Settings:
     tools: Mapping[str, AgentAdapter] = field(default_factory=lambda: parse_tools(None, "tools"))
     configured_tools: tuple[str, ...] = ()  # named in [tools.*] of the config: doctor requires them
     keep_worktrees_days: float = 7.0  # worktrees of finished jobs are pruned after this long
+    log_cap: int = DEFAULT_LOG_CAP  # bytes of a job's log (the middle of a flood is cut; see logpump)
     # Repos (path or URL prefixes) a job may name; empty: any repo this daemon's user can read.
     allowed_repos: tuple[str, ...] = ()
     profiles: Mapping[str, Profile] = field(default_factory=lambda: parse_profiles(None, "profiles"))
@@ -92,6 +96,7 @@ class Settings:
             "tools": sorted(self.tools),
             "profiles": sorted(self.profiles),
             "keepWorktreesDays": self.keep_worktrees_days,
+            "logCapBytes": self.log_cap,
             "allowedRepos": list(self.allowed_repos) or "any",
             "fleet": self.fleet,
             "fleetRoute": self.fleet_route,
@@ -134,6 +139,7 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         tools=tools,
         configured_tools=configured_tools(cfg.get("tools")),
         keep_worktrees_days=_days(_pick(flags.get("keep_worktrees_days"), None, cfg.get("keep_worktrees_days"), 7.0)),
+        log_cap=_size(_pick(None, env.get("AQ_LOG_CAP"), cfg.get("log_cap"), DEFAULT_LOG_CAP), "AQ_LOG_CAP / log_cap"),
         profiles=parse_profiles(cfg.get("profiles"), f"{where}: profiles"),
         host_env=host_env(env, tools),
         shadow_log_idle=bool(flags.get("shadow_log_idle")),
@@ -275,6 +281,18 @@ def _string_list(value: Any, name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
         raise ConfigError(f"{name} must be a list of non-empty strings")
     return tuple(value)
+
+
+def _size(value: Any, name: str) -> int:
+    """Bytes: an integer, or a number with K/M/G (KiB/MiB/GiB, any case): ``65536``, ``"64M"``, ``"1GiB"``."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value)) if not isinstance(value, bool) else None
+    unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise ConfigError(f"{name}: {str(value)[:40]!r} is not a size (bytes, or a number with K, M or G)")
+    size = int(match.group(1)) * unit
+    if not MIN_LOG_CAP <= size <= 1 << 40:
+        raise ConfigError(f"{name}: {size} bytes is out of range [{MIN_LOG_CAP}, {1 << 40}]")
+    return size
 
 
 def _days(value: Any) -> float:

@@ -26,11 +26,11 @@ def _path(root: Path, job_id: str) -> Path:
     return ensure_dir(root / DIR) / f"{job_id}.json"
 
 
-def mark(root: Path, job_id: str, pid: int | None = None) -> None:
-    """The hook of ``job_id`` is about to run (or runs as ``pid``): re-run it if this daemon dies."""
+def mark(root: Path, job_id: str, pid: int | None = None, cgroup: str | None = None) -> None:
+    """The hook of ``job_id`` is about to run (or runs as ``pid``, in ``cgroup``): re-run it if this daemon dies."""
     info: dict[str, Any] = {"jobId": job_id}
     if pid is not None:
-        info.update(pid=pid, pidStart=process.identity(pid))
+        info.update(pid=pid, pidStart=process.identity(pid), cgroup=cgroup)
     write_json_atomic(_path(root, job_id), info)
 
 
@@ -46,8 +46,8 @@ def interrupted(root: Path) -> list[str]:
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         with contextlib.suppress(OSError, ValueError):
             info = read_json(path)
-            pid = info.get("pid")
-            if isinstance(pid, int) and pid > 1:
-                process.stop_leftover(pid, info.get("pidStart"))
+            pid, cgroup = info.get("pid"), info.get("cgroup")
+            process.stop_leftover(pid if isinstance(pid, int) and pid > 1 else 0, info.get("pidStart"),
+                                  cgroup if isinstance(cgroup, str) else None)
         ids.append(path.stem)
     return ids

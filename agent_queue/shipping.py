@@ -7,7 +7,8 @@ next, then the move to shipped/, then the ship hook. A hook is marked in
 next start (``rerun_interrupted_hooks``), never twice after it completed.
 
 A ship that cannot happen hands its record back to the runner with the
-outcome it ends in (``fenced``, or ``failed`` when an offline push failed).
+outcome it ends in (``fenced``; offline ``failed`` when the push failed, ``quarantined`` when the
+remote branch holds work that is not this attempt's).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class Shipper:
         log_header(self.root, self.settings.factory_id, job.id, f"ship hook: {show(plan.ship)}")
         hook = process.run(plan.ship, cwd=workdir, env=plan.env, log_path=log_path(self.root, job.id),
                            timeout_s=plan.timeout_s, watch=self.control,
-                           on_start=lambda pid: shiphooks.mark(self.root, job.id, pid))
+                           on_start=lambda pid, cgroup: shiphooks.mark(self.root, job.id, pid, cgroup),
+                           log_cap=self.settings.log_cap)
         claim.note_ship_hook({"exitCode": hook.exit_code, "timedOut": hook.timed_out, "error": hook.error})
         if hook.aborted:  # the marker stays, the next start runs it again
             log.warning("ship hook stopped by shutdown; it runs again at the next start", extra={"job_id": job.id})
@@ -132,7 +134,7 @@ class Shipper:
         """A repo job's hook runs inside ship_worktree (placeholders {branch} {sha}), once; never here as well."""
         try:
             workspace.run_ship_hook(self.root, claim.job, workdir, plan.ship, factory_id=self.settings.factory_id,
-                                    epoch=claim.epoch, env=plan.env)
+                                    epoch=claim.epoch, env=plan.env, log_cap=self.settings.log_cap)
         except AQError as exc:
             claim.note_ship_hook({"ok": False, "error": exc.message})
             log.warning("ship hook failed (job stays shipped)", extra={"job_id": claim.job.id,
@@ -143,9 +145,12 @@ class Shipper:
     def _push(self, claim: Claim, workdir: Path, record: Record) -> Record | None:
         """Commit + fenced push of ``aq/<id>`` before the job counts as shipped; a record when it may not ship.
 
-        Offline a failed push is a failed attempt. In fleet mode the coordinator has already
-        accepted the job as shipped, so releasing it now would lose it: the push (idempotent) is
-        tried again a few times, then the job ships with ``pushPending`` and its commit in work/<id>.
+        Offline a failed push is a failed attempt, and a remote branch holding foreign work
+        (``GitFenced``) quarantines the job with that reason. In fleet mode the coordinator has
+        already accepted the job as shipped, so releasing it now would lose it: the push
+        (idempotent) is tried again a few times, then the job ships with ``pushPending``, the
+        reason and its commit in work/<id>; a foreign branch is never retried (it cannot change by
+        itself). Every ending is final: nothing here loops.
         """
         tries = 1 if claim.epoch is None else PUSH_TRIES
         error = ""
@@ -154,8 +159,11 @@ class Shipper:
                 res = workspace.push(self.root, claim.job, workdir, factory_id=self.settings.factory_id,
                                      epoch=claim.epoch)
             except GitFenced as exc:
-                record.update(outcome="fenced", reason=f"push refused: {exc.message}")
-                return record
+                if claim.epoch is None:
+                    record.update(outcome="quarantined", reason=f"ship refused: {exc.message}")
+                    return record
+                error = exc.message
+                break
             except AQError as exc:
                 error = exc.message
                 if n < tries:

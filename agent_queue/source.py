@@ -21,8 +21,8 @@ A ``Claim`` is one job taken for one attempt. The runner calls, in order:
 ``begin(attempt)`` once; ``keepalive(on_lost)`` as a context manager around
 the tool and the verify gate (a fleet claim renews its lease there and calls
 ``on_lost(reason)`` from any thread when the lease is gone: the runner kills
-the tool group at once, runs no verify and never ships); ``note_pid(pid)`` when
-the tool starts. Then exactly one ending:
+the tool group at once, runs no verify and never ships); ``note_pid(pid, cgroup)``
+just before the tool starts. Then exactly one ending:
 
 - ``approve_ship(record)`` BEFORE any ship side effect; raises ``errors.Fenced``
   when the job may not ship (fleet: the coordinator refused report(shipped)),
@@ -85,8 +85,8 @@ class Claim(ABC):
         """Keep the claim valid while the body runs; the local claim cannot be lost."""
         yield
 
-    def note_pid(self, pid: int) -> None:
-        """The tool's process id, for `status`."""
+    def note_pid(self, pid: int, cgroup: str | None = None) -> None:
+        """The tool's process id (and cgroup scope), for `status` and for a crash's leftovers."""
         return None
 
     def note_ship_hook(self, outcome: Record) -> None:

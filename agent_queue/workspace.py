@@ -67,6 +67,14 @@ def existing(root: Path, job: Job) -> Path:
     return ensure_dir(root / "work" / job.id) if job.repo is None else gitrepo.worktree_path(root, job.id)
 
 
+def record_verified(root: Path, job: Job, workdir: Path) -> str | None:
+    """Pin what the verify gate saw, so exactly that ships (a repo job; a plain job ships no content).
+
+    Returns the git tree of a repo job's worktree; raises ``GitError`` when git cannot record it.
+    """
+    return None if job.repo is None else gitship.record_verified(root, job, workdir)
+
+
 def push(root: Path, job: Job, workdir: Path, *, factory_id: str, epoch: int | None) -> gitship.ShipResult:
     """Commit what the agent left and push ``aq/<id>`` (fenced); no hook. Idempotent.
 
@@ -76,14 +84,14 @@ def push(root: Path, job: Job, workdir: Path, *, factory_id: str, epoch: int | N
 
 
 def run_ship_hook(root: Path, job: Job, workdir: Path, hook: tuple[str, ...], *, factory_id: str,
-                  epoch: int | None, env: Mapping[str, str]) -> gitship.ShipResult:
+                  epoch: int | None, env: Mapping[str, str], log_cap: int) -> gitship.ShipResult:
     """Run the ship hook of an already pushed repo job, once (a completed hook is never re-run).
 
     Goes through ``ship_worktree`` again: the commit and push are already
     there (no-ops), and it records ``hookDone`` so a re-ship skips the hook.
     """
     return gitship.ship_worktree(root, replace(job, ship=hook), workdir, factory_id=factory_id, epoch=epoch,
-                                 hook_env=env)
+                                 hook_env=env, log_cap=log_cap)
 
 
 def finish(root: Path, job: Job, outcome: str) -> None:

@@ -1,14 +1,17 @@
 """B2: operations per second over HTTP, keep-alive ``requests.Session``, 1 and 4 concurrent clients.
 
-Three servers, same client code, same run: the stdlib echo server (the
-floor), ``coordinator-stub serve`` answering ``GET /healthz`` (its HTTP layer
-alone), and ``coordinator-stub serve`` doing claim + report pairs (the real
-figure: each is a durable state change, lock plus fsync), the latter once with
-its state on the normal disk and once on tmpfs (/dev/shm, where fsync is nearly
-free: the gap is the durability cost, the rest is HTTP + logic). Each client is a
-thread with its own Session; each configuration runs for a fixed time. The floor
-and the figures are measured back to back in several rounds, and each ratio is
-the median of the per-round ratios (min and max saved too).
+Four servers, same client code, same run: an echo app on ``serve``'s own
+stack (uvicorn, h11 with serve's protocol class, Starlette: the floor), the
+old stdlib echo server beside it (what the stack itself costs against the
+standard library), ``coordinator-stub serve`` answering ``GET /healthz`` (its
+HTTP layer alone), and ``coordinator-stub serve`` doing claim + report pairs
+(the real figure: each is a durable state change, lock plus fsync), the latter
+once with its state on the normal disk and once on tmpfs (/dev/shm, where
+fsync is nearly free: the gap is the durability cost, the rest is HTTP +
+logic). Each client is a thread with its own Session; each configuration runs
+for a fixed time. The floor and the figures are measured back to back in
+several rounds, and each ratio is the median of the per-round ratios (min and
+max saved too).
 """
 
 from __future__ import annotations
@@ -108,12 +111,14 @@ def main() -> None:
     configs = [("stub_healthz", None, healthz_op), ("stub_claim_report", None, claim_report_op),
                ("stub_claim_report_tmpfs", _TMPFS, claim_report_op)]
     configs = [c for c in configs if c[1] is None or Path(c[1]).is_dir()]  # no tmpfs here (macOS): disk only
-    samples: dict[str, dict[str, list[float]]] = {k: {"1": [], "4": []} for k in ["echo", *(c[0] for c in configs)]}
-    ratios_seen: dict[str, dict[str, list[float]]] = {c[0]: {"1": [], "4": []} for c in configs}
+    samples: dict[str, dict[str, list[float]]] = {k: {"1": [], "4": []}
+                                                  for k in ["echo", "echo_stdlib", *(c[0] for c in configs)]}
+    ratios_seen: dict[str, dict[str, list[float]]] = {c: {"1": [], "4": []}
+                                                      for c in ["echo_stdlib", *(c[0] for c in configs)]}
     h = common.History()
     h.queued(jobs)
     with contextlib.ExitStack() as stack:
-        urls = {"echo": _start_echo(stack)}
+        urls = {"echo": _start_echo(stack, "echo_asgi.py"), "echo_stdlib": _start_echo(stack, "echo_server.py")}
         for key, where, _ in configs:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=where)))
             if key == "stub_healthz":
@@ -126,7 +131,7 @@ def main() -> None:
             for c in ("1", "4"):
                 floor = rate(int(c), seconds, echo_op(urls["echo"]))
                 samples["echo"][c].append(floor)
-                for key, _, make_op in configs:
+                for key, _, make_op in [("echo_stdlib", None, echo_op), *configs]:
                     got = rate(int(c), seconds, make_op(urls[key]))
                     samples[key][c].append(got)
                     ratios_seen[key][c].append(got / floor)
@@ -137,6 +142,10 @@ def main() -> None:
                 "floor_ops_s_1": round(out["echo"]["1"], 1), "ratio_1": ratios["stub_claim_report"]["1"],
                 "ratio_4": ratios["stub_claim_report"]["4"], "http_layer_ratio_1": ratios["stub_healthz"]["1"],
                 "ratio_1_range": spread["stub_claim_report"]["1"], "ratio_4_range": spread["stub_claim_report"]["4"],
+                "floor": "echo app on serve's stack (uvicorn + h11 + Starlette)",
+                "stdlib_echo_ops_s_1": round(out["echo_stdlib"]["1"], 1),
+                "stdlib_echo_ops_s_4": round(out["echo_stdlib"]["4"], 1),
+                "stdlib_echo_ratio_1": ratios["echo_stdlib"]["1"], "stdlib_echo_ratio_4": ratios["echo_stdlib"]["4"],
                 "target": ">= 0.5"}
     if "stub_claim_report_tmpfs" in out:  # same work with fsync nearly free: separates logic from durability
         headline.update(tmpfs_ops_s_1=round(out["stub_claim_report_tmpfs"]["1"], 1),
@@ -147,9 +156,9 @@ def main() -> None:
                                       "seconds_per_config": seconds, "queued_at_start": jobs}, args.smoke)
 
 
-def _start_echo(stack: contextlib.ExitStack) -> str:
+def _start_echo(stack: contextlib.ExitStack, script: str) -> str:
     port = common.free_port()
-    stack.enter_context(common.running([common.PYTHON, str(Path(__file__).parent / "echo_server.py"), str(port)],
+    stack.enter_context(common.running([common.PYTHON, str(Path(__file__).parent / script), str(port)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     url = f"http://127.0.0.1:{port}"
     common.wait_for(lambda: _up(url), 20, "echo server")

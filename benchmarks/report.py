@@ -45,7 +45,9 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
         o = d["ops_per_s"]
         return (f"{o['stub_claim_report']['1']:.0f} / {o['stub_claim_report']['4']:.0f} ops/s "
                 f"(healthz {o['stub_healthz']['1']:.0f} / {o['stub_healthz']['4']:.0f})",
-                f"echo {o['echo']['1']:.0f} / {o['echo']['4']:.0f} ops/s",
+                f"echo {o['echo']['1']:.0f} / {o['echo']['4']:.0f} ops/s"
+                + (f" (stdlib echo {o['echo_stdlib']['1']:.0f} / {o['echo_stdlib']['4']:.0f}, "
+                   f"{h['stdlib_echo_ratio_1']}x / {h['stdlib_echo_ratio_4']}x of it)" if "echo_stdlib" in o else ""),
                 f"{h['ratio_1']}x / {h['ratio_4']}x" + _range(h) + f" (HTTP layer {h['http_layer_ratio_1']}x)"
                 + (f"; state on tmpfs {h['tmpfs_ops_s_1']:.0f} / {h['tmpfs_ops_s_4']:.0f} ops/s, "
                    f"{h['tmpfs_ratio_1']}x" if "tmpfs_ops_s_1" in h else ""), h["target"])

@@ -19,6 +19,14 @@ import click
 
 from agent_queue.errors import EXIT_FAILURE, EXIT_OK, AQError
 from coordinator_stub.settings import StubSettings, load_settings
+from coordinator_stub.web.options import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_GRACE_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_MAX_CONNECTIONS,
+    ServeOptions,
+)
 
 
 def _settings(ctx: click.Context, ignore_dry_run: bool = False) -> StubSettings:
@@ -43,7 +51,7 @@ def _coordinator(settings: StubSettings, opened: tuple[Any, Any] | None = None, 
 @click.pass_context
 def cli(ctx: click.Context, state: str | None, lease_ttl: str | None, verbose: bool) -> None:
     """A fleet coordinator (state in a directory or PostgreSQL): leases with fencing tokens, a reaper, HTTP, a seam."""
-    ctx.obj = {"state": state, "lease_ttl": lease_ttl}
+    ctx.obj = {"state": state, "lease_ttl": lease_ttl, "verbose": verbose}
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -64,14 +72,26 @@ def call(ctx: click.Context, ignore_dry_run: bool, method: str, path: str) -> No
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--ignore-dry-run", is_flag=True, help="Test aid: act like an older coordinator that ignores dryRun.")
+@click.option("--grace", "grace_s", default=DEFAULT_GRACE_S, show_default=True, type=click.FloatRange(min=0),
+              metavar="S", help="On SIGTERM/SIGINT, requests under way get S seconds, then they are cut.")
+@click.option("--header-timeout", "header_timeout_s", default=DEFAULT_HEADER_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0.01), metavar="S", help="A request head must arrive within S seconds.")
+@click.option("--body-timeout", "body_timeout_s", default=DEFAULT_BODY_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0.01), metavar="S", help="A request body must arrive within S seconds.")
+@click.option("--keep-alive", "keep_alive_s", default=DEFAULT_KEEP_ALIVE_S, show_default=True,
+              type=click.FloatRange(min=0.01), metavar="S", help="Close a connection idle for S seconds.")
+@click.option("--max-connections", default=DEFAULT_MAX_CONNECTIONS, show_default=True, type=click.IntRange(min=1),
+              help="Open connections at most (kept below the descriptor limit).")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> None:
-    """Serve the fleet API over HTTP (bearer token from AQ_FLEET_TOKEN)."""
-    from coordinator_stub.http import check_bind
+def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_s: float, header_timeout_s: float,
+          body_timeout_s: float, keep_alive_s: float, max_connections: int) -> None:
+    """Serve the fleet API, the dashboard (/) and /metrics over HTTP (bearer token from AQ_FLEET_TOKEN)."""
+    from coordinator_stub.http import check_bind, require_stack
     from coordinator_stub.http import serve as run_server
 
     settings = _settings(ctx, ignore_dry_run)
     check_bind(host, settings.token)
+    require_stack()
     if not settings.token:
         logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
 
@@ -84,7 +104,10 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool) -> Non
     store, clock = open_store(settings, serving=True)  # a file store tidies after each answer is sent
     if isinstance(store, JsonStore):
         store.ensure()  # a directory it cannot use stops it here, not at every request
-    run_server(_coordinator(settings, (store, clock)), host, port, settings.token, settings.ignore_dry_run, announce)
+    options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
+                           settings.ignore_dry_run, access_log=ctx.obj["verbose"])
+    logs_dir = None if settings.database_url else settings.state_dir  # PostgreSQL keeps its logs in tables
+    run_server(_coordinator(settings, (store, clock)), options, logs_dir, os.environ, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
         if isinstance(store, JsonStore):
             store.checkpoint()

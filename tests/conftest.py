@@ -6,15 +6,28 @@ commit and each cached read against a full reload of its files. A change the
 journal failed to carry then fails the test that made it.
 """
 
+import contextlib
 import os
+import signal
+from collections.abc import Iterator
+
+import pytest
 
 os.environ["AQ_STUB_SELFCHECK"] = "1"
 
 
+@pytest.fixture()
+def strays() -> Iterator[list[int]]:
+    """Pids a test saw (background processes of tools); SIGKILLed at teardown whatever happened, so a
+    failing containment test never leaks a ``sleep 300``."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 # ---- PostgreSQL (tests/pgutil.py): one database per session, emptied per test that asks for it
-
-import pytest  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def pg_database():  # type: ignore[no-untyped-def]

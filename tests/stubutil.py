@@ -85,15 +85,20 @@ def seam_command(state_dir: Path, lease_ttl_s: float | None = None, ignore_dry_r
 @contextlib.contextmanager
 def running_stub(
     state_dir: Path, token: str | None = "test-token", lease_ttl_s: float | None = None,
-    extra_args: Sequence[str] = (), host: str = "127.0.0.1",
+    extra_args: Sequence[str] = (), host: str = "127.0.0.1", fd_limit: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[RunningStub]:
-    """Start ``coordinator-stub serve`` on ``host`` port 0; yield once healthz answers; always stop it."""
+    """Start ``coordinator-stub serve`` on ``host`` port 0; yield once healthz answers; always stop it.
+
+    ``fd_limit``: the server's RLIMIT_NOFILE (soft and hard), to probe descriptor exhaustion.
+    """
     argv = [*STUB_ARGV, "--state", str(state_dir)]
     if lease_ttl_s is not None:
         argv += ["--lease-ttl", str(lease_ttl_s)]
     argv += ["serve", "--host", host, "--port", "0", *extra_args]
-    proc = subprocess.Popen(argv, env=stub_env(token=token), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(argv, env=stub_env(token=token, extra=extra_env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=None if fd_limit is None else lambda: _limit_fds(fd_limit))
     stub = RunningStub("", Path(state_dir), token, proc)
     try:
         stub.url = _await_listening(stub)
@@ -101,6 +106,12 @@ def running_stub(
         yield stub
     finally:
         stub.stop()
+
+
+def _limit_fds(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
 def _await_listening(stub: RunningStub) -> str:

@@ -42,11 +42,13 @@ class FleetClaim(LocalClaim):
     """
 
     def __init__(self, queue: LocalQueue, entry: Entry, client: FleetClient, heartbeat: Heartbeat,
-                 on_pending: Callable[[str], None] | None = None) -> None:
+                 on_pending: Callable[[str], None] | None = None,
+                 on_parked: Callable[[str, str], None] | None = None) -> None:
         super().__init__(queue, entry)
         self.client = client
         self.heartbeat = heartbeat
         self._on_pending = on_pending
+        self._on_parked = on_parked
         self.can_pass_on = True
         self.on_cannot_run: Callable[[str], None] | None = None
         self.confirmed = False  # report(shipped) already answered 200 (set on resumed ships)
@@ -120,12 +122,14 @@ class FleetClaim(LocalClaim):
     def _park(self, why: str) -> bool:
         """After the coordinator's 200 the job is shipped fleet-wide: it may never be released, re-run
         or filed as fenced. Any ending but ``shipped`` leaves it in running/ for the source to settle
-        (the replay gets the same 200 and the ship resumes). True when parked."""
+        (the replay gets the same 200 and the ship resumes, later each time: ``FleetSource``). True when parked."""
         if not self.confirmed:
             return False
         log.error("%s after the coordinator accepted the ship: the job waits in running/ and its ship resumes",
                   why, extra=self._fields())
-        if self._on_pending is not None:
+        if self._on_parked is not None:
+            self._on_parked(self.job.id, why)
+        elif self._on_pending is not None:
             self._on_pending(self.job.id)
         return True
 

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 
-from agent_queue.errors import AQError, Conflict, Fenced, NotFound, NotLeased, TransportError
+from agent_queue.errors import AQError, Conflict, DiskFull, Fenced, NotFound, NotLeased, TransportError, is_disk_full
 from agent_queue.fleet.claim import FleetClaim
 from agent_queue.fleet.client import FleetClient, is_retryable
 from agent_queue.fleet.heartbeat import Heartbeat
@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 
 # A factory that cannot run a job leaves it to others this long before it may be offered again.
 CANNOT_RUN_COOLDOWN_S = 600.0
+# A ship that failed after the coordinator accepted it is resumed after 1, 2, 4 ... s (at most
+# PARK_BACKOFF_MAX_S), MAX_SHIP_RESUMES times per daemon run; then the local copy is filed as shipped
+# with ``shipError`` (the coordinator counts it shipped) and the daemon goes on with other work.
+PARK_BACKOFF_S = 1.0
+PARK_BACKOFF_MAX_S = 300.0
+MAX_SHIP_RESUMES = 6
 
 
 class FleetSource(Source):
@@ -56,6 +62,8 @@ class FleetSource(Source):
         self._pending: list[Entry] = []  # running/ jobs to settle with the coordinator before new work
         self._resume: list[Entry] = []  # report(shipped) accepted, ship not done yet
         self._cannot_run: dict[str, float] = {}  # job id -> monotonic time until which it is not asked for
+        self._parked: dict[str, int] = {}  # job id -> ships that failed after the coordinator accepted it
+        self._due: dict[str, float] = {}  # job id -> monotonic time before which a parked ship is not resumed
         self._recovered: list[str] = []
 
     def recover(self) -> list[str]:
@@ -70,7 +78,11 @@ class FleetSource(Source):
         still: list[Entry] = []
         local: set[str] = set()
         failure: AQError | None = None
+        at = time.monotonic()
         for entry in self._pending:
+            if self._due.get(entry.job.id, at) > at:
+                still.append(entry)  # a parked ship backing off: other work may go on meanwhile
+                continue
             lease = read_lease(entry)
             if lease is None:
                 local.add(entry.job.id)  # a local job from an offline run: LocalSource recovers it below
@@ -91,10 +103,38 @@ class FleetSource(Source):
         self._cannot_run[job_id] = time.monotonic() + CANNOT_RUN_COOLDOWN_S
 
     def _pend(self, job_id: str) -> None:
-        """A claim whose report went unanswered (or that failed after it): settle it before new work."""
+        """A claim whose report went unanswered: settled (the report replayed) before new work."""
+        self._park(job_id, None)
+
+    def _park(self, job_id: str, why: str | None) -> None:
+        """A claim whose report went unanswered (``why`` None: settled before new work), or whose ship
+        failed after the coordinator accepted it (``why``): resumed with a growing delay, a bounded
+        number of times, so a ship that keeps failing can never spin the daemon."""
         entry = self.queue.get(job_id)
-        if entry.state is State.RUNNING and all(e.job.id != job_id for e in self._pending):
+        if entry.state is not State.RUNNING:
+            return
+        if why is not None:
+            n = self._parked[job_id] = self._parked.get(job_id, 0) + 1
+            if n > MAX_SHIP_RESUMES:
+                self._give_up_ship(entry, why, n - 1)
+                return
+            self._due[job_id] = time.monotonic() + min(PARK_BACKOFF_MAX_S, PARK_BACKOFF_S * 2 ** (n - 1))
+        if all(e.job.id != job_id for e in self._pending):
             self._pending.append(entry)
+
+    def _give_up_ship(self, entry: Entry, why: str, resumes: int) -> None:
+        """The coordinator counts the job shipped, but its ship kept failing here: file it as shipped with the error."""
+        job_id = entry.job.id
+        reason = f"ship incomplete after {resumes} resumes: {why}"
+        log.error("giving up resuming an accepted ship: filed as shipped with shipError; it needs an operator",
+                  extra={"job_id": job_id, "reason": why})
+        self._pending = [e for e in self._pending if e.job.id != job_id]
+        self._due.pop(job_id, None)
+        try:
+            self.queue.move(job_id, State.RUNNING, State.SHIPPED, {"shipError": reason, "reason": reason, "pid": None})
+        except (AQError, OSError) as exc:
+            log.error("cannot file the job as shipped (it stays in running/ until the next start): %s", exc,
+                      extra={"job_id": job_id})
 
     def _recover_one(self, entry: Entry, lease: Lease) -> None:
         ctx = {"job_id": entry.job.id, "epoch": lease.epoch}
@@ -145,7 +185,7 @@ class FleetSource(Source):
         if lease is None or not isinstance(sent, dict):
             return None
         claim = FleetClaim(self.queue, entry, self.client, Heartbeat(self.client, lease, lambda reason: None),
-                           self._pend)
+                           self._pend, self._park)
         claim.resume_record = dict(sent.get("record") or {"attempt": entry.attempts + 1, "outcome": "passed"})
         claim.confirmed = True
         return claim
@@ -188,14 +228,19 @@ class FleetSource(Source):
             reason = f"factory {lease.factory_id} cannot hold the job locally: {exc}"
             log.error(reason, extra={"job_id": job.id, "epoch": lease.epoch})
             # A local leftover with the same id (a running/ copy waiting to be settled) is this factory's
-            # problem, not the job's: give it back without spending one of its attempts, and stop asking
-            # for it for a while, so a collision can never turn into a claim-release loop.
+            # problem, not the job's, and so is a full disk: give it back without spending one of its
+            # attempts. A collision: stop asking for it for a while, so it can never turn into a
+            # claim-release loop; a full disk: the runner holds new work until there is room again.
+            full = is_disk_full(exc)
             with contextlib.suppress(AQError):
-                self.client.release(lease, reason, retry=True, count_attempt=not isinstance(exc, Conflict))
+                self.client.release(lease, reason, retry=True,
+                                    count_attempt=not (isinstance(exc, Conflict) or full))
             if isinstance(exc, Conflict):
                 self._note_cannot_run(job.id)
+            if full:
+                raise DiskFull(reason) from exc
             return None
-        claim = FleetClaim(self.queue, entry, self.client, heartbeat, self._pend)
+        claim = FleetClaim(self.queue, entry, self.client, heartbeat, self._pend, self._park)
         claim.on_cannot_run = self._note_cannot_run
         holder.append(claim)
         if heartbeat.lost:

@@ -301,11 +301,19 @@ class ChaosRun:
         counters = {i: [tuple_of(ln) for ln in (self.shared / "ship" / i).read_text().splitlines()]
                     if (self.shared / "ship" / i).exists() else [] for i in jobs}
         cevents = [json.loads(line) for line in (self.state / "events.jsonl").read_text().splitlines()]
-        refused = {(e["jobId"], e.get("factoryId"), e.get("leaseEpoch")) for e in cevents
-                   if e.get("status") == 409 and e.get("jobId")}
+        refused: dict[tuple[str, Any, Any], float] = {}  # (job, factory, epoch) -> its first 409
+        for e in cevents:
+            if e.get("status") == 409 and e.get("jobId"):
+                refused.setdefault((e["jobId"], e.get("factoryId"), e.get("leaseEpoch")), e["ts"])
         accepted = {e["jobId"]: (e["factoryId"], e["leaseEpoch"]) for e in cevents
                     if e.get("op") == "report" and e.get("status") == 200 and e.get("outcome") == "shipped"}
-        ship_after_409 = sum(1 for i, lines in counters.items() for fid, epoch in lines if (i, fid, epoch) in refused)
+        accepted_at = {e["jobId"]: e["ts"] for e in cevents
+                       if e.get("op") == "report" and e.get("status") == 200 and e.get("outcome") == "shipped"}
+        # A 409 to the holder after its report was accepted (a renew the network delayed past the report)
+        # takes nothing back: only a 409 before the licence to ship, or to another lease, counts.
+        ship_after_409 = sum(1 for i, lines in counters.items() for fid, epoch in lines
+                             if (i, fid, epoch) in refused and not (accepted.get(i) == (fid, epoch)
+                                                                  and accepted_at[i] <= refused[(i, fid, epoch)]))
         local: dict[str, list[tuple[str, int]]] = {}
         for f in fids:
             for p in sorted((self.root(f) / "shipped").glob("*/result.json")):

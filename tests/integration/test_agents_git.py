@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,21 @@ def test_bad_repo_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(gitcmd.GitError, match="repo .*missing.*clone"):
         gitrepo.prepare_worktree(tmp_path, Job.from_dict({"id": "x", "command": ["true"],
                                                           "repo": str(tmp_path / "missing")}))
+
+
+def test_the_ship_commits_what_verify_saw_not_what_changed_after(tmp_path: Path, remote: Path) -> None:
+    """Issue 16: whatever writes into the worktree after the verify gate (a stray process) never ships."""
+    root = tmp_path / "root"
+    job = repo_job(remote, ship=["true"])
+    wt = gitrepo.prepare_worktree(root, job)
+    run_agent(root, job, wt)
+    verified = gitship.record_verified(root, job, wt)
+    (wt / "evil.txt").write_text("written after verify\n")
+    (wt / "j1.txt").write_text("changed after verify\n")
+    first = gitship.ship_worktree(root, replace(job, ship=()), wt, factory_id="f", epoch=1)
+    assert git("rev-parse", f"{first.sha}^{{tree}}", cwd=remote) == verified
+    assert git("ls-tree", "--name-only", first.sha, cwd=remote).split() == ["README.md", "j1.txt"]
+    assert git("show", f"{first.sha}:j1.txt", cwd=remote) == "edited by fake claude"
+    hook = gitship.ship_worktree(root, job, wt, factory_id="f", epoch=1)  # the hook's pass: still nothing new
+    assert hook.sha == first.sha and not hook.pushed and hook.hook_ran
+    assert remote_branch(remote, "aq/j1") == first.sha

@@ -22,7 +22,10 @@ import pytest
 from cli_support import wait_for
 from fleet_support import Daemons, coord_enqueue, coord_job, daemons, fleet_env, local_records
 
+from agent_queue import shepherd
+
 VENV_BIN = Path(sys.executable).parent
+SHEPHERD = Path(shepherd.__file__)
 VENV_STUB = VENV_BIN / "coordinator-stub"
 SPAWN_HOOK = '''
 import json, os, sys
@@ -47,8 +50,10 @@ def ds() -> Iterator[Daemons]:
 
 
 def spawns(log: Path, pid: int) -> list[list[str]]:
+    """The programs the daemon started: a child run under its shepherd counts as the child's argv."""
     lines = log.read_text().splitlines() if log.exists() else []
-    return [rec["argv"] for rec in map(json.loads, lines) if rec["pid"] == pid]
+    argvs = [rec["argv"] for rec in map(json.loads, lines) if rec["pid"] == pid]
+    return [argv[argv.index("--") + 1:] if str(SHEPHERD) in argv else argv for argv in argvs]
 
 
 def claims(state: Path) -> list[dict[str, Any]]:

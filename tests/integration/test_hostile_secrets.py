@@ -13,17 +13,16 @@ import json
 import stat
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import requests
 
 from coordinator_stub.core import Coordinator
-from coordinator_stub.http import StubServer
 from coordinator_stub.stores.file import JsonStore
 from tests.integration.cli_support import aq, clean_env
 from tests.stubutil import STUB_ARGV, running_stub, stub_env
+from tests.webutil import call_app
 
 TOKEN = "tok-9c1b7e2f-never-show-me"
 
@@ -86,6 +85,10 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path: Path, host: str) -
 
 
 def test_token_compare_is_constant_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator_stub.web.app import build_app
+    from coordinator_stub.web.options import ServeOptions
+    from coordinator_stub.web.runner import StoreRunner
+
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -93,15 +96,13 @@ def test_token_compare_is_constant_time(tmp_path: Path, monkeypatch: pytest.Monk
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("coordinator_stub.http.hmac.compare_digest", spy)
-    server = StubServer(("127.0.0.1", 0), Coordinator(JsonStore(tmp_path / "c"), lambda: 1e9, 60), TOKEN, False)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    monkeypatch.setattr("coordinator_stub.web.auth.hmac.compare_digest", spy)
+    runner = StoreRunner()
+    app = build_app(Coordinator(JsonStore(tmp_path / "c"), lambda: 1e9, 60), ServeOptions(),
+                    {"AQ_FLEET_TOKEN": TOKEN}, runner, tmp_path / "c")
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1/fleet/status"
-        assert requests.get(url, headers={"Authorization": "Bearer nope"}, timeout=10).status_code == 401
-        assert requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).status_code == 200
+        assert call_app(app, "GET", "/v1/fleet/status", {"Authorization": "Bearer nope"})[0] == 401
+        assert call_app(app, "GET", "/v1/fleet/status", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
     finally:
-        server.stop()
-        server.server_close()
+        runner.close()
     assert len(calls) == 2, "every token check goes through hmac.compare_digest"

@@ -11,7 +11,6 @@ import pytest
 from agent_queue.errors import Conflict, Fenced, NotLeased
 from coordinator_stub.core import SEEN_GRANULARITY_S, Coordinator, liveness
 from coordinator_stub.stores.file import JsonStore
-from coordinator_stub.stores.memory import MemoryStore
 
 TTL = 10.0
 
@@ -34,8 +33,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def coord(clock: Clock) -> Coordinator:
-    return Coordinator(MemoryStore(), clock, lease_ttl_s=TTL)
+def coord(clock: Clock, contract_store: Any) -> Coordinator:
+    """The operator's operations (cancel, factory liveness) run on each contract store: memory and PostgreSQL."""
+    return Coordinator(contract_store, clock, lease_ttl_s=TTL)
 
 
 def test_cancel_a_queued_job(coord: Coordinator) -> None:

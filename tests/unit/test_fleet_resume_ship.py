@@ -109,3 +109,48 @@ def test_a_ship_hook_cut_short_by_shutdown_keeps_its_marker_and_runs_again(tmp_p
     runner.process(claim)
     assert result(root, "shipped", "j1")["leaseEpoch"] == 3 and not (tmp_path / "hook").exists()
     assert (root / ".state" / "ship-hooks" / "j1.json").exists()  # the next start runs it again
+
+
+def failing_ship(monkeypatch) -> list[str]:
+    """Every ship attempt raises (a bug, a broken worktree): what used to spin the daemon forever."""
+    from agent_queue.shipping import Shipper
+
+    tried: list[str] = []
+
+    def boom(self: object, claim: object, *a: object) -> None:
+        tried.append(claim.job.id)  # type: ignore[attr-defined]
+        raise RuntimeError("ship step broken")
+
+    monkeypatch.setattr(Shipper, "ship", boom)
+    return tried
+
+
+def test_an_accepted_ship_that_keeps_failing_is_resumed_a_bounded_number_of_times(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    from agent_queue.fleet import source as fleet_source
+
+    monkeypatch.setattr(fleet_source, "PARK_BACKOFF_S", 0.0, raising=False)
+    tried = failing_ship(monkeypatch)
+    root = tmp_path / "root"
+    queue = crashed_while_shipping(root, tmp_path)
+    client = Client()  # every replay of report(shipped) is answered 200
+    Runner(make_settings(root), FleetSource(queue, client)).work(  # type: ignore[arg-type]
+        RunOptions(drain=True, max_jobs=50))
+    assert len(tried) == 1 + getattr(fleet_source, "MAX_SHIP_RESUMES", -1)
+    assert [op for op, _ in client.calls if op != "claim"] == ["report"] * len(tried)  # never a release
+    shipped = result(root, "shipped", "j1")  # the coordinator counts it shipped; the error is kept
+    assert "ship step broken" in shipped["shipError"] and not (root / "running" / "j1").exists()
+
+
+def test_a_failed_accepted_ship_is_not_resumed_at_once(tmp_path: Path, monkeypatch) -> None:
+    from agent_queue.fleet import source as fleet_source
+
+    monkeypatch.setattr(fleet_source, "PARK_BACKOFF_S", 3600.0, raising=False)
+    tried = failing_ship(monkeypatch)
+    root = tmp_path / "root"
+    queue = crashed_while_shipping(root, tmp_path)
+    client = Client()
+    source = FleetSource(queue, client)  # type: ignore[arg-type]
+    Runner(make_settings(root), source).work(RunOptions(drain=True, max_jobs=50))
+    assert tried == ["j1"] and [op for op, _ in client.calls] == ["report", "claim"]  # other work is asked for
+    assert result(root, "running", "j1")["reportSent"]["epoch"] == 3  # waits for its turn, marker kept

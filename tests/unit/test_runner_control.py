@@ -42,8 +42,8 @@ class ScriptedClaim(LocalClaim):
             threading.Thread(target=watch, daemon=True).start()
         yield
 
-    def note_pid(self, pid: int) -> None:
-        super().note_pid(pid)
+    def note_pid(self, pid: int, cgroup: str | None = None) -> None:
+        super().note_pid(pid, cgroup)
         self.started.set()
 
     def approve_ship(self, record: Record) -> None:

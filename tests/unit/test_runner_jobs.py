@@ -121,7 +121,9 @@ def test_once_and_max_jobs_bound_the_loop(tmp_path: Path) -> None:
 
 
 def test_an_unexpected_error_neither_kills_the_daemon_nor_loses_the_job(tmp_path: Path, monkeypatch) -> None:
-    """Disk full (or a bug) while preparing a job: the attempt counts, the job comes back and ships."""
+    """A bug while preparing a job: the attempt counts, the job comes back and ships.
+
+    (A full disk is not the job's failure: see tests/unit/test_disk_full.py.)"""
     from agent_queue import workspace
 
     real, calls = workspace.prepare, []
@@ -129,7 +131,7 @@ def test_an_unexpected_error_neither_kills_the_daemon_nor_loses_the_job(tmp_path
     def flaky(root: Path, job: Job) -> Path:
         calls.append(job.id)
         if len(calls) == 1:
-            raise OSError(28, "No space left on device")
+            raise OSError(5, "Input/output error")
         return real(root, job)
 
     monkeypatch.setattr(workspace, "prepare", flaky)

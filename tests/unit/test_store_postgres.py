@@ -151,7 +151,7 @@ def test_replicas_racing_never_lease_a_job_twice_and_epochs_increase(pg_url: str
     for job_id, epochs in per_job.items():
         assert epochs == list(range(1, len(epochs) + 1)), job_id  # each epoch handed out once, in order
     assert len(leases) == 30 + 12
-    assert coords[1].status()["counts"] == {"queued": 0, "leased": 0, "shipped": 30, "quarantined": 0}
+    assert coords[1].status()["counts"] == {"queued": 0, "leased": 0, "shipped": 30, "quarantined": 0, "cancelled": 0}
     for s in stores:
         s.close()
 
