@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -106,7 +107,7 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
         store.ensure()  # a directory it cannot use stops it here, not at every request
     options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
                            settings.ignore_dry_run, access_log=ctx.obj["verbose"])
-    logs_dir = None if settings.database_url else settings.state_dir  # PostgreSQL keeps its logs in tables
+    logs_dir = None if settings.database_url else Path(settings.state_dir)  # PostgreSQL keeps its logs in tables
     run_server(_coordinator(settings, (store, clock)), options, logs_dir, os.environ, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
         if isinstance(store, JsonStore):
