@@ -10,38 +10,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from pathlib import Path
 
-# typing and tempfile are imported lazily: the coordinator's command seam pays
-# every import on every call (it is a fresh process per operation).
+# typing, tempfile and pathlib stay unimported here: the coordinator's command seam
+# pays every import on every call (a fresh process per operation; pathlib and the
+# urllib.parse it imports are ~3.5 ms of it, B1). Paths are taken as str or Path.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeVar
+
+    StrPath = str | os.PathLike[str]
+    P = TypeVar("P", bound=StrPath)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
-    """Create ``path`` (and parents) with private permissions if missing.
+def ensure_dir(path: P, mode: int = DIR_MODE) -> P:
+    """Create ``path`` (and parents) with private permissions if missing; returns ``path``.
 
-    ``mkdir(parents=True)`` gives the parents the default mode (0755 under a
-    usual umask), so each missing ancestor is created here with ``mode`` too.
+    ``makedirs`` gives the parents the default mode (0755 under a usual
+    umask), so each missing ancestor is created here with ``mode`` too.
     """
     missing = []
-    cur = path
-    while not cur.exists() and cur != cur.parent:
+    given: StrPath = path
+    cur = os.path.abspath(given)
+    while not os.path.exists(cur) and cur != os.path.dirname(cur):
         missing.append(cur)
-        cur = cur.parent
+        cur = os.path.dirname(cur)
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=mode)
-    if not path.is_dir():
-        path.mkdir(exist_ok=True, mode=mode)  # raises the right error (e.g. a file is in the way)
+            os.mkdir(d, mode)
+    if not os.path.isdir(path):
+        os.mkdir(path, mode)  # raises the right error (e.g. a file is in the way)
     return path
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: StrPath) -> None:
     """Persist a rename/creation in ``path``; a no-op where dirs cannot be opened or synced.
 
     Some filesystems (and macOS for dirs) refuse; the rename still happened.
@@ -49,12 +53,12 @@ def fsync_dir(path: Path) -> None:
     _fsync_path(path, tolerate_errors=True)
 
 
-def fsync_file(path: Path) -> None:
+def fsync_file(path: StrPath) -> None:
     """Persist the data of an existing file written without a sync (a missing file is fine)."""
     _fsync_path(path, tolerate_errors=False)
 
 
-def _fsync_path(path: Path, tolerate_errors: bool) -> None:
+def _fsync_path(path: StrPath, tolerate_errors: bool) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -73,7 +77,7 @@ def _fsync_path(path: Path, tolerate_errors: bool) -> None:
 
 
 def write_bytes_atomic(
-    path: Path, data: bytes, mode: int = FILE_MODE, sync_dir: bool = True, durable: bool = True
+    path: StrPath, data: bytes, mode: int = FILE_MODE, sync_dir: bool = True, durable: bool = True
 ) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 
@@ -83,7 +87,8 @@ def write_bytes_atomic(
     """
     # A private unique name by hand, not tempfile.mkstemp: importing tempfile (random, shutil,
     # bz2, lzma) costs ~5 ms, a tenth of a coordinator seam call (benchmark B1).
-    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    parent, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(parent, f".{name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)
@@ -98,7 +103,7 @@ def write_bytes_atomic(
             os.unlink(tmp)
         raise
     if sync_dir and durable:
-        fsync_dir(path.parent)
+        fsync_dir(parent or ".")
 
 
 def dumps(obj: Any) -> str:
@@ -106,16 +111,16 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
 
 
-def write_json_atomic(path: Path, obj: Any, mode: int = FILE_MODE, sync_dir: bool = True) -> None:
+def write_json_atomic(path: StrPath, obj: Any, mode: int = FILE_MODE, sync_dir: bool = True) -> None:
     write_bytes_atomic(path, (dumps(obj) + "\n").encode("utf-8"), mode, sync_dir)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: StrPath) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 
 
-def append_line(path: Path, line: str | bytes, mode: int = FILE_MODE, durable: bool = True) -> os.stat_result:
+def append_line(path: StrPath, line: str | bytes, mode: int = FILE_MODE, durable: bool = True) -> os.stat_result:
     """Append one line, durably unless told (O_APPEND keeps concurrent writers' lines whole).
 
     Returns the file's status right after the write, so a caller that tracks the

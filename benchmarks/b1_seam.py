@@ -1,12 +1,14 @@
-"""B1: one coordinator operation through the command seam, against ``python -c pass``.
+"""B1: one coordinator operation through the command seam, against ``python -c pass`` and ``python -I -S -c pass``.
 
 Each cycle enqueues nothing new (jobs are enqueued up front, in-process), then
 times three seam processes, ``claim``, ``renew`` and ``report``, each a fresh
 ``coordinator-stub --state DIR call`` process as the fleet client runs it, and
-one ``python -c pass`` of the same venv (the floor), interleaved so drift hits
-both alike. Also records which heavy modules each path imports
-(``-X importtime``): the seam must import neither click nor requests, and
-``agent-queue --help`` must not import requests.
+two floors of the same venv: ``python -c pass`` (start-up with ``site``, as
+the console script pays it) and ``python -I -S -c pass`` (the interpreter
+alone), interleaved so drift hits all alike. Also records which watched
+modules each path imports (``PYTHONPROFILEIMPORTTIME`` on the console
+scripts, as users start them): the seam must import neither click nor
+requests, and ``agent-queue --help`` must not import requests.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-HEAVY = ("requests", "click", "filelock", "urllib3", "typing", "dataclasses")
+HEAVY = ("requests", "click", "filelock", "urllib3", "typing", "dataclasses", "pathlib", "urllib", "ipaddress")
 
 
 def imported(argv: list[str], stdin: bytes = b"") -> list[str]:
-    """Top-level modules of HEAVY that ``argv`` (a python -X importtime command) imports."""
-    res = subprocess.run(argv, input=stdin, capture_output=True, env=common.bench_env(), check=False)
+    """Top-level modules of HEAVY that ``argv`` imports (its ``-X importtime`` report)."""
+    res = subprocess.run(argv, input=stdin, capture_output=True, env=common.bench_env(PYTHONPROFILEIMPORTTIME="1"),
+                         check=False)
     names = set()
     for line in res.stderr.decode().splitlines():
         if line.startswith("import time:") and "|" in line:
@@ -40,9 +43,11 @@ def main() -> None:
         state = Path(tmp) / "stub"
         common.enqueue_true(state, cycles)
         floor: list[float] = []
+        bare: list[float] = []
         ops: dict[str, list[float]] = {"claim": [], "renew": [], "report": []}
         for _ in range(cycles):
             floor += common.timed(lambda: subprocess.run([common.PYTHON, "-c", "pass"], check=True), 1)
+            bare += common.timed(lambda: subprocess.run([common.PYTHON, "-I", "-S", "-c", "pass"], check=True), 1)
             t0 = time.perf_counter()
             status, view = common.seam_call(state, "POST", "/v1/fleet/claim", {"factoryId": "b1"})
             ops["claim"].append(time.perf_counter() - t0)
@@ -59,15 +64,16 @@ def main() -> None:
                                          {**fence, "outcome": "shipped", "detail": {}})
             ops["report"].append(time.perf_counter() - t0)
             assert status == 200
-        seam_imports = imported([common.PYTHON, "-X", "importtime", "-m", "coordinator_stub", "--state",
-                                 str(state), "call", "GET", "/v1/fleet/healthz"])
-    help_imports = imported([common.PYTHON, "-X", "importtime", "-m", "agent_queue", "--help"])
+        seam_imports = imported([common.STUB, "--state", str(state), "call", "GET", "/v1/fleet/healthz"])
+    help_imports = imported([common.AQ, "--help"])
     all_ops = [x for v in ops.values() for x in v]
-    fl, op = common.summary(floor), common.summary(all_ops)
+    fl, bf, op = common.summary(floor), common.summary(bare), common.summary(all_ops)
     headline = {"seam_ms": round(op["median"] * 1e3, 1), "floor_ms": round(fl["median"] * 1e3, 1),
-                "ratio": common.ratio(op["median"], fl["median"]), "target": "<= 1.5"}
+                "ratio": common.ratio(op["median"], fl["median"]), "bare_floor_ms": round(bf["median"] * 1e3, 1),
+                "ratio_bare": common.ratio(op["median"], bf["median"]), "target": "<= 1.5"}
     common.save(args.out, "b1_seam", {
-        "headline": headline, "floor_s": fl, "op_s": op, "per_op_s": {k: common.summary(v) for k, v in ops.items()},
+        "headline": headline, "floor_s": fl, "bare_floor_s": bf, "op_s": op,
+        "per_op_s": {k: common.summary(v) for k, v in ops.items()},
         "seam_heavy_imports": seam_imports, "help_heavy_imports": help_imports,
         "seam_imports_click_or_requests": any(m in seam_imports for m in ("click", "requests")),
         "help_imports_requests": "requests" in help_imports,

@@ -5,7 +5,11 @@ depth stays put. PostgreSQL is measured behind ``coordinator-stub serve``
 (HTTP, one keep-alive session) at every depth; the file store behind ``serve``
 and through the command seam (one process per call) at the depths its set-up
 can reach in reasonable time (the 1M file-store state would take many minutes
-to build through the core; its trend is clear by 100k). Target: PostgreSQL
+to build through the core; its trend is clear by 100k). Each seam sample is
+paired with a ``python -c pass`` of the same venv (B1's floor), so the seam's
+figures are also ratios to a floor of the same run, and the hot document's
+size is recorded: a seam call reads all of it, which is its bound by depth
+(docs/performance.md). Target: PostgreSQL
 flat, its 1M median no more than 1.5x its 1k median. The figures tell when to
 move a fleet to PostgreSQL (docs/postgres.md, docs/performance.md).
 """
@@ -44,9 +48,11 @@ def claim_samples_http(url: str, n: int) -> list[float]:
     return out
 
 
-def claim_samples_seam(state: Path, n: int) -> list[float]:
+def claim_samples_seam(state: Path, n: int, floor: list[float]) -> list[float]:
+    """``n`` timed seam claims (each reported, untimed); a ``python -c pass`` before each goes to ``floor``."""
     out = []
     for _ in range(n):
+        floor += common.timed(lambda: subprocess.run([common.PYTHON, "-c", "pass"], check=True), 1)
         t0 = time.perf_counter()
         status, body = common.seam_call(state, "POST", "/v1/fleet/claim", {"factoryId": "b9"})
         out.append(time.perf_counter() - t0)
@@ -75,7 +81,7 @@ def measure_pg(depths: list[int], n: int) -> dict[str, Any]:
 
 
 def measure_file(depths: list[int], n_http: int, n_seam: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"serve": {}, "seam": {}}
+    out: dict[str, Any] = {"serve": {}, "seam": {}, "seam_floor": {}, "hot_file_bytes": {}}
     h = common.History()
     have = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +96,10 @@ def measure_file(depths: list[int], n_http: int, n_seam: int) -> dict[str, Any]:
                 out["serve"][str(depth)] = common.summary(claim_samples_http(url, n_http))
             finally:
                 common.stop(proc)
-            out["seam"][str(depth)] = common.summary(claim_samples_seam(state, n_seam))
+            out["hot_file_bytes"][str(depth)] = (state / "state.json").stat().st_size
+            floor: list[float] = []
+            out["seam"][str(depth)] = common.summary(claim_samples_seam(state, n_seam, floor))
+            out["seam_floor"][str(depth)] = common.summary(floor)
             subprocess.run(["rm", "-rf", str(state)], check=False)
     return out
 
@@ -112,7 +121,10 @@ def main() -> None:
     else:
         headline.update(pg_status="unavailable", reason=reason)
     headline.update(file_serve_ms={d: round(v["median"] * 1e3, 3) for d, v in doc["file"]["serve"].items()},
-                    file_seam_ms={d: round(v["median"] * 1e3, 3) for d, v in doc["file"]["seam"].items()})
+                    file_seam_ms={d: round(v["median"] * 1e3, 3) for d, v in doc["file"]["seam"].items()},
+                    file_seam_vs_floor={d: common.ratio(v["median"], doc["file"]["seam_floor"][d]["median"])
+                                        for d, v in doc["file"]["seam"].items()},
+                    hot_file_mb={d: round(b / 1e6, 2) for d, b in doc["file"]["hot_file_bytes"].items()})
     with contextlib.suppress(KeyError, ZeroDivisionError):
         f = doc["file"]["serve"]
         headline["file_serve_ratio_last_first"] = round(f[str(file_depths[-1])]["median"]

@@ -82,11 +82,12 @@ def free_port() -> int:
 def bench_env(**extra: str) -> dict[str, str]:
     """A clean environment for children: no AQ_* from the caller's shell, no fleet token.
 
-    PYTHONDONTWRITEBYTECODE is dropped too: an installed package has its
-    bytecode cached, and recompiling every module on every seam call would
-    measure the compiler, not the product.
+    Everything else, PYTHONDONTWRITEBYTECODE included, is inherited as the
+    user's shell has it: a regular install has its bytecode compiled by pip,
+    so that flag costs an installed product nothing, and forcing it either way
+    would measure a set-up users do not have.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_") and k != "PYTHONDONTWRITEBYTECODE"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
     env.update(extra)
     return env
 
@@ -299,13 +300,13 @@ class History:
         store = JsonStore(state)
         store.files.ensure_dirs()  # (a store creates them with its first write; these files come first here)
         for job_id, rec in self.store.archive.items():
-            path = store.files.archive_path(job_id)
+            path = Path(store.files.archive_file(job_id))
             if not path.exists():
                 path.write_text(json.dumps(rec), encoding="utf-8")
         for job_id in self.store.hot["jobs"]:
-            store.files.spec_path(job_id).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
-        store.state_path.write_text(json.dumps({**self.store.hot, "version": STATE_VERSION}), encoding="utf-8")
-        store.journal_path.unlink(missing_ok=True)  # the snapshot above is the whole state: no older journal
+            Path(store.files.spec_file(job_id)).write_text(json.dumps(self.store.specs[job_id]), encoding="utf-8")
+        Path(store.state_path).write_text(json.dumps({**self.store.hot, "version": STATE_VERSION}), encoding="utf-8")
+        Path(store.journal_path).unlink(missing_ok=True)  # the snapshot above is the whole state: no older journal
 
 
 def ratio(a: float, b: float) -> float:

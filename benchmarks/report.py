@@ -36,7 +36,11 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
     """(figure, floor, ratio, target) of one result document."""
     h = d["headline"]
     if name == "b1_seam":
-        return _ms(d["op_s"]), "python -c pass " + _ms(d["floor_s"]), f"{h['ratio']}x", h["target"]
+        floor, ratio = "python -c pass " + _ms(d["floor_s"]), f"{h['ratio']}x"
+        if "bare_floor_s" in d:
+            floor += "; python -I -S -c pass " + _ms(d["bare_floor_s"])
+            ratio += f" / {h['ratio_bare']}x"
+        return _ms(d["op_s"]), floor, ratio, h["target"]
     if name == "b2_http":
         o = d["ops_per_s"]
         return (f"{o['stub_claim_report']['1']:.0f} / {o['stub_claim_report']['4']:.0f} ops/s "
@@ -86,7 +90,10 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
             return " / ".join(f"{int(d) // 1000}k: {v:.2f}" if int(d) >= 1000 else f"{d}: {v:.2f}"
                               for d, v in ms.items()) + " ms"
         pg = depths(h["pg_ms"]) if "pg_ms" in h else f"unavailable ({h.get('reason', '')})"
-        return (f"PG serve {pg}", f"file serve {depths(h['file_serve_ms'])}; seam {depths(h['file_seam_ms'])}",
+        seam = f"seam {depths(h['file_seam_ms'])}"
+        if "file_seam_vs_floor" in h:
+            seam += " (" + " / ".join(f"{v}x" for v in h["file_seam_vs_floor"].values()) + " python -c pass)"
+        return (f"PG serve {pg}", f"file serve {depths(h['file_serve_ms'])}; {seam}",
                 f"{h.get('pg_ratio_last_first', '-')}x", h["target"])
     raise ValueError(name)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -99,16 +100,16 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
     from coordinator_stub.stores.file import JsonStore
 
     store, clock = open_store(settings, serving=True)  # a file store tidies after each answer is sent
+    if isinstance(store, JsonStore):
+        store.ensure()  # a directory it cannot use stops it here, not at every request
     coord = _coordinator(settings, (store, clock))
     enrolled = coord.enrolled()  # enrolled credentials authenticate too (issue #19)
     check_bind(host, settings.token, enrolled)
     if not settings.token and not enrolled:
         logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
-    if isinstance(store, JsonStore):
-        store.ensure()  # a directory it cannot use stops it here, not at every request
     options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
                            settings.ignore_dry_run, access_log=ctx.obj["verbose"])
-    logs_dir = None if settings.database_url else settings.state_dir  # PostgreSQL keeps its logs in tables
+    logs_dir = None if settings.database_url else Path(settings.state_dir)  # PostgreSQL keeps its logs in tables
     run_server(coord, options, logs_dir, os.environ, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
         if isinstance(store, JsonStore):

@@ -553,9 +553,9 @@ class Coordinator:
                    outcome=end.get("outcome") or state.value)
         _close_lease(rec, end, reason, c.now)
         result = view(c.tx, rec, c.now)
-        from coordinator_stub import composite_rules
-
         if rec.get("verifyOf"):
+            from coordinator_stub import composite_rules  # families only: a plain job's report never loads it
+
             composite_rules.finish_verify(c, rec, state, reason, {**end, "result": result})
             return result
         rec["lastEnd"] = {**end, "result": result}
@@ -563,9 +563,11 @@ class Coordinator:
         c.tx.archive(rec["spec"]["id"], rec)
         parent_id = rec["spec"].get("parentId")
         if parent_id:
+            from coordinator_stub import composite_rules
+
             composite_rules.after_planning(c, rec, state)
-        if parent_id and state is JobState.SHIPPED:
-            composite_rules.maybe_verify(c, parent_id)
+            if state is JobState.SHIPPED:
+                composite_rules.maybe_verify(c, parent_id)
         return result
 
     def _cancel_op(self, c: Ctx, job_id: str) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_queue.errors import AQError, ConfigError, TransportError
@@ -90,7 +89,7 @@ class EmbeddedTransport:
 
         from coordinator_stub.stores.locking import LockTimeout, flock
 
-        def lock(path: Path) -> contextlib.AbstractContextManager[object]:
+        def lock(path: str) -> contextlib.AbstractContextManager[object]:
             return flock(path, deadline)
 
         try:

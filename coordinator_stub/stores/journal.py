@@ -43,7 +43,6 @@ from coordinator_stub.stores.base import STATE_VERSION, SpecSummary, warn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Any
 
     Archived = dict[str, dict[str, Any] | None]
@@ -83,7 +82,7 @@ def _checked(line: bytes) -> tuple[bytes, bool | None]:
     return body, int(tail.translate(_TO_BITS), 2) == crc32(body)
 
 
-def read_json_file(path: str | Path) -> Any:
+def read_json_file(path: str) -> Any:
     """Parse ``path``; FileNotFoundError passes through, anything unparseable is a StateError."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -94,7 +93,7 @@ def read_json_file(path: str | Path) -> Any:
         raise StateError(f"{path}: unreadable or corrupt ({exc}); fix or move it away, it was not reset") from exc
 
 
-def read_snapshot(path: Path) -> dict[str, Any] | None:
+def read_snapshot(path: str) -> dict[str, Any] | None:
     """The snapshot's hot document (hot specs as ``SpecSummary``), or None when there is none."""
     try:
         with open(path, "rb") as fh:
@@ -122,11 +121,11 @@ def read_snapshot(path: Path) -> dict[str, Any] | None:
     return hot
 
 
-def write_snapshot(path: Path, hot: dict[str, Any]) -> None:
+def write_snapshot(path: str, hot: dict[str, Any]) -> None:
     write_bytes_atomic(path, encode_checked(hot))
 
 
-def replay(path: Path, data: bytes, hot: dict[str, Any]) -> tuple[Archived, dict[str, None], int]:
+def replay(path: str, data: bytes, hot: dict[str, Any]) -> tuple[Archived, dict[str, None], int]:
     """Apply the journal ``data`` to ``hot``: (archive versions it holds, ids it removed, bytes of whole lines)."""
     archived: Archived = {}
     gone: dict[str, None] = {}
@@ -160,7 +159,7 @@ def apply(hot: dict[str, Any], archived: Archived, entry: dict[str, Any]) -> Non
     archived.update(entry["archive"])
 
 
-def cut_torn_tail(path: Path, torn_path: Path, good: int) -> None:
+def cut_torn_tail(path: str, torn_path: str, good: int) -> None:
     """Cut the journal back to its whole lines; the bytes beyond go to ``torn_path`` first, while it has room.
 
     They were never acknowledged, so keeping them is for inspection only: past
@@ -177,7 +176,7 @@ def cut_torn_tail(path: Path, torn_path: Path, good: int) -> None:
     os.truncate(path, good)
 
 
-def _keep_torn(torn_path: Path, data: bytes) -> None:
+def _keep_torn(torn_path: str, data: bytes) -> None:
     fd = os.open(torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.fchmod(fd, 0o600)  # (one an older version created 0644)
@@ -189,7 +188,7 @@ def _keep_torn(torn_path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def empty(path: Path) -> None:
+def empty(path: str) -> None:
     """Empty the journal durably (its lines are in the snapshot now)."""
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
@@ -198,7 +197,7 @@ def empty(path: Path) -> None:
         os.close(fd)
 
 
-def identity(path: Path) -> tuple[int, int, int] | None:
+def identity(path: str) -> tuple[int, int, int] | None:
     """What changes whenever another process writes ``path`` (a rename gives a new inode)."""
     try:
         st = os.stat(path)

@@ -37,10 +37,12 @@ TYPE_CHECKING = False  # typing stays unimported on the seam's per-call path
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager as ContextManager
-    from pathlib import Path
+    from os import PathLike
     from typing import Any
 
-    LockFactory = Callable[[Path], ContextManager[Any]]
+    StrPath = str | PathLike[str]
+
+    LockFactory = Callable[[str], ContextManager[Any]]
 
 _LOCK_POLL_MAX_S = 0.01
 _clock = time.monotonic  # of the record (a test may pass its own); the deadline is always time.monotonic's
@@ -51,7 +53,7 @@ _RECORD_LEN = 63
 class LockTimeout(Exception):
     """``flock`` gave up at its deadline. Not an AQError on purpose: ``api.handle`` must not answer it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: StrPath) -> None:
         super().__init__(str(path))
         self.path = path
 
@@ -87,7 +89,7 @@ class LockHold:
 
 
 @contextlib.contextmanager
-def flock(path: Path, deadline: float | None = None) -> Iterator[LockHold]:
+def flock(path: StrPath, deadline: float | None = None) -> Iterator[LockHold]:
     """Exclusive flock(2) on ``path`` for the block; yields the ``LockHold`` (stall bookkeeping).
 
     With ``deadline`` (``time.monotonic``), LOCK_NB is polled with short sleeps and
@@ -119,7 +121,7 @@ def flock(path: Path, deadline: float | None = None) -> Iterator[LockHold]:
         os.close(fd)
 
 
-def _flock_until(fd: int, path: Path, deadline: float) -> None:
+def _flock_until(fd: int, path: StrPath, deadline: float) -> None:
     import fcntl
 
     pause = 0.001

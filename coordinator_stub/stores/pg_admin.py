@@ -64,7 +64,7 @@ def _read_dir(tx: Tx, store: Any) -> dict[str, Any]:
         specs[job_id] = spec
         jobs[job_id] = {**json.loads(json.dumps(rec)), "spec": dict(summarize(spec))}
     history = []
-    history_dir = store.files.history_dir
+    history_dir = Path(store.files.history_dir)
     if history_dir.is_dir():
         def order(path: Path) -> tuple[str, int]:
             stem, _, n = path.name[: -len(".json")].rpartition(".")
@@ -72,7 +72,7 @@ def _read_dir(tx: Tx, store: Any) -> dict[str, Any]:
         history = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(history_dir.glob("*.json"), key=order)]
     return {"meta": {k: v for k, v in tx.hot.items() if k != "jobs"}, "jobs": jobs, "specs": specs,
             "archive": list(tx.iter_archived()), "history": history,
-            "events": _lines(store.events_path), "shadows": _lines(store.shadow_path)}
+            "events": _lines(Path(store.events_path)), "shadows": _lines(Path(store.shadow_path))}
 
 
 def _lines(path: Path) -> list[str]:

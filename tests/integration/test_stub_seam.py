@@ -65,6 +65,35 @@ def test_fast_path_imports_neither_click_nor_requests(tmp_path: Path) -> None:
     assert proc.stdout.decode().splitlines()[-1] == "[]"
 
 
+# Not needed to answer a call, and each costs milliseconds of every seam process (B1): pathlib (with the
+# urllib.parse and ipaddress it imports), typing, logging, and the composite rules for a plain job.
+NOT_ON_THE_CALL_PATH = {"pathlib", "urllib", "urllib.parse", "ipaddress", "typing", "logging", "dataclasses",
+                        "coordinator_stub.composite_rules", "agent_queue.plan_job"}
+
+
+def imported_by_call(state: Path, method: str, path: str, body: str) -> set[str]:
+    """Every module one ``coordinator-stub call`` process imports (its ``-X importtime`` report)."""
+    argv = [sys.executable, "-X", "importtime", "-m", "coordinator_stub", "--state", str(state), "call", method, path]
+    proc = subprocess.run(argv, input=body.encode(), capture_output=True, env=stub_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.decode().splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_a_seam_call_imports_only_what_answers_it(tmp_path: Path) -> None:
+    state = tmp_path / "coord"
+    seam_call(state, "POST", "/v1/fleet/jobs", '{"id":"a","command":["true"]}')
+    fence = '"factoryId":"f1","leaseEpoch":1'
+    calls = [("GET", "/v1/fleet/healthz", ""), ("POST", "/v1/fleet/claim", '{"factoryId":"f1"}'),
+             ("POST", "/v1/fleet/jobs/a/renew", "{" + fence + "}"),
+             ("POST", "/v1/fleet/jobs/a/report", "{" + fence + ',"outcome":"shipped","detail":{}}')]
+    for method, path, body in calls:
+        names = imported_by_call(state, method, path, body)
+        assert "coordinator_stub.seam" in names  # the report was read (else the check below proves nothing)
+        assert names & NOT_ON_THE_CALL_PATH == set(), (method, path)
+    assert answer(seam_call(state, "GET", "/v1/fleet/jobs/a"))["body"]["meta"]["state"] == "shipped"  # type: ignore[index]
+
+
 def test_seam_command_is_a_shell_split_argv(tmp_path: Path) -> None:
     import shlex
 

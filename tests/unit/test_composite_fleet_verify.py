@@ -79,10 +79,10 @@ def test_failed_verify_quarantines_the_parent_and_requeue_runs_it_again_with_fen
     roll = rollup(coord)
     assert roll["state"] == "quarantined" and roll["verify"] == "failed"
     assert roll["reason"] == "the parent's verify gate failed: quarantined by test"
-    history = sorted(p.name for p in (store.files.history_dir).iterdir())
+    history = sorted(p.name for p in Path(store.files.history_dir).iterdir())
     assert history == ["epic.1.json"]  # the parent's first version is kept, not overwritten
     store.checkpoint()  # the current version's file is written at a checkpoint
-    assert json.loads((store.files.archive_dir / "epic.json").read_text())["verify"]["state"] == "failed"
+    assert json.loads((Path(store.files.archive_dir) / "epic.json").read_text())["verify"]["state"] == "failed"
 
     answer = coord.requeue("epic")
     assert answer["requeued"] == ["epic"] and answer["rollup"]["verify"] == "pending"
@@ -93,7 +93,7 @@ def test_failed_verify_quarantines_the_parent_and_requeue_runs_it_again_with_fen
         coord.report("epic", "f1", 1, "shipped")  # a zombie of round 1 never ships round 2
     coord.report("epic", "f2", 2, "shipped")
     assert rollup(coord)["state"] == "shipped"
-    assert sorted(p.name for p in store.files.history_dir.iterdir()) == ["epic.1.json", "epic.2.json"]
+    assert sorted(p.name for p in Path(store.files.history_dir).iterdir()) == ["epic.1.json", "epic.2.json"]
 
 
 def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their_history(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their
     ship_next(coord, "a")
     ship_next(coord, "b", "quarantined")
     store.checkpoint()
-    assert (store.files.archive_dir / "b.json").exists()
+    assert (Path(store.files.archive_dir) / "b.json").exists()
     roll = rollup(coord)
     assert roll["state"] == "quarantined" and [c["state"] for c in roll["children"]] == [
         "shipped", "quarantined", "blocked"]
@@ -116,17 +116,17 @@ def test_same_composite_again_requeues_only_quarantined_children_and_keeps_their
     b = coord.get_job("b")
     assert b["meta"]["state"] == "queued" and b["meta"]["attempts"] == 0 and b["meta"]["leaseEpoch"] == 1
     store.checkpoint()
-    assert not (store.files.archive_dir / "b.json").exists()  # b is live again; its old version is history
-    assert json.loads((store.files.history_dir / "b.1.json").read_text())["state"] == "quarantined"
+    assert not (Path(store.files.archive_dir) / "b.json").exists()  # b is live again; its old version is history
+    assert json.loads((Path(store.files.history_dir) / "b.1.json").read_text())["state"] == "quarantined"
     assert coord.status()["counts"]["quarantined"] == 0
-    events = [json.loads(x) for x in store.events_path.read_text().splitlines()]
+    events = [json.loads(x) for x in Path(store.events_path).read_text().splitlines()]
     assert events[-1]["op"] == "enqueue" and events[-1]["requeued"] == ["b"]
 
     ship_next(coord, "b")  # epoch 2; a, already shipped, is never offered again
     ship_next(coord, "c")
     assert rollup(coord)["state"] == "shipped"
     store.checkpoint()
-    assert json.loads((store.files.archive_dir / "b.json").read_text())["leaseEpoch"] == 2
+    assert json.loads((Path(store.files.archive_dir) / "b.json").read_text())["leaseEpoch"] == 2
     assert coord.enqueue(spec)[1]["rollup"]["state"] == "shipped"  # nothing left to re-run
     assert coord.claim("f1", ()) is None
 

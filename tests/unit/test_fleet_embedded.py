@@ -72,7 +72,7 @@ def test_this_venvs_stub_script_is_embedded(tmp_path: Path, flags: list[str], ta
     args = [f.format(d=tmp_path / "coord") for f in flags]
     transport = make_transport(cmd(VENV_STUB, *args, *tail), None, None, 5.0)
     assert isinstance(transport, EmbeddedTransport)
-    assert transport.settings is not None and transport.settings.state_dir == tmp_path / "coord"
+    assert transport.settings is not None and transport.settings.state_dir == str(tmp_path / "coord")
 
 
 @needs_venv_stub
