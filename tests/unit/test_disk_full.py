@@ -10,7 +10,6 @@ import errno
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from core_support import make_settings, result, shell_job
 from test_fleet_claim import FakeClient
+from test_process_tree import Watch
 
 from agent_queue import diskfull, inbox, process
 from agent_queue.errors import DiskFull, is_disk_full
@@ -30,17 +30,6 @@ from agent_queue.local_source import LocalClaim, LocalSource
 from agent_queue.runner import Runner, RunOptions
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
-
-
-class Watch:
-    def __init__(self) -> None:
-        self.wake = threading.Event()
-
-    def abort_reason(self) -> str | None:
-        return None
-
-    def next_deadline(self) -> float | None:
-        return None
 
 
 def full_for(monkeypatch: pytest.MonkeyPatch, marker: bytes, flag: Path | None = None) -> list[int]:
