@@ -64,6 +64,8 @@ class Request:
 class Outcome:
     spec: dict[str, Any]
     refused: list[list[str]] = field(default_factory=list)  # each refused try's problems
+    spent_s: float = 0.0  # what the planner's runs took together (a re-plan counts it in the parent's budget)
+    cost_usd: float = 0.0  # what they cost, as the tool reported it (0 when it does not say)
 
 
 def make_plan(settings: Settings, req: Request, on_refused: Callable[[int, list[str]], None] | None = None) -> Outcome:
@@ -78,7 +80,8 @@ def make_plan(settings: Settings, req: Request, on_refused: Callable[[int, list[
         prompt = plan_prompt.build(req.epic, tool=req.tool, tools=sorted(settings.tools),
                                    profiles=sorted(settings.profiles), budget=plan_prompt.budget_text(req.parent),
                                    problems=problems, context=req.context)
-        answer = run_planner(settings, req, prompt)
+        answer, secs, cost = run_planner(settings, req, prompt)
+        outcome.spent_s, outcome.cost_usd = round(outcome.spent_s + secs, 3), round(outcome.cost_usd + cost, 6)
         try:
             spec = plan_spec.compose(plan_spec.extract(answer), req.parent, req.kept)
             problems = plan_spec.problems(spec, lambda j: check_known(j, settings.tools, settings.profiles), fixed)
@@ -94,8 +97,9 @@ def make_plan(settings: Settings, req: Request, on_refused: Callable[[int, list[
                       + "; ".join(problems))
 
 
-def run_planner(settings: Settings, req: Request, prompt: str) -> str:
-    """One run of the planning agent in a throwaway workspace; its answer as text (a failed run says why)."""
+def run_planner(settings: Settings, req: Request, prompt: str) -> tuple[str, float, float]:
+    """One run of the planning agent in a throwaway workspace: its answer as text (a failed run says why),
+    the seconds it ran and the dollars it reported."""
     spec: dict[str, Any] = {"id": f"plan-{secrets.token_hex(6)}", "tool": req.tool, "profile": req.profile,
                             "prompt": prompt}
     if req.timeout_s is not None:
@@ -115,10 +119,12 @@ def run_planner(settings: Settings, req: Request, prompt: str) -> str:
             output = attempt_output(raw, 0)
     finally:
         shutil.rmtree(run_dir(settings.root, job), ignore_errors=True)
+    cost = attempt.adapter.parse_output(output).get("costUsd")
+    spend = (result.duration_s, float(cost) if isinstance(cost, int | float) else 0.0)
     if not result.ok:
         why = result.error or ("timed out" if result.timed_out else f"exited with status {result.exit_code}")
-        return f"(the planner tool {req.tool} {why}; its output ended: {output[-300:]!r})"
-    return answer_text(attempt.adapter.output_format, output)
+        return f"(the planner tool {req.tool} {why}; its output ended: {output[-300:]!r})", *spend
+    return answer_text(attempt.adapter.output_format, output), *spend
 
 
 @contextlib.contextmanager

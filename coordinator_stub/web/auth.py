@@ -197,7 +197,7 @@ def scope_for(method: str, path: str) -> str | None:
         return READ
     if route.endswith("/v1/fleet/jobs") or route.endswith("/requeue"):
         return SUBMIT
-    if route.endswith("/cancel") or route.endswith("/approve"):
+    if route.endswith("/cancel") or route.endswith("/approve") or route.endswith("/replan"):
         return ADMIN  # a person's decision over any job: no factory token may take it
     return FACTORY
 
