@@ -86,8 +86,9 @@ def fleet_request(parent: Mapping[str, Any], children: Sequence[Mapping[str, Any
             raise Conflict(f"job {spec.get('id')}: child {child['id']} is running; re-plan once it has finished")
         if meta.get("state") == "shipped":
             kept.append(child)
-        line = plan_prompt.history_line(str(child["id"]), str(meta.get("state")), child,
-                                        int(meta.get("attempts") or 0), meta.get("reason"))
+        # A quarantining report does not count an attempt: each lease the child had was one run.
+        tries = max(int(meta.get("attempts") or 0), len(meta.get("leases") or ()))
+        line = plan_prompt.history_line(str(child["id"]), str(meta.get("state")), child, tries, meta.get("reason"))
         if line is not None:
             context.append(line)
     return _request(spec, _epic(spec, note), kept, context, tool=tool, profile=profile, max_tries=max_tries)
