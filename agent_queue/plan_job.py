@@ -182,7 +182,7 @@ def plan_dag(record: Mapping[str, Any], family: Mapping[str, Mapping[str, Any]] 
     planned = (record.get("spec") or {}).get("children") or []
     family = {cid: m for cid, m in (family or {}).items() if not is_planning_id(cid, record)}
     nodes = {str(c["id"]): {"id": str(c["id"]), "dependsOn": list(c.get("dependsOn") or ()), "state": PLANNED}
-             for c in planned if isinstance(c, Mapping) and "id" in c}
+             for c in planned if isinstance(c, dict) and "id" in c}
     for cid, m in family.items():
         nodes[cid] = {"id": cid, "dependsOn": list(m.get("dependsOn") or ()), "state": states.get(cid, m["state"])}
     listed = set(record.get("children") or ())
