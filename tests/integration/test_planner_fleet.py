@@ -77,7 +77,8 @@ def test_a_planned_composite_in_the_fleet_plans_waits_for_approve_fleet_then_shi
         assert not log.exists()  # nothing runs before approval
         text = aq(roots[0], "fleet-status", env=env).stdout
         assert "composite: epic planned (shipped 2)" in text
-        assert "approve with: agent-queue approve epic --fleet\n    - epic.a [planned]\n      - epic.b [planned]" in text
+        tree = "approve with: agent-queue approve epic --fleet\n    - epic.a [planned]\n      - epic.b [planned]"
+        assert tree in text
 
         res = aq(roots[1], "approve", "epic", "--fleet", env=env)
         assert res.returncode == 0 and res.stdout.strip() == "epic: approved, queued epic.a, epic.b", res.stderr
