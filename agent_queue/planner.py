@@ -15,7 +15,6 @@ a refused plan is tried again with the problems in the prompt, up to
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import secrets
 import shutil
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_queue import plan_prompt, plan_spec, plan_view, process
+from agent_queue import plan_prompt, plan_spec, plan_view, process, repo_guard
 from agent_queue.agent_output import answer_text
 from agent_queue.control import Control
 from agent_queue.errors import AQError, BadInput, StateError
@@ -137,7 +136,7 @@ def _workspace(repo: Path | None, path: Path) -> Iterator[None]:
         finally:
             shutil.rmtree(path, ignore_errors=True)
         return
-    before = fingerprint(repo)
+    before = repo_guard.snapshot(repo)
     git(["worktree", "add", "--detach", "--quiet", str(path), "HEAD"], cwd=repo, what=f"plan: repo {repo}")
     try:
         yield
@@ -145,19 +144,10 @@ def _workspace(repo: Path | None, path: Path) -> Iterator[None]:
         git(["worktree", "remove", "--force", str(path)], cwd=repo, what=f"plan: repo {repo}", check=False)
         shutil.rmtree(path, ignore_errors=True)
         git(["worktree", "prune"], cwd=repo, what=f"plan: repo {repo}", check=False)
-    if fingerprint(repo) != before:
-        raise StateError(f"plan: the planner changed the repository {repo} (HEAD, a ref, or the working tree); "
+    changed = repo_guard.differences(before, repo_guard.snapshot(repo))
+    if changed:
+        raise StateError(f"plan: the planner changed the repository {repo} ({'; '.join(changed)}); "
                          "its plan is refused")
-
-
-def fingerprint(repo: Path) -> tuple[str, ...]:
-    """What a planner must not change: HEAD, every ref, the status and the diff against HEAD."""
-    what = f"plan: repo {repo}"
-    diff = git(["diff", "HEAD", "--binary"], cwd=repo, what=what).stdout
-    return (git_out(["rev-parse", "HEAD"], cwd=repo, what=what),
-            git_out(["for-each-ref", "--format=%(refname) %(objectname)"], cwd=repo, what=what),
-            git_out(["status", "--porcelain=v1", "--untracked-files=all"], cwd=repo, what=what),
-            hashlib.sha256(diff.encode("utf-8", "surrogateescape")).hexdigest())
 
 
 def local_repo(repo: str) -> Path:
