@@ -125,6 +125,7 @@ def test_the_planner_reads_a_throwaway_worktree_and_may_not_change_the_repo(tmp_
     res = aq(root, "plan", "--tool", "planner", "--id", "e2", "--repo", str(repo), "--out", str(tmp_path / "x.json"),
              "epic")
     assert res.returncode == 1 and "the planner changed the repository" in res.stderr
+    assert "(working tree: M README.md)" in res.stderr  # the refusal names the change
     assert not (tmp_path / "x.json").exists()
 
 
