@@ -367,8 +367,12 @@ def finish_replan(queue: LocalQueue, parent_id: str) -> list[str]:
     entry = {"round": plan["round"], "at": now(), "replaced": plan["replaced"], "queued": queued,
              "spentS": plan["spentS"], "costUsd": plan["costUsd"]}
     history = [p for p in parent.result.get("plans") or () if p.get("round") != plan["round"]]
-    verify = {"verify": "pending", "attempts": 0, "reason": None} if parent.verify_state == "failed" else {}
-    _set_result(parent, plans=[*history, entry], **verify)
+    update: dict[str, Any] = ({"verify": "pending", "attempts": 0, "reason": None}
+                              if parent.verify_state == "failed" else {})
+    if parent.result.get("plan"):  # the plan drawn (``plan.dag``) is the new one
+        update["plan"] = {**parent.result["plan"],
+                          "children": [c.id for c in job.children if not plan_job.is_planning(c.extra)]}
+    _set_result(parent, plans=[*history, entry], **update)
     (parent.path / REPLAN_FILE).unlink()
     log.info("composite re-planned", extra={"job_id": parent_id, "queued": len(queued)})
     return queued

@@ -71,6 +71,7 @@ def test_replan_fleet_keeps_the_shipped_children_and_their_history_on_two_factor
         assert job(stub.url, "epic.a") == a_before  # its record and lease history untouched
         assert job(stub.url, "epic.b")["meta"]["state"] == "quarantined"  # replaced, kept with its history
         assert roll["budget"]["spentS"] > 0
+        assert roll["budget"]["costUsd"] == 0.02  # the re-plan's two planner runs, on the caller's host
 
         res = aq(roots[0], "replan", "epic", "--fleet", "--tool", "planner", "--yes", env=env)
         assert res.returncode == 2 and "is shipped; only a composite with quarantined children" in res.stderr
