@@ -109,3 +109,20 @@ def test_a_leaf_or_a_running_child_is_refused(coord: Coordinator) -> None:
     coord.enqueue(sh("leaf"))
     with pytest.raises(Conflict, match="only a composite job is re-planned"):
         coord.replan("leaf", {"children": [sh("x")]})
+
+
+def test_a_composite_planned_by_an_agent_keeps_its_planning_run_and_draws_the_new_plan(coord: Coordinator) -> None:
+    coord.enqueue({"id": "ep", "kind": "composite", "budget": {"costUsd": 1},
+                   "plan": {"tool": "planner", "prompt": "Split", "tools": ["shell"]}})
+    plan = '```json\n{"children": [{"id": "a", "command": ["false"], "budget": {"maxAttempts": 1}}]}\n```'
+    assert run_one(coord, "shipped", answer=plan, costUsd=0.25) == "ep.plan-1"
+    assert run_one(coord, "quarantined") == "ep.a"
+    roll = coord.get_job("ep")["rollup"]
+    assert roll["plan"]["dag"] == [{"id": "ep.a", "dependsOn": [], "state": "quarantined"}]
+    got = coord.replan("ep", {"children": [kept(coord, "ep.plan-1"), sh("ep.b")]})
+    assert got["queued"] == ["ep.b"]
+    roll = got["rollup"]
+    assert roll["plan"]["dag"] == [{"id": "ep.b", "dependsOn": [], "state": "queued"}]
+    assert roll["budget"]["planSpent"] == {"spentS": 0.0, "costUsd": 0.25}
+    assert run_one(coord, "shipped") == "ep.b"
+    assert coord.get_job("ep")["rollup"]["state"] == "shipped"
