@@ -19,6 +19,7 @@ import hashlib
 from pathlib import Path
 
 from agent_queue.gitcmd import git, git_out
+from agent_queue.gitrepo import repo_url
 
 SHOWN = 5  # paths or refs a refusal names; the rest are counted
 JOB_BRANCHES = "refs/heads/aq/"
@@ -29,10 +30,10 @@ Snapshot = dict[str, str]
 def snapshot(repo: str | Path) -> Snapshot:
     """The state of ``repo`` a planner must leave as it was (a local git work tree, or a URL / bare repo)."""
     what = f"plan: repo {repo}"
-    path = Path(repo).expanduser() if not _is_url(str(repo)) else None
-    if path is None or not path.is_dir() or git_out(["rev-parse", "--is-bare-repository"], cwd=path,
-                                                    what=what) == "true":
-        return _remote_refs(str(repo), what)
+    target = repo_url(str(repo))  # a local path made absolute, the way a job's repo is cloned
+    path = Path(target)
+    if not path.is_dir() or git_out(["rev-parse", "--is-bare-repository"], cwd=path, what=what) == "true":
+        return _remote_refs(target, what)
     diff = git(["diff", "HEAD", "--binary"], cwd=path, what=what).stdout
     out = {f"ref {name}": sha for sha, _, name in
            (line.partition(" ") for line in git_out(["for-each-ref", "--format=%(objectname) %(refname)"],
@@ -48,10 +49,6 @@ def _remote_refs(repo: str, what: str) -> Snapshot:
     text = git_out(["ls-remote", "--", repo], what=what)
     return {f"ref {name}": sha for sha, _, name in (line.partition("\t") for line in text.splitlines())
             if name and not name.startswith(JOB_BRANCHES)}
-
-
-def _is_url(repo: str) -> bool:
-    return "://" in repo or (repo.partition(":")[0].count("@") == 1 and ":" in repo)
 
 
 def differences(before: Snapshot, after: Snapshot) -> list[str]:
