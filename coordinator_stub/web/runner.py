@@ -11,6 +11,11 @@ bookkeeping on the same thread without waiting for it: the caller already has
 its answer, and the next operation runs after it, in order. (Running it while
 the answer is still being sent would make the two threads take turns on the
 GIL in the middle of the answer.)
+
+A store that gains from concurrent operations says so (``Store.concurrency``):
+the file store with group commit runs them one at a time under its lock but
+lets up to that many wait for one shared journal sync, so the pool has that
+many threads. Order between concurrent requests is then the lock's order.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ log = logging.getLogger(__name__)
 
 
 class StoreRunner:
-    def __init__(self, observe: Observer | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aq-store")
+    def __init__(self, observe: Observer | None = None, workers: int = 1) -> None:
+        """``workers``: the store's ``concurrency`` (1: one operation at a time, in arrival order)."""
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aq-store")
         self.observe = observe  # (operation name, seconds): the store-operation latency histogram
 
     def run(self, name: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
