@@ -137,7 +137,10 @@ def main() -> None:
                 floor = rate(int(c), seconds, echo_op(urls["echo"]))
                 samples["echo"][c].append(floor)
                 for key, _, make_op in [("echo_stdlib", None, echo_op), *configs]:
-                    got = rate(int(c), seconds, make_op(urls[key]))
+                    try:
+                        got = rate(int(c), seconds, make_op(urls[key]))
+                    except RuntimeError as exc:
+                        raise RuntimeError(f"{key}, {c} clients: {exc}") from exc
                     samples[key][c].append(got)
                     ratios_seen[key][c].append(got / floor)
             for c in COUNTS[1:]:
