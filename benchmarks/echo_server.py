@@ -31,7 +31,11 @@ class Echo(BaseHTTPRequestHandler):
     do_GET = do_POST
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 64  # listen(2) backlog: the default 5 resets connections when 16 clients start at once
+
+
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo)
+    server = Server(("127.0.0.1", int(sys.argv[1])), Echo)
     server.daemon_threads = True
     server.serve_forever()

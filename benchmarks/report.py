@@ -9,7 +9,7 @@ from typing import Any
 
 ROWS = [  # name, figure, how to show it
     ("b1_seam", "B1 seam op (median of claim/renew/report)"),
-    ("b2_http", "B2 HTTP claim+report ops/s (1 / 4 clients)"),
+    ("b2_http", "B2 HTTP claim+report ops/s (1 / 4 clients; scaling to 4 / 16)"),
     ("b3_history", "B3 op latency at max history vs 100 terminal"),
     ("b4_e2e", "B4 end to end, overhead per job"),
     ("b5_idle", "B5 idle daemon"),
@@ -50,7 +50,11 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
                    f"{h['stdlib_echo_ratio_1']}x / {h['stdlib_echo_ratio_4']}x of it)" if "echo_stdlib" in o else ""),
                 f"{h['ratio_1']}x / {h['ratio_4']}x" + _range(h) + f" (HTTP layer {h['http_layer_ratio_1']}x)"
                 + (f"; state on tmpfs {h['tmpfs_ops_s_1']:.0f} / {h['tmpfs_ops_s_4']:.0f} ops/s, "
-                   f"{h['tmpfs_ratio_1']}x" if "tmpfs_ops_s_1" in h else ""), h["target"])
+                   f"{h['tmpfs_ratio_1']}x" if "tmpfs_ops_s_1" in h else "")
+                + (f"; pairs/s {h['pairs_s']['1']:.0f} / {h['pairs_s']['4']:.0f} / {h['pairs_s']['16']:.0f} "
+                   f"at 1 / 4 / 16 clients: scaling {h['scaling_4']}x / {h['scaling_16']}x"
+                   if "scaling_4" in h else ""),
+                h["target"] + (f"; scaling {h['scaling_target']}" if "scaling_target" in h else ""))
     if name == "b3_history":
         lv = d["levels"]
         return (" / ".join(f"{r['terminal']}: {r['op_s']['median'] * 1e3:.1f}" for r in lv) + " ms",

@@ -271,6 +271,11 @@ class Coordinator:
         """A request ``serve`` refused, into the event log: the token's id, never the token."""
         self._run("refused", lambda c: c.ev.update(status=status, reason=why[:200]), tokenId=token_id or "-")
 
+    @property
+    def concurrency(self) -> int:
+        """Operations the store takes at once (``serve`` sizes its store threads by it)."""
+        return self._store.concurrency
+
     def tidy(self) -> None:
         """Let the store finish what the last operation left for after its answer (``serve``, once it is sent)."""
         self._store.tidy()

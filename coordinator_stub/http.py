@@ -53,7 +53,7 @@ def serve(coord: Coordinator, options: ServeOptions, state_dir: Path | None, env
     from coordinator_stub.web.runner import StoreRunner
     from coordinator_stub.web.server import run
 
-    runner = StoreRunner()
+    runner = StoreRunner(workers=coord.concurrency)
     try:
         run(build_app(coord, options, env, runner, state_dir, enrolled), options, announce)
     finally:

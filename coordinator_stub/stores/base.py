@@ -28,6 +28,9 @@ What a store must guarantee (the core's rules are only correct under these):
    commit survives a crash of the process and a power cut: the caller
    (a factory) acts on the answer (it ships). The event and shadow logs are
    an audit trail: a store may lose their last lines in a power cut, never the state.
+   A store may let a later transaction see a commit whose sync has not yet
+   returned (group commit) only if it then answers no later transaction
+   unless that sync returns.
 3. **Isolated.** Transactions are serializable across every thread and process
    that opens the same state: each one sees every earlier commit and none of a
    concurrent one. (A directory: one exclusive lock per operation; a database:
@@ -259,6 +262,10 @@ class Tx(ABC):
 
 class Store(ABC):
     """A place for the coordinator's state that keeps the guarantees in this module's docstring."""
+
+    # How many operations a server may hand it at once (its worker threads): 1 unless the store gains from
+    # more (the file store with group commit shares one sync among them; see stores/group_commit.py).
+    concurrency = 1
 
     @abstractmethod
     def transaction(self) -> ContextManager[Tx]:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 def open_store(settings: StubSettings, serving: bool = False, lock: LockFactory | None = None,
                must_exist: bool = False) -> tuple[Store, Clock]:
-    """The store ``settings`` name and its clock; ``serving``: a long-lived server's (pooled, tidied later).
+    """The store ``settings`` name and its clock; ``serving``: a long-lived server's (pooled, tidied later,
+    a file store's commits grouped into shared syncs).
 
     ``must_exist``: a directory that is not there is an error (a read never creates a store).
     """
@@ -37,4 +38,5 @@ def open_store(settings: StubSettings, serving: bool = False, lock: LockFactory 
     from coordinator_stub.stores.file import JsonStore
     from coordinator_stub.stores.locking import flock
 
-    return JsonStore(settings.state_dir, lock=lock or flock, tidy_later=serving, must_exist=must_exist), time.time
+    return JsonStore(settings.state_dir, lock=lock or flock, tidy_later=serving, must_exist=must_exist,
+                     group_commit=serving), time.time

@@ -40,12 +40,13 @@ class Loaded:
         self.key = key
         self.hot = hot
         self.archived = archived  # archive versions the journal holds (files: after answers, or by the checkpoint)
-        # Ids the journal removed from the hot document, whose spec files are still to remove (ordered sets).
-        self.gone: dict[str, None] = {}
+        # Ids the journal removed from the hot document, whose spec files are still to remove (ordered sets;
+        # the value: the group-commit ticket of the line that put it there, 0 without group commit).
+        self.gone: dict[str, int] = {}
         # Ids in ``archived`` whose file this process has not written (or removed) since: the others are whole
         # in the page cache, so the checkpoint only syncs them. A state read from the files starts with all of
         # them: after a crash, every file the journal holds is rewritten.
-        self.unwritten: dict[str, None] = {}
+        self.unwritten: dict[str, int] = {}
         self.journal_len = journal_len
         self.journal_good = journal_good  # bytes of whole lines; a torn tail beyond is cut at the next append
         self.index: ClaimIndex | None = None  # built by the first claim, then kept up to date
@@ -74,11 +75,12 @@ class Loaded:
             if rec is not None and not isinstance(rec, HotRecord):
                 dict.__setitem__(jobs, job_id, HotRecord(rec, job_id, changed))
 
-    def committed(self, changed: set[str], archived: Archived, gone: list[str], journal: os.stat_result) -> None:
+    def committed(self, changed: set[str], archived: Archived, gone: list[str], journal: os.stat_result,
+                  ticket: int = 0) -> None:
         """Memory after a journal line: the new state and its claim index, kept for the next operation."""
         self.archived.update(archived)  # lookups read these before any archive file
-        self.unwritten.update(dict.fromkeys(archived))  # (also a newer version than a file written earlier)
-        self.gone.update(dict.fromkeys(gone))
+        self.unwritten.update(dict.fromkeys(archived, ticket))  # (also a newer version than a file written earlier)
+        self.gone.update(dict.fromkeys(gone, ticket))
         for job_id in archived:  # its record holds the spec now: only live jobs' specs stay cached
             self.specs.pop(job_id, None)
         self.track(changed)

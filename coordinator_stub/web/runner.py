@@ -11,6 +11,13 @@ bookkeeping on the same thread without waiting for it: the caller already has
 its answer, and the next operation runs after it, in order. (Running it while
 the answer is still being sent would make the two threads take turns on the
 GIL in the middle of the answer.)
+
+A store that gains from concurrent operations says so (``Store.concurrency``):
+the file store with group commit runs them one at a time under its lock but
+lets up to that many wait for one shared journal sync, so the pool has that
+many threads. Order between concurrent requests is then the lock's order, but
+``later`` keeps its promise: an operation submitted after a ``later`` starts
+once it (and every ``later`` before it) is done, as on one thread.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -29,16 +36,21 @@ log = logging.getLogger(__name__)
 
 
 class StoreRunner:
-    def __init__(self, observe: Observer | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aq-store")
+    def __init__(self, observe: Observer | None = None, workers: int = 1) -> None:
+        """``workers``: the store's ``concurrency`` (1: one operation at a time, in arrival order)."""
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aq-store")
         self.observe = observe  # (operation name, seconds): the store-operation latency histogram
+        self._last_later: Future[None] | None = None  # what the next operation waits for (event loop's thread only)
 
     def run(self, name: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """``fn(*args)`` on the store thread; ``name`` labels its latency."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[T] = loop.create_future()
+        after = self._last_later
 
         def work() -> None:
+            if after is not None:  # (already running or done: the pool takes its queue in order)
+                wait([after])
             try:
                 result = self._timed(name, fn, *args)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
@@ -51,14 +63,18 @@ class StoreRunner:
 
     def later(self, name: str, fn: Callable[[], object]) -> None:
         """``fn()`` on the store thread after what is queued, unawaited; a failure is logged."""
+        previous = self._last_later
+
         def work() -> None:
+            if previous is not None:
+                wait([previous])
             try:
                 self._timed(name, fn)
             except Exception:  # the answer stands (the journal holds it); the next operation re-reads
                 log.exception("internal error after answering (%s)", name)
 
         with contextlib.suppress(RuntimeError):  # shut down: the stop's checkpoint does the rest
-            self._pool.submit(work)
+            self._last_later = self._pool.submit(work)
 
     def _timed(self, name: str, fn: Callable[..., T], *args: Any) -> T:
         start = time.perf_counter()

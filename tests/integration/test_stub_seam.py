@@ -66,9 +66,11 @@ def test_fast_path_imports_neither_click_nor_requests(tmp_path: Path) -> None:
 
 
 # Not needed to answer a call, and each costs milliseconds of every seam process (B1): pathlib (with the
-# urllib.parse and ipaddress it imports), typing, logging, and the composite rules for a plain job.
+# urllib.parse and ipaddress it imports), typing, logging, and the composite rules for a plain job; threading
+# and group commit, which only ``serve`` uses.
 NOT_ON_THE_CALL_PATH = {"pathlib", "urllib", "urllib.parse", "ipaddress", "typing", "logging", "dataclasses",
-                        "coordinator_stub.composite_rules", "agent_queue.plan_job"}
+                        "coordinator_stub.composite_rules", "agent_queue.plan_job", "threading",
+                        "coordinator_stub.stores.group_commit"}
 
 
 def imported_by_call(state: Path, method: str, path: str, body: str) -> set[str]:

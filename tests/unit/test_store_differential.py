@@ -197,7 +197,8 @@ def unmeasured(path: Path) -> Iterator[None]:
 
 
 def json_store(root: Path, tidy_later: bool = False) -> JsonStore:
-    return JsonStore(root, lock=unmeasured, tidy_later=tidy_later)
+    """``tidy_later``: as ``serve`` builds it (bookkeeping after the answer, commits grouped into shared syncs)."""
+    return JsonStore(root, lock=unmeasured, tidy_later=tidy_later, group_commit=tidy_later)
 
 
 def long_lived(root: Path) -> list[JsonStore]:
