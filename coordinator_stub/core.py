@@ -265,6 +265,16 @@ class Coordinator:
         """A request ``serve`` refused, into the event log: the token's id, never the token."""
         self._run("refused", lambda c: c.ev.update(status=status, reason=why[:200]), tokenId=token_id or "-")
 
+    def refusals_suppressed(self, count: int, window_s: float) -> None:
+        """Refusals ``serve`` did not write in the last window (its rate limit, ``web/refusals.py``): how many."""
+        self._run("refusals_suppressed", lambda c: c.ev.update(count=count, windowS=window_s))
+
+    def token_live(self, token_id: str) -> bool:
+        """Whether an enrolled token still works (a dashboard session opened with it ends once it does not)."""
+        from coordinator_stub import enrolment
+
+        return self._run("token_live", lambda c: enrolment.live(c, token_id), log=False)
+
     def tidy(self) -> None:
         """Let the store finish what the last operation left for after its answer (``serve``, once it is sent)."""
         self._store.tidy()
