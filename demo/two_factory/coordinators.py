@@ -179,7 +179,8 @@ class EnrolledServe(Coordinator):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._tokens: dict[str | None, str] = {None: self._enrol("token", "add", "--scope", "admin", "--name", "two-factory-demo")}
+        admin = self._enrol("token", "add", "--scope", "admin", "--name", "two-factory-demo")  # before serve starts
+        self._tokens: dict[str | None, str] = {None: admin}  # None: the demo's own; else by factory
 
     def _enrol(self, *args: str) -> str:
         done = subprocess.run([*self.prefix, *args], env=self.base_env, capture_output=True, check=False,

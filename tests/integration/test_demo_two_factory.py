@@ -157,6 +157,8 @@ def test_a_bad_knob_is_a_usage_error_naming_it(tmp_path: Path) -> None:
     code, out = run_demo(tmp_path, {"AQ_DEMO_JOBS": "abc"})
     assert code == 2 and "AQ_DEMO_JOBS='abc': not a number" in out
     assert list(tmp_path.glob("aq-two-factory-*")) == []
+    code, out = run_demo(tmp_path, {"AQ_DEMO_ENROLL": "1", "AQ_DEMO_STATE": "postgresql://x@127.0.0.1/y"})
+    assert code == 2 and "AQ_DEMO_ENROLL=1" in out and "AQ_DEMO_STATE" in out
 
 
 def test_ctrl_c_stops_every_process_and_removes_the_temp_dir(tmp_path: Path) -> None:
