@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent_queue import doctor, plan_job, process, tools, workspace
+from agent_queue import doctor, plan_job, process, repo_guard, tools, workspace
 from agent_queue.adapters import AgentAdapter
 from agent_queue.agent_output import answer_text
 from agent_queue.assessment import assess
@@ -56,10 +56,11 @@ class AttemptRunner:
         log.info("attempt started", extra={"job_id": job.id, "attempt": attempt})
         raw = run_dir(self.root, job) / f"attempt-{attempt}.out"  # the tool's bytes as written, for _assess
         raw.unlink(missing_ok=True)
+        guard = _Guard(job)
         tool = self._run(job, plan.argv, plan, workdir, stdin=plan.stdin_path, on_start=claim.note_pid, raw=raw)
         record = new_record(attempt, "passed", exitCode=tool.exit_code, toolDurationS=round(tool.duration_s, 3),
                             startedAt=to_rfc3339(started))
-        verdict = self._verdict("tool", tool, plan.timeout_s)
+        verdict = guard.verdict() or self._verdict("tool", tool, plan.timeout_s)
         if verdict is None or verdict[0] == "failed" and tool.exit_code is not None and not tool.timed_out:
             verdict = self._assess(job, plan.adapter, tool, raw, record) or verdict
         if verdict is None and plan.verify:
@@ -139,3 +140,36 @@ class AttemptRunner:
 
     def _header(self, job: Job, text: str) -> None:
         log_header(self.root, self.settings.factory_id, job.id, text)
+
+
+class _Guard:
+    """A planning job may read its repo, never change it: the repo's state before the tool, compared after.
+
+    A change ends the attempt ``quarantined`` with a reason naming it (the
+    composite's planning then fails with that reason). A repo that cannot be
+    read is a failed attempt, as a workspace that cannot be prepared is.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.repo = job.repo if plan_job.is_planning(job.extra) else None
+        self.error: str | None = None
+        self.before: repo_guard.Snapshot = {}
+        if self.repo is not None:
+            try:
+                self.before = repo_guard.snapshot(self.repo)
+            except AQError as exc:
+                self.error = exc.message
+
+    def verdict(self) -> Verdict | None:
+        if self.repo is None:
+            return None
+        try:
+            changed = self.error is None and repo_guard.differences(self.before, repo_guard.snapshot(self.repo))
+        except AQError as exc:
+            self.error = exc.message
+        if self.error is not None:
+            return "failed", f"planning: cannot read the repo to check it is unchanged ({self.error})"
+        if changed:
+            return "quarantined", (f"planning: the planner changed the repo {self.repo} ({'; '.join(changed)}); "
+                                   "a planner may read the repo, never change it")
+        return None

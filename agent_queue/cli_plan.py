@@ -67,17 +67,24 @@ def plan(obj: _Obj, /, prompt: str | None, and_enqueue: bool, yes: bool, to_flee
               help="Planner runs before giving up on a valid plan.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the new spec (and its .mmd) here.")
 @click.option("--yes", is_flag=True, help="Approve without asking (needed off a terminal).")
+@click.option("--fleet", "to_fleet", is_flag=True,
+              help="Re-plan a composite at the coordinator (the planner runs here, on this host).")
 @click.pass_obj
 def replan(obj: _Obj, /, job_id: str, note: str | None, tool: str | None, profile: str, max_tries: int,
-           out: str | None, yes: bool) -> None:
+           out: str | None, yes: bool, to_fleet: bool) -> None:
     """Re-plan a composite with quarantined children: shipped children are kept, the rest re-planned."""
     from agent_queue import plan_view, planner, replanning, service
+    from agent_queue.fleet import ops as fleet_ops
 
     _need_approver(yes, "replan")
     settings = obj.settings()
-    queue = service.queue_for(settings)
-    parent = replanning.load_failed(queue, job_id)
-    req = replanning.request(queue, parent, note=note, tool=tool, profile=profile, max_tries=max_tries)
+    how: dict[str, Any] = {"note": note, "tool": tool, "profile": profile, "max_tries": max_tries}
+    if to_fleet:
+        req = replanning.fleet_request(*fleet_ops.family_views(settings, job_id), **how)
+    else:
+        queue = service.queue_for(settings)
+        parent = replanning.load_failed(queue, job_id)
+        req = replanning.request(queue, parent, **how)
     outcome = planner.make_plan(settings, req, _print_refused)
     click.echo(plan_view.tree(outcome.spec))
     if out:
@@ -85,7 +92,8 @@ def replan(obj: _Obj, /, job_id: str, note: str | None, tool: str | None, profil
     if not yes and not click.confirm(f"Replace the unshipped children of {job_id}?", default=False):
         click.echo(f"replan: {job_id} left as it was")
         return
-    queued = replanning.apply(settings, queue, parent, outcome.spec)
+    queued = (fleet_ops.replan(settings, job_id, outcome.spec, (outcome.spent_s, outcome.cost_usd)) if to_fleet
+              else replanning.apply(settings, queue, parent, outcome))
     click.echo(f"{job_id}: re-planned, queued {', '.join(queued) or 'nothing'}")
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent_queue import cancelmark, composite, plan_job
+from agent_queue import cancelmark, composite, plan_job, plan_prompt
 from agent_queue.errors import Conflict, Fenced, NotFound, StateError
 from agent_queue.fsutil import ensure_dir, read_json, write_json_atomic
 from agent_queue.inbox import Entry, LocalQueue, State, now
@@ -299,22 +299,19 @@ def replan_context(queue: LocalQueue, parent: Parent) -> tuple[list[dict[str, An
         if entry is None:
             lines.append(f"{cid}: never ran")
             continue
-        task = " ".join((entry.job.prompt or " ".join(entry.job.command)).split())[:300]
         if entry.state is State.RUNNING:
             raise Conflict(f"job {parent.id}: child {cid} is running; re-plan once it has finished")
         if entry.state is State.SHIPPED:
             kept.append(entry.job.to_dict())
-            if not plan_job.is_planning(entry.job.extra):  # an earlier planning run: kept, not news
-                lines.append(f"{cid}: SHIPPED (kept). Its task was: {task}")
-        elif entry.state is State.QUARANTINE:
-            lines.append(f"{cid}: FAILED after {entry.attempts} attempt(s): {entry.result.get('reason')}. "
-                         f"Its task was: {task}")
-        else:
-            lines.append(f"{cid}: did not run (waiting). Its task was: {task}")
+        state = {State.SHIPPED: "shipped", State.QUARANTINE: "quarantined"}.get(entry.state, "waiting")
+        line = plan_prompt.history_line(cid, state, entry.job.to_dict(), entry.attempts, entry.result.get("reason"))
+        if line is not None:
+            lines.append(line)
     return kept, lines
 
 
-def replan(queue: LocalQueue, parent: Parent, job: Job, check: Callable[[Job], None]) -> list[str]:
+def replan(queue: LocalQueue, parent: Parent, job: Job, check: Callable[[Job], None],
+           plan_spent: composite.Spend = (0.0, 0.0)) -> list[str]:
     """Replace the parent's unshipped children by ``job``'s; shipped ones must be in ``job`` unchanged.
 
     The graph and budget rules hold for the whole new family. Replaced children
@@ -338,7 +335,7 @@ def replan(queue: LocalQueue, parent: Parent, job: Job, check: Callable[[Job], N
     rounds = len(parent.result.get("plans") or ()) + 1
     replaced = [cid for cid in parent.child_ids if cid not in {k["id"] for k in kept}]
     fam = family(queue, parent)
-    spend = composite.spent({cid: fam[cid] for cid in replaced})
+    spend = composite.spent({cid: fam[cid] for cid in replaced}, plan_spent)  # the planner's runs count too
     write_json_atomic(parent.path / REPLAN_FILE, {"spec": job.to_dict(), "order": order, "round": rounds,
                                                   "replaced": replaced, "digest": _digest(job),
                                                   "spentS": spend[0], "costUsd": spend[1]})
@@ -370,8 +367,12 @@ def finish_replan(queue: LocalQueue, parent_id: str) -> list[str]:
     entry = {"round": plan["round"], "at": now(), "replaced": plan["replaced"], "queued": queued,
              "spentS": plan["spentS"], "costUsd": plan["costUsd"]}
     history = [p for p in parent.result.get("plans") or () if p.get("round") != plan["round"]]
-    verify = {"verify": "pending", "attempts": 0, "reason": None} if parent.verify_state == "failed" else {}
-    _set_result(parent, plans=[*history, entry], **verify)
+    update: dict[str, Any] = ({"verify": "pending", "attempts": 0, "reason": None}
+                              if parent.verify_state == "failed" else {})
+    if parent.result.get("plan"):  # the plan drawn (``plan.dag``) is the new one
+        update["plan"] = {**parent.result["plan"],
+                          "children": [c.id for c in job.children if not plan_job.is_planning(c.extra)]}
+    _set_result(parent, plans=[*history, entry], **update)
     (parent.path / REPLAN_FILE).unlink()
     log.info("composite re-planned", extra={"job_id": parent_id, "queued": len(queued)})
     return queued
@@ -400,9 +401,10 @@ def family(queue: LocalQueue, parent: Parent) -> dict[str, dict[str, Any]]:
 
 def rollup(queue: LocalQueue, parent: Parent) -> dict[str, Any]:
     """The parent's status, computed from its children (never stored)."""
+    fam = family(queue, parent)
     out = plan_job.shape_rollup(
-        composite.rollup(family(queue, parent), parent.order, budget=parent.spec.get("budget"),
-                         verify=parent.verify_state, prior=prior(parent)), parent.result.get("plan"))
+        composite.rollup(fam, parent.order, budget=parent.spec.get("budget"),
+                         verify=parent.verify_state, prior=prior(parent)), parent.result.get("plan"), fam)
     if parent.verify_state == "failed" and parent.result.get("reason"):
         out["reason"] = f"{out['reason']}: {parent.result['reason']}"
     return {"id": parent.id, **out}

@@ -134,23 +134,59 @@ def failed_try(record: Mapping[str, Any], reason: str) -> dict[str, Any]:
     return {**record, "state": FAILED, "reason": f"planning job {record.get('job')} quarantined: {reason}"}
 
 
-def shape_rollup(out: dict[str, Any], record: Mapping[str, Any] | None) -> dict[str, Any]:
+def shape_rollup(out: dict[str, Any], record: Mapping[str, Any] | None,
+                 family: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The rollup of a planned composite: ``planned`` until approved, ``quarantined`` when planning failed,
-    never ``shipped`` while planning; ``plan`` summarises the planning (state, tries, problems)."""
+    never ``shipped`` while planning; ``plan`` summarises the planning (state, tries, problems) and draws
+    the plan (``dag``: each planned child's id, dependsOn and state, ``planned`` until it exists).
+    With the ``family``, ``budget.planSpent`` is what the planning runs spent of the parent's budget."""
     if not record:
         return out
     state = record.get("state")
-    summary = {"state": state, "tries": record.get("tries"), "refused": len(record.get("refused") or ())}
+    summary: dict[str, Any] = {"state": state, "tries": record.get("tries"),
+                               "refused": len(record.get("refused") or ())}
     if record.get("children"):
         summary["children"] = list(record["children"])
+    dag = plan_dag(record, family, {c['id']: c['state'] for c in out.get('children') or ()})
+    if dag:
+        summary["dag"] = dag
     out["plan"] = summary
+    if family is not None:
+        planning = [m for m in family.values() if is_planning_id(str(m["id"]), record)]
+        out.setdefault("budget", {})["planSpent"] = {
+            "spentS": round(sum(float(m.get("spentS") or 0.0) for m in planning), 3),
+            "costUsd": round(sum(float(m.get("costUsd") or 0.0) for m in planning), 6)}
     if state == PLANNED and out["state"] not in ("quarantined",):
         out["state"] = PLANNED
     elif state == FAILED:
         out.update(state="quarantined", reason=record.get("reason"))
     elif state == PLANNING and out["state"] == "shipped":
         out["state"] = "running"
+    if str(out.get("reason") or "").startswith("over budget") and out.get("budget", {}).get("planSpent"):
+        spent = out["budget"]["planSpent"]
+        out["reason"] += f" (planning runs: {spent['spentS']:g}s, ${spent['costUsd']:.4f})"
     return out
+
+
+def is_planning_id(child_id: str, record: Mapping[str, Any]) -> bool:
+    """``child_id`` is one of the parent's planning children (``<id>.plan-<n>``, n up to its tries)."""
+    job = str(record.get("job") or "")
+    stem = job.rpartition(".plan-")[0]
+    return bool(stem) and child_id.startswith(f"{stem}.plan-") and child_id[len(stem) + 6:].isdigit()
+
+
+def plan_dag(record: Mapping[str, Any], family: Mapping[str, Mapping[str, Any]] | None,
+             states: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The plan as nodes ``{id, dependsOn, state}``: the planned children (``planned`` while they wait for
+    approval), and the family's other children (a re-plan's) in their rollup ``states``."""
+    planned = (record.get("spec") or {}).get("children") or []
+    family = {cid: m for cid, m in (family or {}).items() if not is_planning_id(cid, record)}
+    nodes = {str(c["id"]): {"id": str(c["id"]), "dependsOn": list(c.get("dependsOn") or ()), "state": PLANNED}
+             for c in planned if isinstance(c, dict) and "id" in c}
+    for cid, m in family.items():
+        nodes[cid] = {"id": cid, "dependsOn": list(m.get("dependsOn") or ()), "state": states.get(cid, m["state"])}
+    listed = set(record.get("children") or ())
+    return [n for cid, n in nodes.items() if cid in family or cid in listed]
 
 
 def plan_line(rollup: Mapping[str, Any], fleet: bool = False) -> str | None:

@@ -71,3 +71,14 @@ def budget_text(parent: Mapping[str, Any]) -> str:
 
 def _bullets(lines: Sequence[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
+
+
+def history_line(child_id: str, state: str, spec: Mapping[str, Any], attempts: int, reason: Any) -> str | None:
+    """What a re-planning agent is told of one child (``state``: shipped | quarantined | anything else,
+    which never ended); None for a shipped planning run (kept, but not news). Both queues use it."""
+    task = " ".join(str(spec.get("prompt") or " ".join(spec.get("command") or ())).split())[:300]
+    if state == "shipped":
+        return None if spec.get("planFor") else f"{child_id}: SHIPPED (kept). Its task was: {task}"
+    if state == "quarantined":
+        return f"{child_id}: FAILED after {attempts} attempt(s): {reason}. Its task was: {task}"
+    return f"{child_id}: did not run ({state}). Its task was: {task}"

@@ -8,7 +8,7 @@ child with none is a root.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent_queue import composite
@@ -21,21 +21,49 @@ def tree(spec: Mapping[str, Any]) -> str:
     """The DAG as an indented tree, phases and budgets shown."""
     job = Job.from_dict(spec, where="plan")
     order = composite.validate_graph(job.children, where="plan")
-    rank = {cid: i for i, cid in enumerate(order)}
     by_id = {c.id: c for c in job.children}
+    lines = [f"{job.id}: {len(job.children)} children{_parent_notes(job)}"]
+    lines += ["  " * depth + "- " + _describe(by_id[cid], under)
+              for depth, cid, under in nest(order, {c.id: c.depends_on for c in job.children})]
+    return "\n".join(lines)
+
+
+def nest(order: Sequence[str], deps: Mapping[str, Sequence[str]]) -> list[tuple[int, str, str | None]]:
+    """(depth, id, the dependency it is shown under) per node, in reading order: each node under the
+    last of its dependencies in ``order`` (a dependency order), a node with none at depth 1."""
+    rank = {cid: i for i, cid in enumerate(order)}
     under: dict[str | None, list[str]] = {}
     for cid in order:
-        deps = by_id[cid].depends_on
-        under.setdefault(max(deps, key=rank.__getitem__) if deps else None, []).append(cid)
-    lines = [f"{job.id}: {len(job.children)} children{_parent_notes(job)}"]
+        known = [d for d in deps.get(cid, ()) if d in rank]
+        under.setdefault(max(known, key=rank.__getitem__) if known else None, []).append(cid)
+    out: list[tuple[int, str, str | None]] = []
 
     def walk(key: str | None, depth: int) -> None:
         for cid in under.get(key, []):
-            lines.append("  " * depth + "- " + _describe(by_id[cid], key))
+            out.append((depth, cid, key))
             walk(cid, depth + 1)
 
     walk(None, 1)
-    return "\n".join(lines)
+    return out
+
+
+def dag_lines(nodes: Sequence[Mapping[str, Any]], indent: str = "    ") -> list[str]:
+    """A rollup's ``plan.dag`` (nodes ``{id, dependsOn, state}``) as an indented tree for ``status`` and
+    ``fleet-status``: ``- id [state]``, each node under the last of its dependencies."""
+    deps = {str(n["id"]): [str(d) for d in n.get("dependsOn") or ()] for n in nodes}
+    states = {str(n["id"]): str(n.get("state")) for n in nodes}
+    order: list[str] = []
+    pending = list(deps)
+    while pending:  # dependencies first; a dependency outside the nodes does not hold a node back
+        ready = [cid for cid in pending if all(d in order or d not in deps for d in deps[cid])] or pending[:1]
+        order += ready
+        pending = [cid for cid in pending if cid not in ready]
+    lines = []
+    for depth, cid, shown in nest(order, deps):
+        others = [d for d in deps[cid] if d != shown]
+        also = f" (also after {', '.join(others)})" if others else ""
+        lines.append(indent + "  " * (depth - 1) + f"- {cid} [{states[cid]}]{also}")
+    return lines
 
 
 def mermaid(spec: Mapping[str, Any]) -> str:

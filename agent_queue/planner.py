@@ -15,7 +15,6 @@ a refused plan is tried again with the problems in the prompt, up to
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import secrets
 import shutil
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_queue import plan_prompt, plan_spec, plan_view, process
+from agent_queue import plan_prompt, plan_spec, plan_view, process, repo_guard
 from agent_queue.agent_output import answer_text
 from agent_queue.control import Control
 from agent_queue.errors import AQError, BadInput, StateError
@@ -64,6 +63,8 @@ class Request:
 class Outcome:
     spec: dict[str, Any]
     refused: list[list[str]] = field(default_factory=list)  # each refused try's problems
+    spent_s: float = 0.0  # what the planner's runs took together (a re-plan counts it in the parent's budget)
+    cost_usd: float = 0.0  # what they cost, as the tool reported it (0 when it does not say)
 
 
 def make_plan(settings: Settings, req: Request, on_refused: Callable[[int, list[str]], None] | None = None) -> Outcome:
@@ -78,7 +79,8 @@ def make_plan(settings: Settings, req: Request, on_refused: Callable[[int, list[
         prompt = plan_prompt.build(req.epic, tool=req.tool, tools=sorted(settings.tools),
                                    profiles=sorted(settings.profiles), budget=plan_prompt.budget_text(req.parent),
                                    problems=problems, context=req.context)
-        answer = run_planner(settings, req, prompt)
+        answer, secs, cost = run_planner(settings, req, prompt)
+        outcome.spent_s, outcome.cost_usd = round(outcome.spent_s + secs, 3), round(outcome.cost_usd + cost, 6)
         try:
             spec = plan_spec.compose(plan_spec.extract(answer), req.parent, req.kept)
             problems = plan_spec.problems(spec, lambda j: check_known(j, settings.tools, settings.profiles), fixed)
@@ -94,8 +96,9 @@ def make_plan(settings: Settings, req: Request, on_refused: Callable[[int, list[
                       + "; ".join(problems))
 
 
-def run_planner(settings: Settings, req: Request, prompt: str) -> str:
-    """One run of the planning agent in a throwaway workspace; its answer as text (a failed run says why)."""
+def run_planner(settings: Settings, req: Request, prompt: str) -> tuple[str, float, float]:
+    """One run of the planning agent in a throwaway workspace: its answer as text (a failed run says why),
+    the seconds it ran and the dollars it reported."""
     spec: dict[str, Any] = {"id": f"plan-{secrets.token_hex(6)}", "tool": req.tool, "profile": req.profile,
                             "prompt": prompt}
     if req.timeout_s is not None:
@@ -115,10 +118,12 @@ def run_planner(settings: Settings, req: Request, prompt: str) -> str:
             output = attempt_output(raw, 0)
     finally:
         shutil.rmtree(run_dir(settings.root, job), ignore_errors=True)
+    cost = attempt.adapter.parse_output(output).get("costUsd")
+    spend = (result.duration_s, float(cost) if isinstance(cost, int | float) else 0.0)
     if not result.ok:
         why = result.error or ("timed out" if result.timed_out else f"exited with status {result.exit_code}")
-        return f"(the planner tool {req.tool} {why}; its output ended: {output[-300:]!r})"
-    return answer_text(attempt.adapter.output_format, output)
+        return f"(the planner tool {req.tool} {why}; its output ended: {output[-300:]!r})", *spend
+    return answer_text(attempt.adapter.output_format, output), *spend
 
 
 @contextlib.contextmanager
@@ -131,7 +136,7 @@ def _workspace(repo: Path | None, path: Path) -> Iterator[None]:
         finally:
             shutil.rmtree(path, ignore_errors=True)
         return
-    before = fingerprint(repo)
+    before = repo_guard.snapshot(repo)
     git(["worktree", "add", "--detach", "--quiet", str(path), "HEAD"], cwd=repo, what=f"plan: repo {repo}")
     try:
         yield
@@ -139,19 +144,10 @@ def _workspace(repo: Path | None, path: Path) -> Iterator[None]:
         git(["worktree", "remove", "--force", str(path)], cwd=repo, what=f"plan: repo {repo}", check=False)
         shutil.rmtree(path, ignore_errors=True)
         git(["worktree", "prune"], cwd=repo, what=f"plan: repo {repo}", check=False)
-    if fingerprint(repo) != before:
-        raise StateError(f"plan: the planner changed the repository {repo} (HEAD, a ref, or the working tree); "
+    changed = repo_guard.differences(before, repo_guard.snapshot(repo))
+    if changed:
+        raise StateError(f"plan: the planner changed the repository {repo} ({'; '.join(changed)}); "
                          "its plan is refused")
-
-
-def fingerprint(repo: Path) -> tuple[str, ...]:
-    """What a planner must not change: HEAD, every ref, the status and the diff against HEAD."""
-    what = f"plan: repo {repo}"
-    diff = git(["diff", "HEAD", "--binary"], cwd=repo, what=what).stdout
-    return (git_out(["rev-parse", "HEAD"], cwd=repo, what=what),
-            git_out(["for-each-ref", "--format=%(refname) %(objectname)"], cwd=repo, what=what),
-            git_out(["status", "--porcelain=v1", "--untracked-files=all"], cwd=repo, what=what),
-            hashlib.sha256(diff.encode("utf-8", "surrogateescape")).hexdigest())
 
 
 def local_repo(repo: str) -> Path:

@@ -92,9 +92,11 @@ def composite_line(comp: Mapping[str, Any], color: bool) -> str:
 def composite_lines(comp: Mapping[str, Any], color: bool, *, fleet: bool) -> list[str]:
     """A composite's rollup line and, for a planned composite, its plan's line."""
     from agent_queue.plan_job import plan_line
+    from agent_queue.plan_view import dag_lines
 
     plan = plan_line(comp, fleet=fleet)
-    return [composite_line(comp, color)] + ([plan] if plan else [])
+    dag = (comp.get("plan") or {}).get("dag") or []
+    return [composite_line(comp, color)] + ([plan] if plan else []) + dag_lines(dag)
 
 
 def holding(job_id: Any, *, tool: Any = None, attempt: Any = None, epoch: Any = None, pid: Any = None,

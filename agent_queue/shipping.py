@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agent_queue import process, shiphooks, workspace
+from agent_queue import plan_job, process, shiphooks, workspace
 from agent_queue.control import Control
 from agent_queue.errors import AQError, Fenced, ReportPending
 from agent_queue.gitcmd import GitFenced
@@ -55,10 +55,12 @@ class Shipper:
         except Fenced as exc:
             record.update(outcome="fenced", reason=f"ship refused: {exc.message}")
             return record
-        if claim.job.repo is not None:
+        if claim.job.repo is not None and not plan_job.is_planning(claim.job.extra):  # a plan ships no content
             refused = self._push(claim, workdir, record)
             if refused is not None:
                 return refused
+        elif claim.job.repo is not None:
+            workspace.finish(self.root, claim.job, "shipped")
         record["outcome"] = "shipped"
         hook = plan.ship and not record.get("pushPending")  # no branch on the remote: a PR hook cannot work
         if hook:  # marked before the move: a crash right after it must not skip the hook
@@ -74,7 +76,7 @@ class Shipper:
 
         The push needs no tool, so the accepted work of a repo job still arrives; the hook is not run.
         """
-        if claim.job.repo is not None:
+        if claim.job.repo is not None and not plan_job.is_planning(claim.job.extra):
             try:
                 res = workspace.push(self.root, claim.job, workspace.existing(self.root, claim.job),
                                      factory_id=self.settings.factory_id, epoch=claim.epoch)

@@ -236,6 +236,25 @@ def _approve(r: _Request) -> Response:
     return 200, r.coord.approve(r.job_id)
 
 
+def _replan(r: _Request) -> Response:
+    """``{spec, planSpent?: {spentS, costUsd}}``: the approved plan, and what its planner ran on the caller's host."""
+    spec = r.body.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("children"), list):
+        raise BadInput("spec: must be the composite spec of the new plan, with its children")
+    if spec.get("id", r.job_id) != r.job_id:
+        raise BadInput(f"spec.id: {str(spec.get('id'))[:128]!r} is not the job re-planned, {r.job_id!r}")
+    spent = r.body.get("planSpent") or {}
+    if not isinstance(spent, dict):
+        raise BadInput("planSpent: must be an object {spentS, costUsd}")
+    amounts = []
+    for key in ("spentS", "costUsd"):
+        value = spent.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
+            raise BadInput(f"planSpent.{key}: must be a number from 0")
+        amounts.append(float(value))
+    return 200, r.coord.replan(r.job_id, spec, (amounts[0], amounts[1]))
+
+
 def _reap(r: _Request) -> Response:
     return 200, {"reclaimed": r.coord.reap()}
 
@@ -261,6 +280,7 @@ _ROUTES: dict[str, dict[str, Callable[[_Request], Response]]] = {
     "jobs/{id}/requeue": {"POST": _requeue},
     "jobs/{id}/cancel": {"POST": _cancel},
     "jobs/{id}/approve": {"POST": _approve},
+    "jobs/{id}/replan": {"POST": _replan},
     "claim": {"POST": _claim},
     "reap": {"POST": _reap},
     "shadow-reports": {"POST": _shadow},

@@ -17,6 +17,8 @@ to coordinator records:
   fresh attempt count (their earlier cost kept for the budget) and the next
   ``round``, a failed verify queued again.
 - **cancel** (``cancel_family``): the children not ended and the verify gate.
+- **re-plan** (``replan``): a person's new plan replaces the unshipped children of a
+  composite with a quarantined child; shipped ones stay as they are, with their history.
 - **rollup**: the parent's state as answered, computed from its children.
 
 Imported only when a composite is involved (most seam calls never are).
@@ -31,6 +33,7 @@ from coordinator_stub.records import (
     JobState,
     create,
     digest_of,
+    find,
     find_opt,
     new_record,
     not_before_of,
@@ -163,8 +166,10 @@ def family_allows(tx: Tx, spec: Mapping[str, Any], parents: dict[str, dict[str, 
     if parent is None or parent.get("state") != JobState.COMPOSITE.value:
         return True
     family = _family(tx, parent)
-    if composite.budget_stop(parent["spec"].get("budget"), family) is not None:
+    if composite.budget_stop(parent["spec"].get("budget"), family, prior(parent)) is not None:
         return False
+    if spec["id"] not in family:
+        return True  # a child a re-plan replaced: it is no longer the family's (never claimable: retired)
     return composite.blocker(family[spec["id"]], family) is None
 
 
@@ -184,7 +189,7 @@ def maybe_verify(c: Ctx, parent_id: str, force: bool = False) -> None:
     family = _family(c.tx, parent)
     if any(m["state"] != JobState.SHIPPED.value for m in family.values()):
         return
-    if composite.budget_stop(parent["spec"].get("budget"), family) is not None:
+    if composite.budget_stop(parent["spec"].get("budget"), family, prior(parent)) is not None:
         return
     rec = new_record(c, composite.verify_spec(parent["spec"]), None, "")
     # Epochs continue across rounds, so a zombie of an earlier round is always fenced.
@@ -286,9 +291,11 @@ def rollup(tx: Tx, parent: dict[str, Any]) -> dict[str, Any]:
             verify = "running" if live["state"] == JobState.LEASED.value else "pending"
         else:
             verify = outcome.get("state") or "pending"
-    out = plan_job.shape_rollup(composite.rollup(_family(tx, parent), parent.get("order", parent["childIds"]),
-                                                 budget=parent["spec"].get("budget"), verify=verify),
-                                parent.get("plan"))
+    family = _family(tx, parent)
+    out = plan_job.shape_rollup(composite.rollup(family, parent.get("order", parent["childIds"]),
+                                                 budget=parent["spec"].get("budget"), verify=verify,
+                                                 prior=prior(parent)),
+                                parent.get("plan"), family)
     if verify == "failed" and outcome.get("reason") and out.get("reason"):
         out["reason"] = f"{out['reason']}: {outcome['reason']}"
     return out
@@ -307,3 +314,88 @@ def _family(tx: Tx, parent: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                        num(detail.get("durationS")) + num(rec.get("priorS")),
                                        num(detail.get("costUsd")) + num(rec.get("priorUsd")))
     return family
+
+
+def prior(parent: Mapping[str, Any]) -> composite.Spend:
+    """What the parent spent outside its current children: each re-plan's replaced children and its planner."""
+    plans = parent.get("replans") or ()
+    return (sum(num(p.get("spentS")) for p in plans), sum(num(p.get("costUsd")) for p in plans))
+
+
+def replan(c: Ctx, job_id: str, raw: Mapping[str, Any], plan_spent: composite.Spend,
+           retire: Callable[[Ctx, dict[str, Any], str], None]) -> list[str]:
+    """Replace the unshipped children of composite ``job_id`` by the children of ``raw`` (the approved plan).
+
+    Refused (``Conflict``, nothing changed) unless a child is quarantined, no child
+    is leased, and the plan keeps every shipped child unchanged; the new family
+    passes the graph and budget rules (``InvalidJob``). Shipped children keep their
+    records; a replaced child still queued is retired (``retire``: it ends
+    cancelled, its history kept), a quarantined or cancelled one stays archived,
+    and an id the plan uses again gets a fresh record (the old version kept as
+    history). What the replaced children and the planner spent stays counted in
+    the parent's budget (``replans``). The caller's transaction makes it one change.
+    """
+    from agent_queue.jobs import Job
+
+    parent = find_opt(c.tx, job_id)
+    if parent is None:
+        raise NotFound(f"job {job_id}: no such job")
+    if parent.get("state") != JobState.COMPOSITE.value:
+        raise Conflict(f"job {job_id}: is {parent['state']}; only a composite job is re-planned")
+    states = {cid: state_of(c.tx, cid) for cid in parent["childIds"]}
+    if JobState.QUARANTINED.value not in states.values():
+        raise Conflict(f"job {job_id}: no child is quarantined; only a composite with quarantined children "
+                       "is re-planned")
+    running = [cid for cid, st in states.items() if st == JobState.LEASED.value]
+    if running:
+        raise Conflict(f"job {job_id}: child {running[0]} is running; re-plan once it has finished")
+    fields = {k: v for k, v in parent["spec"].items() if k not in ("plan", "children")}
+    job = Job.from_dict({**fields, "children": raw.get("children")}, where=f"job {job_id} re-plan")
+    order = composite.validate_graph(job.children, where=f"job {job_id}")
+    composite.validate_budget(job, where=f"job {job_id}")
+    new = {ch.id: ch for ch in job.children}
+    kept = [cid for cid, st in states.items() if st == JobState.SHIPPED.value]
+    for cid in kept:
+        if cid not in new or _same(new[cid].to_dict()) != _same(find(c.tx, cid)["spec"]):
+            raise Conflict(f"job {job_id}: shipped child {cid} must be kept unchanged by a re-plan")
+    replaced = [cid for cid in parent["childIds"] if cid not in kept]
+    for ch in job.children:
+        if ch.id == job_id or (ch.id not in parent["childIds"] and find_opt(c.tx, ch.id) is not None):
+            raise Conflict(f"job {job_id}: child id {ch.id!r} already used")
+    family = _family(c.tx, parent)
+    spent = composite.spent({cid: family[cid] for cid in replaced}, plan_spent)
+    number = len(parent.get("replans") or ()) + 1
+    why = f"replaced by re-plan {number} of {job_id}"
+    for cid in replaced:
+        hot = c.tx.hot["jobs"].get(cid)
+        if hot is not None and not stale(c.tx, hot):
+            if cid in new:
+                del c.tx.hot["jobs"][cid]
+            else:
+                retire(c, hot, why)
+        elif cid in new and c.tx.archived(cid) is not None:
+            c.tx.supersede(cid)  # the old version goes to history; the id runs again as a new record
+    queued = [ch.id for ch in job.children if ch.id not in kept]
+    for ch in job.children:
+        if ch.id in queued:
+            create(c, ch.to_dict(), None, digest_of(ch, {}))
+    entry = {"round": number, "at": c.now, "replaced": replaced, "queued": queued,
+             "spentS": spent[0], "costUsd": spent[1], "planSpentS": plan_spent[0], "planCostUsd": plan_spent[1]}
+    update: dict[str, Any] = {"childIds": [ch.id for ch in job.children], "order": order,
+                              "replans": [*(parent.get("replans") or ()), entry]}
+    if parent.get("plan"):
+        update["plan"] = {**parent["plan"], "children": [ch.id for ch in job.children
+                                                         if not plan_job.is_planning(ch.extra)]}
+    if (parent.get("verify") or {}).get("state") == "failed":
+        update["verify"] = {**parent["verify"], "state": "pending"}
+    c.tx.supersede(job_id, {**parent, **update})
+    c.ev.update(replanned=number, queued=queued)
+    return queued
+
+
+def _same(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A child spec as a re-plan compares it: normalized, without the coordinator's own ``notBefore``."""
+    from agent_queue.jobs import Job
+
+    out = Job.from_dict({k: v for k, v in spec.items() if k != "notBefore"}, where="child").to_dict()
+    return out

@@ -205,6 +205,12 @@ class Coordinator:
         """A person approved a planned composite: its children are created (``queued``: their ids)."""
         return self._run("approve", lambda c: self._approve_op(c, job_id), jobId=job_id)
 
+    def replan(self, job_id: str, spec: Mapping[str, Any], plan_spent: tuple[float, float] = (0.0, 0.0)
+               ) -> dict[str, Any]:
+        """A person's re-plan of a composite with a quarantined child, in one transaction: the unshipped
+        children are replaced by ``spec``'s (``composite_rules.replan``); ``queued``: the ids created."""
+        return self._run("replan", lambda c: self._replan_op(c, job_id, spec, plan_spent), jobId=job_id)
+
     def reap(self) -> list[dict[str, Any]]:
         """Return every expired lease's job to queued (or quarantine it when attempts are spent)."""
         return self._run("reap", lambda c: c.reclaimed)
@@ -637,6 +643,17 @@ class Coordinator:
         from coordinator_stub import composite_rules
 
         queued = composite_rules.approve(c, job_id)
+        return {**full_view(c.tx, find(c.tx, job_id), c.now), "queued": queued}
+
+    def _replan_op(self, c: Ctx, job_id: str, spec: Mapping[str, Any], plan_spent: tuple[float, float]
+                   ) -> dict[str, Any]:
+        from coordinator_stub import composite_rules
+
+        def retire(c: Ctx, rec: dict[str, Any], reason: str) -> None:
+            self._finish(c, rec, JobState.CANCELLED, reason, {"op": "replan", "factoryId": None,
+                                                               "leaseEpoch": rec["leaseEpoch"], "outcome": None})
+
+        queued = composite_rules.replan(c, job_id, spec, plan_spent, retire)
         return {**full_view(c.tx, find(c.tx, job_id), c.now), "queued": queued}
 
     def _requeue_op(self, c: Ctx, job_id: str) -> dict[str, Any]:

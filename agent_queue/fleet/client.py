@@ -175,6 +175,16 @@ class FleetClient:
         path = f"/v1/fleet/jobs/{_path_id(job_id)}/approve"
         return self._call("POST", path, {}, lambda r: _require_body(r, path))
 
+    def replan(self, job_id: str, spec: Mapping[str, Any], plan_spent: tuple[float, float]) -> dict[str, Any]:
+        """Replace a composite's unshipped children by the approved plan ``spec``'s: the view plus ``queued``.
+
+        ``plan_spent``: (seconds, dollars) its planner ran here, counted in the parent's budget. A repeat
+        is a ``Conflict`` (nothing is quarantined any more).
+        """
+        path = f"/v1/fleet/jobs/{_path_id(job_id)}/replan"
+        body = {"spec": dict(spec), "planSpent": {"spentS": plan_spent[0], "costUsd": plan_spent[1]}}
+        return self._call("POST", path, body, lambda r: _require_body(r, path))
+
     # -- leases -----------------------------------------------------------
 
     def claim(self, dry_run: bool = False, factory_id: str | None = None) -> tuple[Job, Lease | None] | None:

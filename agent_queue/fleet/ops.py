@@ -171,6 +171,22 @@ def approve(settings: Settings, job_id: str) -> list[str]:
         return [str(x) for x in client.approve(validate_id(job_id, "job id")).get("queued") or []]
 
 
+def family_views(settings: Settings, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``replan ID --fleet``: the coordinator's views of the composite and of each of its children, in order."""
+    with _client(settings) as client:
+        parent = client.get_job(validate_id(job_id, "job id"))
+        if (parent.get("job") or {}).get("kind") != "composite":
+            raise NotFound(f"job {job_id}: not a composite job")
+        ids = [c["id"] for c in (parent.get("rollup") or {}).get("children") or ()]
+        return parent, [client.get_job(cid) for cid in ids]
+
+
+def replan(settings: Settings, job_id: str, spec: Mapping[str, Any], plan_spent: tuple[float, float]) -> list[str]:
+    """``replan ID --fleet``, once approved: the coordinator swaps the unshipped children; the ids it queued."""
+    with _client(settings) as client:
+        return [str(x) for x in client.replan(validate_id(job_id, "job id"), spec, plan_spent).get("queued") or []]
+
+
 def shadow_report(settings: Settings, since: str | None) -> shadow.ShadowSummary:
     """Summarize ``<root>/.state/fleet-shadow.log``; ``since`` is RFC 3339 or a duration (15m, 2h, 7d)."""
     start = None if since is None else shadow.parse_since(since, time.time())

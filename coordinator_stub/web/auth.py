@@ -5,7 +5,7 @@ Every request of ``serve`` is authorised by one policy (``scope_for`` and
 Scopes follow the design of the production fleet: ``factory`` (claim, renew,
 release, report, shadow reports, reap), ``submit`` (enqueue, requeue),
 ``read`` (every read, the dashboard, metrics), ``metrics`` (/metrics only),
-``admin`` (cancel, approve, and everything else). Enrolled tokens (kept hashed
+``admin`` (cancel, approve, replan, and everything else). Enrolled tokens (kept hashed
 in the store, see ``coordinator_stub/enrolment.py``) grant what
 ``ENROLLED_GRANTS`` says; ``fleet.py`` looks them up, and a factory token acts
 only as its own factory (``bind_to_factory``). Shared tokens from the
@@ -198,7 +198,7 @@ def scope_for(method: str, path: str) -> str | None:
         return READ
     if route.endswith("/v1/fleet/jobs") or route.endswith("/requeue"):
         return SUBMIT
-    if route.endswith("/cancel") or route.endswith("/approve"):
+    if route.endswith("/cancel") or route.endswith("/approve") or route.endswith("/replan"):
         return ADMIN  # a person's decision over any job: no factory token may take it
     return FACTORY
 

@@ -173,6 +173,12 @@ def dag(parent: Mapping[str, Any], children: Sequence[Mapping[str, Any]]) -> dic
     states = {c["id"]: c["state"] for c in (parent.get("rollup") or {}).get("children", [])}
     specs = {v["job"]["id"]: v["job"] for v in children}
     ids = list(parent["job"].get("childIds") or [v["job"]["id"] for v in children])
+    # A planned composite's children exist only in its plan until a person approves it: drawn as ``planned``.
+    for node in ((parent.get("rollup") or {}).get("plan") or {}).get("dag") or []:
+        if node["id"] not in ids:
+            ids.append(node["id"])
+            specs[node["id"]] = {"id": node["id"], "dependsOn": node.get("dependsOn") or []}
+            states[node["id"]] = node["state"]
     phases = sorted({int(specs.get(i, {}).get("phase") or 0) for i in ids})
     layer: dict[str, int] = {}
     base = 0

@@ -125,6 +125,7 @@ def test_the_planner_reads_a_throwaway_worktree_and_may_not_change_the_repo(tmp_
     res = aq(root, "plan", "--tool", "planner", "--id", "e2", "--repo", str(repo), "--out", str(tmp_path / "x.json"),
              "epic")
     assert res.returncode == 1 and "the planner changed the repository" in res.stderr
+    assert "(working tree: M README.md)" in res.stderr  # the refusal names the change
     assert not (tmp_path / "x.json").exists()
 
 
@@ -159,12 +160,18 @@ def test_a_composite_with_a_plan_is_planned_in_the_queue_and_waits_for_approval(
     assert runs(script) == 2 and "dependency cycle epic.a -> epic.b -> epic.a" in prompt_of(script, 2)
     (roll,) = status(root)["composites"]
     assert roll["state"] == "planned" and not log.exists()  # nothing ran before approval
-    assert roll["plan"] == {"state": "planned", "tries": 2, "refused": 1, "children": ["epic.a", "epic.b"]}
+    dag = [{"id": "epic.a", "dependsOn": [], "state": "planned"},
+           {"id": "epic.b", "dependsOn": ["epic.a"], "state": "planned"}]
+    assert roll["plan"] == {"state": "planned", "tries": 2, "refused": 1, "children": ["epic.a", "epic.b"],
+                            "dag": dag}
     assert [c["id"] for c in roll["children"]] == ["epic.plan-1", "epic.plan-2"]
     assert roll["budget"]["costUsd"] == 0.02  # the planning runs count against the budget
+    assert roll["budget"]["planSpent"]["costUsd"] == 0.02
     text = aq(root, "status").stdout
     assert "composite: epic planned (shipped 2)" in text
-    assert "  plan: planned (try 2, 1 refused): epic.a, epic.b; approve with: agent-queue approve epic" in text
+    assert ("  plan: planned (try 2, 1 refused): epic.a, epic.b; approve with: agent-queue approve epic\n"
+            "    - epic.a [planned]\n"
+            "      - epic.b [planned]\n") in text  # the planned DAG, as a tree
 
     res = aq(root, "approve", "epic")
     assert res.returncode == 0 and res.stdout.strip() == "epic: approved, queued epic.a, epic.b"
@@ -172,6 +179,8 @@ def test_a_composite_with_a_plan_is_planned_in_the_queue_and_waits_for_approval(
     assert aq(root, "run", "--drain", timeout=60).returncode == 0
     (roll,) = status(root)["composites"]
     assert roll["state"] == "shipped" and log.read_text().split() == ["a", "b"]
+    assert [(n["id"], n["state"]) for n in roll["plan"]["dag"]] == [("epic.a", "shipped"), ("epic.b", "shipped")]
+    assert "    - epic.a [shipped]\n      - epic.b [shipped]" in aq(root, "status").stdout
 
 
 def test_a_planning_job_that_never_plans_well_quarantines_the_composite(tmp_path: Path) -> None:

@@ -71,11 +71,14 @@ def test_a_planned_composite_in_the_fleet_plans_waits_for_approve_fleet_then_shi
             ds.start(root, env, factory=f"f{i}")
         wait_for(lambda: coord_job(state, "epic")["rollup"]["state"] == "planned", "the plan", deadline_s=60)
         roll = coord_job(state, "epic")["rollup"]
-        assert roll["plan"] == {"state": "planned", "tries": 2, "refused": 1, "children": ["epic.a", "epic.b"]}
+        assert roll["plan"] == {"state": "planned", "tries": 2, "refused": 1, "children": ["epic.a", "epic.b"],
+                                "dag": [{"id": "epic.a", "dependsOn": [], "state": "planned"},
+                                        {"id": "epic.b", "dependsOn": ["epic.a"], "state": "planned"}]}
         assert not log.exists()  # nothing runs before approval
         text = aq(roots[0], "fleet-status", env=env).stdout
         assert "composite: epic planned (shipped 2)" in text
-        assert "approve with: agent-queue approve epic --fleet" in text
+        tree = "approve with: agent-queue approve epic --fleet\n    - epic.a [planned]\n      - epic.b [planned]"
+        assert tree in text
 
         res = aq(roots[1], "approve", "epic", "--fleet", env=env)
         assert res.returncode == 0 and res.stdout.strip() == "epic: approved, queued epic.a, epic.b", res.stderr

@@ -40,6 +40,7 @@ def test_replan_keeps_the_shipped_children_and_their_history(tmp_path: Path) -> 
     (roll,) = status(root)["composites"]
     assert [c["id"] for c in roll["children"]] == ["epic.a", "epic.b2", "epic.c"]
     assert roll["children"][0]["state"] == "shipped" and roll["state"] == "queued"
+    assert roll["budget"]["costUsd"] == 0.02  # the re-plan's two planner runs count against the budget
     # The replaced children left the queue with their history (nothing deleted).
     replaced_b = json.loads((root / "replaced" / "epic.b.r1" / "result.json").read_text())
     assert replaced_b["attempts"] == 1 and "replaced by re-plan 1 of epic" in replaced_b["reason"]
@@ -50,3 +51,24 @@ def test_replan_keeps_the_shipped_children_and_their_history(tmp_path: Path) -> 
     assert roll["state"] == "shipped"
     assert log.read_text().split() == ["a", "b", "b2", "c"]  # a never ran again
     assert (root / "shipped" / "epic.a" / "result.json").read_text() == a_record
+
+
+def test_a_composite_planned_in_the_queue_is_re_planned_keeping_its_planning_run(tmp_path: Path) -> None:
+    root, script, log = tmp_path / "root", tmp_path / "planner", tmp_path / "runs.log"
+    failing = {**shell("b", log), "command": ["sh", "-c", f"echo b >> {log}; exit 3"], "budget": {"maxAttempts": 1}}
+    configure(root, script, [answer([shell("a", log), failing]), answer([shell("b2", log)])])
+    spec = {"id": "epic", "kind": "composite", "plan": {"tool": "planner", "prompt": "Split the work"}}
+    assert aq(root, "enqueue", "-", stdin=json.dumps(spec)).returncode == 0
+    assert aq(root, "run", "--drain", timeout=60).returncode == 0
+    (roll,) = status(root)["composites"]
+    assert roll["state"] == "quarantined" and roll["reason"] == "child epic.b quarantined"
+
+    res = aq(root, "replan", "epic", "--yes")  # the composite's own planner (tool planner) by default
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "epic: re-planned, queued epic.b2"
+    assert "epic.plan-1" not in prompt_of(script, 2)  # a planning run is kept, not news
+    assert aq(root, "run", "--drain", timeout=60).returncode == 0
+    (roll,) = status(root)["composites"]
+    assert roll["state"] == "shipped" and log.read_text().split() == ["a", "b", "b2"]
+    assert [c["id"] for c in roll["children"]] == ["epic.plan-1", "epic.a", "epic.b2"]
+    assert [(n["id"], n["state"]) for n in roll["plan"]["dag"]] == [("epic.a", "shipped"), ("epic.b2", "shipped")]

@@ -72,6 +72,8 @@ def test_scopes_and_a_factory_acting_as_another(stub: RunningStub, state: Any) -
     assert "'f0'" in refused["error"]["message"] and "'f1'" in refused["error"]["message"]
     assert meta(stub, read, "a")["state"] == "queued"  # nothing changed
     check(call(stub, "POST", "/jobs/a/cancel", f1, {}), 403)  # cancel is admin's
+    replan = {"spec": {"children": [{"id": "x", "command": ["true"]}]}}
+    check(call(stub, "POST", "/jobs/a/replan", submit, replan), 403)  # so is a re-plan
     got = check(call(stub, "POST", "/claim", f1, {"factoryId": "f1"}), 200)
     epoch = got["lease"]["leaseEpoch"]
     check(call(stub, "POST", "/jobs/a/renew", f1, {"factoryId": "f0", "leaseEpoch": epoch}), 403)
@@ -79,6 +81,7 @@ def test_scopes_and_a_factory_acting_as_another(stub: RunningStub, state: Any) -
           200)
     check(call(stub, "POST", "/jobs", admin, {"id": "b", "command": ["true"]}), 201)
     check(call(stub, "POST", "/jobs/b/cancel", admin, {}), 200)
+    assert "only a composite job" in check(call(stub, "POST", "/jobs/a/replan", admin, replan), 409)["error"]["message"]
     if not isinstance(state, str):  # the directory's event log: refusals by token id, never a token
         log = (state / "events.jsonl").read_text()
         f1_id = f1.split("_")[1]

@@ -100,6 +100,7 @@ def test_enrolled_scopes_and_the_admin_only_routes() -> None:
     assert factory is not None and submit is not None
     assert factory.factory_id == "f1" and factory.capabilities == frozenset({"gpu"}) and factory.via == "enrolled"
     assert scope_for("POST", "/v1/fleet/jobs/x/cancel") == ADMIN == scope_for("POST", "/v1/fleet/jobs/x/approve")
+    assert scope_for("POST", "/v1/fleet/jobs/x/replan") == ADMIN
     assert [decide(factory, n) for n in (FACTORY, READ, SUBMIT, ADMIN)] == [0, 0, 403, 403]
     assert [decide(submit, n) for n in (FACTORY, READ, SUBMIT, ADMIN)] == [403, 0, 0, 403]
     assert decide(None, READ) == 401 and decide(None, None) == 0 and enrolled(None) is None

@@ -82,6 +82,17 @@ def test_a_dag_is_layered_by_dependencies_and_phases() -> None:
     assert out["layers"] == 4 and out["rows"] == 2
 
 
+def test_a_planned_composite_draws_its_planned_children_before_approval() -> None:
+    plan = {"state": "planned", "dag": [{"id": "p.a", "dependsOn": [], "state": "planned"},
+                                        {"id": "p.b", "dependsOn": ["p.a"], "state": "planned"}]}
+    parent = {"job": {"id": "p", "childIds": ["p.plan-1"]},
+              "rollup": {"state": "planned", "children": [{"id": "p.plan-1", "state": "shipped"}], "plan": plan}}
+    out = dag(parent, [{"job": {"id": "p.plan-1", "dependsOn": []}}])
+    assert [(n["id"], n["state"]) for n in out["nodes"]] == [("p.plan-1", "shipped"), ("p.a", "planned"),
+                                                            ("p.b", "planned")]
+    assert out["edges"] == [["p.a", "p.b"]]
+
+
 def test_the_shadow_rate_leaves_idle_out_and_buckets_by_time() -> None:
     now = parse_rfc3339("2026-01-01T01:00:00Z")
     reports = [{"verdict": v, "receivedAt": t, "factoryId": "s", "localJobId": "a", "coordJobId": "b"} for v, t in (
