@@ -120,7 +120,7 @@ def test_a_coordinator_that_double_assigns_fails_a(tmp_path: Path, mode: dict[st
     code, out = run_demo(tmp_path, {**FAST, "AQ_DEMO_STUB_CMD": broken, "AQ_DEMO_KEEP": "1", **mode})
     assert code == 1, out
     assert verdict(out, "a") == "FAIL", out
-    assert re.search(r"FAIL: demo-\w+-a\d: [2-9] execution\(s\) by ", out), out  # seen in the markers (2, or more under load)
+    assert re.search(r"FAIL: demo-\w+-a\d: [2-9] execution\(s\) by ", out), out  # in the markers (2, more under load)
     assert leftovers(tmp_path) == [], out
     kept = re.search(r"^kept \(AQ_DEMO_KEEP=1\): (\S+)", out, flags=re.M)
     assert kept, out
