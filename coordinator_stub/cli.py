@@ -252,11 +252,11 @@ def factory_list(ctx: click.Context, as_json: bool) -> None:
 
 @cli.group()
 def token() -> None:
-    """Tokens for people and CI jobs (scope submit, read or admin); factory tokens are revoked here too."""
+    """Tokens for people and CI jobs (scope submit, read, metrics or admin); factory tokens are revoked here too."""
 
 
 @token.command("add")
-@click.option("--scope", required=True, type=click.Choice(["submit", "read", "admin"]))
+@click.option("--scope", required=True, type=click.Choice(["submit", "read", "metrics", "admin"]))
 @click.option("--name", required=True, help="Who or what holds it (shown by token list).")
 @click.pass_context
 def token_add(ctx: click.Context, scope: str, name: str) -> None:

@@ -276,6 +276,16 @@ class Coordinator:
         """Operations the store takes at once (``serve`` sizes its store threads by it)."""
         return self._store.concurrency
 
+    def refusals_suppressed(self, count: int, window_s: float) -> None:
+        """Refusals ``serve`` did not write in the last window (its rate limit, ``web/refusals.py``): how many."""
+        self._run("refusals_suppressed", lambda c: c.ev.update(count=count, windowS=window_s))
+
+    def token_live(self, token_id: str) -> bool:
+        """Whether an enrolled token still works (a dashboard session opened with it ends once it does not)."""
+        from coordinator_stub import enrolment
+
+        return self._run("token_live", lambda c: enrolment.live(c, token_id), log=False)
+
     def tidy(self) -> None:
         """Let the store finish what the last operation left for after its answer (``serve``, once it is sent)."""
         self._store.tidy()

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FACTORY_SCOPE = "factory"
-PERSON_SCOPES = ("submit", "read", "admin")
+PERSON_SCOPES = ("submit", "read", "metrics", "admin")
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CAP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
@@ -149,16 +149,26 @@ def listing(c: Ctx) -> dict[str, Any]:
 def identify(c: Ctx, token: str) -> dict[str, Any] | None:
     """Who an enrolled token is: {tokenId, scope, factoryId?, capabilities?}, or None (unknown or revoked)."""
     token_id = token_id_of(token)
-    creds = c.tx.hot.get("credentials")
-    if token_id is None or not creds:
-        return None
-    entry = creds["tokens"].get(token_id)
+    entry = _live_entry(c, token_id) if token_id is not None else None
     if entry is None or not hmac.compare_digest(entry["hash"], digest(token)):
         return None
     who: dict[str, Any] = {"tokenId": token_id, "scope": entry["scope"]}
     if entry["scope"] == FACTORY_SCOPE:
-        f = creds["factories"].get(entry["factoryId"])
+        who.update(factoryId=entry["factoryId"],
+                   capabilities=c.tx.hot["credentials"]["factories"][entry["factoryId"]]["capabilities"])
+    return who
+
+
+def live(c: Ctx, token_id: str) -> bool:
+    """Whether the token ``token_id`` still works (not revoked, nor its factory): a cheap check by id."""
+    return _live_entry(c, token_id) is not None
+
+
+def _live_entry(c: Ctx, token_id: str) -> dict[str, Any] | None:
+    creds = c.tx.hot.get("credentials")
+    entry: dict[str, Any] | None = creds["tokens"].get(token_id) if creds else None
+    if entry is not None and entry["scope"] == FACTORY_SCOPE:
+        f = creds["factories"].get(entry["factoryId"]) if creds else None
         if f is None or f.get("revoked") is not None:
             return None
-        who.update(factoryId=entry["factoryId"], capabilities=f["capabilities"])
-    return who
+    return entry

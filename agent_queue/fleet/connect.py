@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from agent_queue.fleet.client import FleetClient, RetryPolicy
 from agent_queue.fleet.flags import ResolvedFlags, resolve_flags
+from agent_queue.fleet.token_source import TokenSource
 from agent_queue.fleet.transport import make_transport
 from agent_queue.settings import Settings
 
@@ -28,6 +29,10 @@ def fleet_flags(settings: Settings, warn: Callable[[str], None] | None = None) -
 
 
 def make_client(settings: Settings, retry: RetryPolicy | None = None) -> FleetClient:
-    """A FleetClient for this factory (seam if AQ_FLEET_API_CMD is set, else HTTP); ConfigError if neither."""
-    transport = make_transport(settings.fleet_api_cmd, settings.fleet_api, settings.fleet_token, TRANSPORT_TIMEOUT_S)
+    """A FleetClient for this factory (seam if AQ_FLEET_API_CMD is set, else HTTP); ConfigError if neither.
+
+    A token read from AQ_FLEET_TOKEN_FILE is re-read from it after a 401 (``token_source``: rotation).
+    """
+    token = TokenSource(settings.fleet_token, settings.fleet_token_file)
+    transport = make_transport(settings.fleet_api_cmd, settings.fleet_api, token, TRANSPORT_TIMEOUT_S)
     return FleetClient(transport, settings.factory_id, settings.capabilities, retry)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent_queue.errors import ConfigError, TransportError
+from agent_queue.fleet.token_source import TokenSource
 from agent_queue.fleet.wire import MAX_RESPONSE_BYTES, Response, check_status, effective_timeout, encode_body
 
 if TYPE_CHECKING:
@@ -32,11 +33,13 @@ class HttpTransport:
     renews from its own thread, hence one session per thread. Redirects are
     not followed (a coordinator never redirects; following one could carry
     the token elsewhere) and ``~/.netrc`` cannot replace the bearer header.
-    Proxy and CA-bundle environment variables are honoured as usual.
+    Proxy and CA-bundle environment variables are honoured as usual. A 401 is
+    retried once when the token's file holds a new token (``TokenSource.reread``:
+    rotation without a restart).
     """
 
     def __init__(
-        self, base_url: str, token: str | None, connect_timeout_s: float, read_timeout_s: float
+        self, base_url: str, token: str | TokenSource | None, connect_timeout_s: float, read_timeout_s: float
     ) -> None:
         import requests  # lazy: only HTTP users pay for the import
 
@@ -44,20 +47,20 @@ class HttpTransport:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
-        self.__token = token or None
+        self.__token = token if isinstance(token, TokenSource) else TokenSource(token)
         self._local = threading.local()
         self._sessions: dict[threading.Thread, requests.Session] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"HttpTransport({self.base_url!r}, token={'set' if self.__token else 'unset'})"
+        return f"HttpTransport({self.base_url!r}, token={'set' if self.__token.current() else 'unset'})"
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self._requests.Session()
             session.headers["Accept"] = "application/json"
-            if self.__token:
+            if self.__token.current():
                 # Session-level auth: requests then never consults ~/.netrc, which would replace the header.
                 session.auth = _Bearer(self.__token)
             self._local.session = session
@@ -71,6 +74,14 @@ class HttpTransport:
 
     def request(
         self, method: str, path: str, body: Mapping[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> Response:
+        answer = self._request(method, path, body, timeout_s)
+        if answer.status == 401 and self.__token.reread():
+            answer = self._request(method, path, body, timeout_s)
+        return answer
+
+    def _request(
+        self, method: str, path: str, body: Mapping[str, Any] | None, timeout_s: float | None
     ) -> Response:
         where = f"{method} {path}"
         read = effective_timeout(self.read_timeout_s, timeout_s)
@@ -109,8 +120,7 @@ class HttpTransport:
 
     def _redact(self, text: str) -> str:
         """Belt and braces: requests' messages carry URLs, not headers, but never risk the token."""
-        text = text[:500]
-        return text.replace(self.__token, "***") if self.__token else text
+        return self.__token.redact(text[:500])
 
     def close(self) -> None:
         with self._lock:
@@ -121,16 +131,16 @@ class HttpTransport:
 
 
 class _Bearer:
-    """A requests auth hook that adds the bearer header; its repr never shows the token."""
+    """A requests auth hook that adds the bearer header (the source's token of the moment); no repr of it."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: TokenSource) -> None:
         self.__token = token
 
     def __repr__(self) -> str:
         return "_Bearer(***)"
 
     def __call__(self, req: Any) -> Any:
-        req.headers["Authorization"] = f"Bearer {self.__token}"
+        req.headers["Authorization"] = f"Bearer {self.__token.current()}"
         return req
 
 
@@ -148,13 +158,15 @@ def is_loopback_url(url: str) -> bool:
     return is_loopback_host(urlsplit(url).hostname or "")
 
 
-def http_transport(url: str, token: str | None, timeout_s: float) -> HttpTransport:
+def http_transport(url: str, token: str | TokenSource | None, timeout_s: float) -> HttpTransport:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"AQ_FLEET_API: {url[:80]!r} is not an http(s) URL")
     if parts.username or parts.password:
         raise ConfigError("AQ_FLEET_API: no credentials in the URL; put the token in AQ_FLEET_TOKEN")
     loopback = is_loopback_url(url)
+    if isinstance(token, TokenSource) and not token.current():
+        token = None
     if not token and not loopback:
         raise ConfigError(
             f"AQ_FLEET_API points at {parts.hostname}: AQ_FLEET_TOKEN is required for a remote coordinator"

@@ -15,13 +15,14 @@ from agent_queue.errors import ConfigError
 from agent_queue.fleet.command_transport import CommandTransport
 from agent_queue.fleet.embedded import EmbeddedTransport, announce_embedded, embedded_stub_args
 from agent_queue.fleet.http_transport import http_transport, is_loopback_host
+from agent_queue.fleet.token_source import TokenSource
 from agent_queue.fleet.wire import Response, Transport
 
 __all__ = ["Response", "Transport", "is_loopback_host", "make_transport"]
 
 
 def make_transport(
-    api_cmd: str | None, api_url: str | None, token: str | None, timeout_s: float
+    api_cmd: str | None, api_url: str | None, token: str | TokenSource | None, timeout_s: float
 ) -> Transport:
     """Pick the transport from settings: ``AQ_FLEET_API_CMD`` wins over ``AQ_FLEET_API``.
 

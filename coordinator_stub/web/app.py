@@ -20,14 +20,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator_stub.core import Coordinator
-from coordinator_stub.web.auth import METRICS, SESSION_COOKIE, Sessions, Tokens, authorize
+from coordinator_stub.web.auth import METRICS, Sessions, Tokens
 from coordinator_stub.web.dashboard import Capabilities, Dashboard
 from coordinator_stub.web.events import EventFeed
 from coordinator_stub.web.fleet import FleetApi, Receive, Scope, Send
+from coordinator_stub.web.gate import Gate
 from coordinator_stub.web.metrics import CONTENT_TYPE, Metrics
 from coordinator_stub.web.options import ServeOptions
-from coordinator_stub.web.protocol import AUTHORISED
-from coordinator_stub.web.responses import json_error, on_http_exception, on_internal_error
+from coordinator_stub.web.refusals import Refusals
+from coordinator_stub.web.responses import on_http_exception, on_internal_error
 from coordinator_stub.web.runner import StoreRunner
 
 
@@ -45,21 +46,11 @@ class Served:
         self.feed = EventFeed(state_dir)
         self.feed.listeners.append(self.metrics.on_event)
         runner.observe = self.metrics.observe_store
+        self.refusals = Refusals(coord, runner)  # one rate limit for every door (refusals.py)
+        self.gate = Gate(coord, runner, self.tokens, self.sessions, self.refusals)  # enrolled tokens (gate.py)
 
     async def poll_feed(self) -> None:
         await asyncio.to_thread(self.feed.poll)
-
-    def allowed(self, request: Request, need: str) -> Response | None:
-        """None when ``request`` may go on (bearer token or dashboard session), else the JSON 401/403."""
-        principal, denied = authorize(self.tokens, self.sessions, request.headers.get("authorization"),
-                                      request.cookies.get(SESSION_COOKIE), need)
-        if denied == 401:
-            return json_error(401, "log in, or send a bearer token")
-        if denied:
-            return json_error(403, f"this token or session lacks the {need} scope")
-        if principal is not None:
-            request.scope[AUTHORISED] = True
-        return None
 
 
 def route_label(scope: Scope) -> str:
@@ -131,7 +122,7 @@ class PageHeaders:
 
 def metrics_endpoint(served: Served) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        refused = served.allowed(request, METRICS)
+        refused = await served.gate.allowed(request, METRICS)
         if refused is not None:
             return refused
         await served.poll_feed()
@@ -160,7 +151,7 @@ def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str],
     served = Served(coord, options, env, runner, state_dir, enrolled)
     capabilities = Capabilities()
     fleet = FleetApi(coord, runner, served.tokens, options.body_timeout_s, options.ignore_dry_run,
-                     answered=capabilities.heard, timed=served.metrics.observe_request)
+                     answered=capabilities.heard, timed=served.metrics.observe_request, refusals=served.refusals)
     routes = [Route("/metrics", metrics_endpoint(served), methods=["GET"]), *Dashboard(served, capabilities).routes()]
 
     @contextlib.asynccontextmanager

@@ -37,7 +37,7 @@ ALL_SCOPES = frozenset({FACTORY, SUBMIT, READ, METRICS, ADMIN})
 # What an enrolled token's scope grants (issue #19). A factory token is also bound to its factory id
 # (``Principal.factory_id``, checked against the request body by fleet.py).
 ENROLLED_GRANTS = {FACTORY: frozenset({FACTORY, READ}), SUBMIT: frozenset({SUBMIT, READ}),
-                   READ: frozenset({READ, METRICS}), ADMIN: ALL_SCOPES}
+                   READ: frozenset({READ, METRICS}), METRICS: frozenset({METRICS}), ADMIN: ALL_SCOPES}
 BOUND_OPS = frozenset({"claim", "renew", "release", "report", "shadow_report"})  # the body names a factory
 NO_SCOPES: frozenset[str] = frozenset()
 SESSION_COOKIE = "aq_session"
@@ -83,6 +83,7 @@ class Session:
     scopes: frozenset[str]
     csrf: str  # sent back by the page in X-CSRF-Token on every write (logout)
     expires: float
+    token_id: str | None = None  # opened with an enrolled token: the session ends when it is revoked (gate.py)
 
 
 class Sessions:
@@ -95,10 +96,10 @@ class Sessions:
         self._clock = clock
         self._by_hash: OrderedDict[str, Session] = OrderedDict()
 
-    def open(self, scopes: frozenset[str]) -> tuple[str, Session]:
+    def open(self, scopes: frozenset[str], token_id: str | None = None) -> tuple[str, Session]:
         """A new session: (the cookie value, the session)."""
         sid = secrets.token_urlsafe(32)
-        session = Session(scopes, secrets.token_urlsafe(24), self._clock() + self._ttl_s)
+        session = Session(scopes, secrets.token_urlsafe(24), self._clock() + self._ttl_s, token_id)
         self._by_hash[_digest(sid)] = session
         while len(self._by_hash) > self._limit:
             self._by_hash.popitem(last=False)

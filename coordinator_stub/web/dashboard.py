@@ -2,10 +2,11 @@
 
 The page is one HTML file and one script, served by ``serve`` itself (no CDN,
 no build step); it polls the JSON below every two seconds and ticks lease
-clocks between polls. Login takes a token with the ``read`` scope and opens a
-session in an HttpOnly, ``SameSite=Strict`` cookie (never a URL or
-localStorage); the one write, logout, also needs the session's CSRF token and
-a same-origin ``Origin``. Every page reads through the store thread like any
+clocks between polls. Login takes a token with the ``read`` scope (an enrolled
+one: a ``read`` or ``admin`` token, see ``gate.py``) and opens a session in
+an HttpOnly, ``SameSite=Strict`` cookie (never a URL or localStorage); the
+one write, logout, also needs the session's CSRF token and a same-origin
+``Origin``. Every page reads through the store thread like any
 request, and the whole job list is listed at most every ``5x`` its own cost,
 so a dashboard at 10k jobs never takes more than a fifth of the store's time.
 """
@@ -104,8 +105,9 @@ class Dashboard:
     # ------------------------------------------------------------ pages and login
 
     async def index(self, request: Request) -> Response:
-        principal, denied = self._who(request)
-        if denied:
+        verdict = await self.served.gate.check(request.headers.get("authorization"),
+                                               request.cookies.get(SESSION_COOKIE), READ)
+        if verdict.denied:
             return RedirectResponse("/login", status_code=303)
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
 
@@ -120,13 +122,13 @@ class Dashboard:
             token = json.loads(await request.body()).get("token")
         except (ValueError, AttributeError):
             token = None
-        tokens = self.served.tokens
-        if tokens.open:
+        granted = await self.served.gate.login(token if isinstance(token, str) else None)
+        if granted is None:
             return json_response(200, {"open": True})
-        scopes = tokens.scopes_for(token if isinstance(token, str) else None)
-        if READ not in scopes:
-            return json_error(401, "wrong token (the dashboard needs one with the read scope)")
-        sid, session = self.served.sessions.open(scopes)
+        if isinstance(granted, Response):
+            return granted
+        scopes, token_id = granted
+        sid, session = self.served.sessions.open(scopes, token_id)
         response = json_response(200, {"scopes": sorted(scopes)})
         response.set_cookie(SESSION_COOKIE, sid, max_age=int(SESSION_TTL_S), path="/", httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")
@@ -151,7 +153,7 @@ class Dashboard:
     def _read(self, fn: Endpoint) -> Endpoint:
         """A page's JSON: read scope (session or bearer), the audit logs polled first, never cached."""
         async def endpoint(request: Request) -> Response:
-            refused = self.served.allowed(request, READ)
+            refused = await self.served.gate.allowed(request, READ)
             if refused is not None:
                 return refused
             await self.served.poll_feed()

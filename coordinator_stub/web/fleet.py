@@ -23,8 +23,10 @@ from typing import Any
 from coordinator_stub.api import MAX_BODY, handle
 from coordinator_stub.core import Coordinator
 from coordinator_stub.enrolment import token_id_of
-from coordinator_stub.web.auth import Principal, Tokens, authorize, bearer, bind_to_factory, decide, enrolled, scope_for
+from coordinator_stub.web.auth import Principal, Tokens, authorize, bearer, bind_to_factory, scope_for
+from coordinator_stub.web.gate import lookup, refusal_id
 from coordinator_stub.web.protocol import AUTHORISED
+from coordinator_stub.web.refusals import Refusals
 from coordinator_stub.web.responses import error_document, send_json
 from coordinator_stub.web.runner import StoreRunner
 
@@ -87,7 +89,8 @@ class FleetApi:
     """The ``/v1/fleet`` ASGI app; ``answered`` hears of every answered operation, ``timed`` of every request."""
 
     def __init__(self, coord: Coordinator, runner: StoreRunner, tokens: Tokens, body_timeout_s: float,
-                 ignore_dry_run: bool = False, answered: Answered | None = None, timed: Timed | None = None) -> None:
+                 ignore_dry_run: bool = False, answered: Answered | None = None, timed: Timed | None = None,
+                 refusals: Refusals | None = None) -> None:
         self.coord = coord
         self.runner = runner
         self.tokens = tokens
@@ -95,6 +98,7 @@ class FleetApi:
         self.ignore_dry_run = ignore_dry_run
         self.answered = answered
         self.timed = timed
+        self.refusals = refusals or Refusals(coord, runner)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -119,7 +123,7 @@ class FleetApi:
         presented = bearer(authorization)
         if presented is not None and token_id_of(presented) is not None and (
                 denied == 401 or (principal is not None and principal.via == "open")):
-            principal, denied = await self._enrolled(presented, need, principal, denied)
+            principal, denied = await lookup(self.coord, self.runner, self.tokens, presented, need, principal, denied)
         if denied == 401:
             return await self._refused(send, 401, "unauthorized", "missing, wrong or revoked bearer token",
                                        presented, principal)
@@ -149,28 +153,10 @@ class FleetApi:
             self.answered(op, target, status, body)
         return status
 
-
-    async def _enrolled(self, presented: str, need: str | None, principal: Principal | None,
-                        denied: int) -> tuple[Principal | None, int]:
-        """An enrolled token, looked up in the store (shared tokens never get here: no store call for them).
-
-        An open server (started before anything was enrolled) closes for good once
-        the store holds credentials.
-        """
-        who = await self.runner.run("identify", self.coord.identify, presented)
-        if self.tokens.open and (who is not None or await self.runner.run("enrolled", self.coord.enrolled)):
-            self.tokens.close()
-        if self.tokens.open:
-            return principal, denied
-        found = enrolled(who)
-        return found, decide(found, need)
-
     async def _refused(self, send: Send, status: int, code: str, message: str, presented: str | None,
                        principal: Principal | None) -> int:
         """A refusal, answered and written to the event log under the token's id (never the token)."""
-        token_id = principal.token_id if principal is not None and principal.token_id else (
-            token_id_of(presented) if presented else None) or ("shared" if principal is not None else None)
-        await self.runner.run("refused", self.coord.refused, token_id, status, message)
+        await self.refusals.record(refusal_id(presented, principal), status, message)
         return await _refuse(send, status, code, message)
 
     def _handle(self, method: str, target: str, body: bytes) -> tuple[int, dict[str, Any] | None]:

@@ -5,13 +5,14 @@ daemon reaches it (its environment: a seam command, or a URL and a
 credential); how the demo reaches it, as an observer or on behalf of one
 factory (the dead worker's late report); the lease TTL; and where its event
 log is, when the demo may read one. A new mode (a PostgreSQL store behind one
-`coordinator-stub serve` replica per factory, enrolled factories with a
-credential each) is one more subclass and one more line in `open_coordinator`;
-the scenarios do not change.
+`coordinator-stub serve` replica per factory; enrolled factories with a
+credential each, `EnrolledServe`) is one more subclass and one more line in
+`open_coordinator`; the scenarios do not change.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shlex
 import socket
@@ -42,7 +43,7 @@ class Coordinator:
     def start(self) -> None:
         """Make it ready (learn its lease TTL, start servers); DemoError if it cannot be reached."""
 
-    def daemon_env(self, factory: str) -> dict[str, str]:
+    def daemon_env(self, factory: str, capability: str = "") -> dict[str, str]:
         """The settings a factory's daemon needs to reach the coordinator (never printed)."""
         raise NotImplementedError
 
@@ -65,7 +66,7 @@ class StubSeam(Coordinator):
         self.prefix = [*stub, "--state", str(state), "--lease-ttl", f"{knobs.lease_ttl_s:g}", "call"]
         self.events_path = state / "events.jsonl"
 
-    def daemon_env(self, factory: str) -> dict[str, str]:
+    def daemon_env(self, factory: str, capability: str = "") -> dict[str, str]:
         return {"AQ_FLEET_API_CMD": shlex.join(self.prefix)}
 
     def api(self, as_factory: str | None = None) -> Api:
@@ -88,7 +89,7 @@ class LiveHttp(Coordinator):
         if isinstance(ttl, (int, float)):
             self.lease_ttl_s = float(ttl)
 
-    def daemon_env(self, factory: str) -> dict[str, str]:
+    def daemon_env(self, factory: str, capability: str = "") -> dict[str, str]:
         return {"AQ_FLEET_API": self.url, "AQ_FLEET_TOKEN": self._token}
 
     def api(self, as_factory: str | None = None) -> Api:
@@ -133,20 +134,9 @@ class PgReplicas(Coordinator):
                 [*self.stub, "--lease-ttl", f"{self.lease_ttl_s:g}", "serve", "--port", str(port)], env=env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
         for n, proc in enumerate(self.procs):
-            self._await(n, proc)
+            _await_serve(f"serve replica {n + 1}", self.ports[n], proc, self.base / f"serve-{n + 1}.log")
 
-    def _await(self, n: int, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if requests.get(f"http://127.0.0.1:{self.ports[n]}/v1/fleet/healthz", timeout=2).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        log = (self.base / f"serve-{n + 1}.log").read_text(errors="replace")[-2000:]
-        raise DemoError(f"serve replica {n + 1} did not come up; its log:\n{log}")
-
-    def daemon_env(self, factory: str) -> dict[str, str]:
+    def daemon_env(self, factory: str, capability: str = "") -> dict[str, str]:
         if factory not in self.factories:
             self.factories.append(factory)
         return {"AQ_FLEET_API": self.url(factory), "AQ_FLEET_TOKEN": self._token}
@@ -166,6 +156,84 @@ class PgReplicas(Coordinator):
                 proc.wait()
 
 
+class EnrolledServe(Coordinator):
+    """Enrolled mode (AQ_DEMO_ENROLL=1): one `serve` with no shared token; every party has its own credential.
+
+    Before `serve` starts, the demo enrols itself (`token add --scope admin`: it
+    enqueues, reads and reaps); each factory is enrolled with its capability when
+    its daemon is set up (`factory add`) and reads its token from a 0600 file
+    (`AQ_FLEET_TOKEN_FILE`). The dead worker's late report goes out under that
+    factory's own token, so the coordinator's answer is about fencing, not about
+    who may speak for whom.
+    """
+
+    label = "enrolled (serve, a token per factory, no shared token)"
+
+    def __init__(self, knobs: Knobs, base: Path, base_env: dict[str, str]) -> None:
+        super().__init__(knobs.lease_ttl_s, base_env)
+        state = base / "coordinator"
+        self.events_path = state / "events.jsonl"
+        self.base = base
+        self.prefix = [*(knobs.stub_cmd or console_script("coordinator-stub", "coordinator_stub")),
+                       "--state", str(state)]
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        admin = self._enrol("token", "add", "--scope", "admin", "--name", "two-factory-demo")  # before serve starts
+        self._tokens: dict[str | None, str] = {None: admin}  # None: the demo's own; else by factory
+
+    def _enrol(self, *args: str) -> str:
+        done = subprocess.run([*self.prefix, *args], env=self.base_env, capture_output=True, check=False,
+                              timeout=60)
+        if done.returncode != 0:
+            raise DemoError(f"coordinator-stub {' '.join(args[:2])}: {done.stderr.decode(errors='replace').strip()}")
+        return done.stdout.decode().strip()
+
+    def start(self) -> None:
+        log_path = self.base / "serve.log"
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*self.prefix, "--lease-ttl", f"{self.lease_ttl_s:g}", "serve", "--port", str(self.port)],
+                env=self.base_env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        _await_serve("serve", self.port, self.proc, log_path)
+
+    def daemon_env(self, factory: str, capability: str = "") -> dict[str, str]:
+        if factory not in self._tokens:
+            caps = ["--capability", capability] if capability else []
+            self._tokens[factory] = self._enrol("factory", "add", factory, *caps)
+        path = self.base / "tokens" / factory
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self._tokens[factory] + "\n")
+        return {"AQ_FLEET_API": self.url, "AQ_FLEET_TOKEN_FILE": str(path)}
+
+    def api(self, as_factory: str | None = None) -> Api:
+        return Api(HttpTransport(self.url, self._tokens.get(as_factory, self._tokens[None])))
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _await_serve(name: str, port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Until `serve` on `port` answers healthz; DemoError with its log when it exits or takes too long."""
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/v1/fleet/healthz", timeout=2).ok:
+                return
+        except requests.RequestException:
+            time.sleep(0.1)
+    log = log_path.read_text(errors="replace")[-2000:]
+    raise DemoError(f"{name} did not come up; its log:\n{log}")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,6 +246,8 @@ def open_coordinator(knobs: Knobs, base: Path, base_env: dict[str, str]) -> Coor
     AQ_DEMO_STATE names a database, else stub."""
     if knobs.live:
         return LiveHttp(knobs, base_env)
+    if knobs.enroll:
+        return EnrolledServe(knobs, base, base_env)
     if knobs.state:
         return PgReplicas(knobs, base, base_env)
     return StubSeam(knobs, base / "coordinator", base_env)

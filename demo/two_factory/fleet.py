@@ -58,7 +58,7 @@ class Fleet:
     def start(self) -> None:
         """Start both daemons and the evidence; DemoError (with its log) for a daemon that does not come up."""
         for f in self.factories:
-            f.start({**self.base_env, **FLEET_ENV, **self.coordinator.daemon_env(f.name)})
+            f.start({**self.base_env, **FLEET_ENV, **self.coordinator.daemon_env(f.name, f.capability)})
             self.note(f"started {f.name} (pid {f.pid}, capability {f.capability}, root {f.root})")
         self.evidence.start()
         for f in self.factories:

@@ -22,6 +22,7 @@ class Knobs:
     api: str | None
     token: str | None = field(repr=False)
     state: str | None = field(default=None, repr=False)  # AQ_DEMO_STATE: a postgresql:// URL (may hold a password)
+    enroll: bool = False  # AQ_DEMO_ENROLL=1: one serve, a token per factory (coordinators.EnrolledServe)
 
     @property
     def live(self) -> bool:
@@ -49,6 +50,9 @@ def read_knobs(env: Mapping[str, str]) -> Knobs:
     state = env.get("AQ_DEMO_STATE", "").strip() or None
     if state is not None and not state.startswith(("postgresql://", "postgres://")):
         raise DemoError("AQ_DEMO_STATE: must be a postgresql:// URL (the stub mode's state is a temp dir)")
+    enroll = env.get("AQ_DEMO_ENROLL", "") == "1"
+    if enroll and (state is not None or env.get("AQ_FLEET_API")):
+        raise DemoError("AQ_DEMO_ENROLL=1: runs its own serve on a temp dir; not with AQ_DEMO_STATE or AQ_FLEET_API")
     return Knobs(
         jobs=int(number("AQ_DEMO_JOBS", 3, 2, 20)),
         lease_ttl_s=number("AQ_DEMO_LEASE_TTL_S", 3.0, 1.0, 120.0),
@@ -59,4 +63,5 @@ def read_knobs(env: Mapping[str, str]) -> Knobs:
         api=env.get("AQ_FLEET_API") or None,
         token=env.get("AQ_FLEET_TOKEN") or None,
         state=state,
+        enroll=enroll,
     )
