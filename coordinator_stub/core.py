@@ -265,6 +265,10 @@ class Coordinator:
         """A request ``serve`` refused, into the event log: the token's id, never the token."""
         self._run("refused", lambda c: c.ev.update(status=status, reason=why[:200]), tokenId=token_id or "-")
 
+    def check_store(self) -> None:
+        """healthz: ``StoreUnavailable`` (503) while the store cannot serve; changes nothing, logs nothing."""
+        self._store.check()
+
     def tidy(self) -> None:
         """Let the store finish what the last operation left for after its answer (``serve``, once it is sent)."""
         self._store.tidy()
