@@ -197,6 +197,7 @@ class PgTx(Tx):
         self._cur = cur
         self._leased = leased  # read with the meta row: every operation's reaper asks first
         self._specs: dict[str, dict[str, Any]] = {}
+        self._absent: set[str] = set()  # ids not in aq_archive (it cannot change under the advisory lock)
 
     def queued_by(self, key: SortKey) -> Iterator[dict[str, Any]]:
         """Rows of ``aq_jobs_queued`` in claim order, merged with the records this transaction changed."""
@@ -233,11 +234,17 @@ class PgTx(Tx):
     def _load_archived(self, job_id: str) -> dict[str, Any] | None:
         """The archived row; the hot row of the same id comes along (every lookup of the core asks for both)."""
         jobs = self.jobs
+        if job_id in self._absent:
+            return None
         if job_id in jobs.cache:
             row = self._cur.execute("SELECT rec FROM aq_archive WHERE id = %s", (job_id,)).fetchone()
+            if row is None:
+                self._absent.add(job_id)
             return None if row is None else row[0]
         row = self._cur.execute(ARCHIVED_AND_HOT, (job_id, job_id)).fetchone()
         archived: dict[str, Any] | None = row[0] if row else None
+        if archived is None:
+            self._absent.add(job_id)
         hot = row[1] if row else None
         if hot is None:
             jobs.cache[job_id] = None
@@ -286,6 +293,7 @@ class PgStore(Store):
             # No check per checkout (a round trip per operation): a connection a restart broke fails its
             # operation (503, retried by the client) and the pool replaces it.
             self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=False, configure=_configure,
+                                        kwargs={"autocommit": True},
                                         name="coordinator-stub", timeout=POOL_WAIT_S)
             with self._guard():
                 self._pool.open(wait=True, timeout=10.0)
@@ -336,6 +344,7 @@ class PgStore(Store):
             try:
                 with conn.cursor() as cur, conn.cursor() as locking:
                     with conn.pipeline():  # one round trip: the lock, then (its own snapshot, after it) the reads
+                        locking.execute("BEGIN")  # explicit (autocommit connections): no round trip of its own
                         locking.execute(BEGIN_OP, (ADVISORY_KEY,))
                         cur.execute(READ_META)
                         row = locking.fetchone()
@@ -350,7 +359,7 @@ class PgStore(Store):
                         if tx.dirty:
                             _commit_state(cur, tx, before)
                         _append_logs(cur, tx)
-                        conn.commit()
+                        cur.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
@@ -367,7 +376,7 @@ class PgStore(Store):
         with self._lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 with self._guard():
-                    self._conn = psycopg.connect(self.url, connect_timeout=10)
+                    self._conn = psycopg.connect(self.url, connect_timeout=10, autocommit=True)
                     _configure(self._conn)
             yield self._conn
 
