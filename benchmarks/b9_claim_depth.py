@@ -10,7 +10,10 @@ paired with a ``python -c pass`` of the same venv (B1's floor), so the seam's
 figures are also ratios to a floor of the same run, and the hot document's
 size is recorded: a seam call reads all of it, which is its bound by depth
 (docs/performance.md). Target: PostgreSQL
-flat, its 1M median no more than 1.5x its 1k median. The figures tell when to
+flat, its 1M median no more than 1.5x its 1k median. Beside each PostgreSQL
+depth, its floor: the bare claim statement on the same table in one durable
+transaction (``FLOOR_CLAIM``), so the ratio to it is what serve and the core
+add at that depth. The figures tell when to
 move a fleet to PostgreSQL (docs/postgres.md, docs/performance.md).
 """
 
@@ -63,8 +66,28 @@ def claim_samples_seam(state: Path, n: int, floor: list[float]) -> list[float]:
     return out
 
 
+# The floor at a depth: the bare claim statement (the queue's head over the same partial index, FOR UPDATE SKIP
+# LOCKED) in one durable transaction, on the same table. It changes nothing (state = state), so the depth stays.
+FLOOR_CLAIM = """UPDATE aq_jobs SET state = state WHERE id = (SELECT id FROM aq_jobs WHERE state = 'queued'
+    ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id"""
+
+
+def floor_samples_pg(db: str, n: int) -> list[float]:
+    import psycopg
+
+    out = []
+    with psycopg.connect(db) as conn:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            row = conn.execute(FLOOR_CLAIM).fetchone()
+            conn.commit()
+            out.append(time.perf_counter() - t0)
+            assert row is not None, "B9: the floor found no queued row"
+    return out
+
+
 def measure_pg(depths: list[int], n: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"floor": {}}
     with pg_common.database("aq_bench_b9") as db:
         loaded = 0
         for depth in depths:
@@ -76,6 +99,8 @@ def measure_pg(depths: list[int], n: int) -> dict[str, Any]:
                 out[str(depth)] = common.summary(claim_samples_http(url, n))
             finally:
                 common.stop(proc)
+            floor_samples_pg(db, 5)
+            out["floor"][str(depth)] = common.summary(floor_samples_pg(db, n))
             loaded -= n + 5
     return out
 
@@ -116,8 +141,12 @@ def main() -> None:
     if reason is None:
         doc["pg"] = measure_pg(pg_depths, n)
         first, last = str(pg_depths[0]), str(pg_depths[-1])
+        floor = doc["pg"].pop("floor")
+        doc["pg_floor"] = floor
         headline.update(pg_ms={d: round(v["median"] * 1e3, 3) for d, v in doc["pg"].items()},
-                        pg_ratio_last_first=round(doc["pg"][last]["median"] / doc["pg"][first]["median"], 3))
+                        pg_ratio_last_first=round(doc["pg"][last]["median"] / doc["pg"][first]["median"], 3),
+                        pg_floor_ms={d: round(v["median"] * 1e3, 3) for d, v in floor.items()},
+                        pg_vs_floor={d: common.ratio(v["median"], floor[d]["median"]) for d, v in doc["pg"].items()})
     else:
         headline.update(pg_status="unavailable", reason=reason)
     headline.update(file_serve_ms={d: round(v["median"] * 1e3, 3) for d, v in doc["file"]["serve"].items()},

@@ -88,12 +88,17 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
         return (f"PG 1 replica {row('pg1')}, 2 replicas {row('pg2')}; file store {row('file')}",
                 f"bare psycopg {row('floor')}",
                 "vs file: 1 replica " + " / ".join(f"{h['pg1_vs_file'][c]}x" for c in ("1", "4", "16"))
-                + ", 2 replicas " + " / ".join(f"{h['pg2_vs_file'][c]}x" for c in ("1", "4", "16")), h["target"])
+                + ", 2 replicas " + " / ".join(f"{h['pg2_vs_file'][c]}x" for c in ("1", "4", "16"))
+                + "; 1 replica vs floor " + " / ".join(f"{h['pg1_vs_floor'][c]}x" for c in ("1", "4", "16")),
+                h["target"])
     if name == "b9_claim_depth":
         def depths(ms: dict[str, float]) -> str:
             return " / ".join(f"{int(d) // 1000}k: {v:.2f}" if int(d) >= 1000 else f"{d}: {v:.2f}"
                               for d, v in ms.items()) + " ms"
         pg = depths(h["pg_ms"]) if "pg_ms" in h else f"unavailable ({h.get('reason', '')})"
+        if "pg_vs_floor" in h:
+            pg += " (" + " / ".join(f"{v}x" for v in h["pg_vs_floor"].values()) + " bare SQL claim " \
+                + depths(h["pg_floor_ms"]) + ")"
         seam = f"seam {depths(h['file_seam_ms'])}"
         if "file_seam_vs_floor" in h:
             seam += " (" + " / ".join(f"{v}x" for v in h["file_seam_vs_floor"].values()) + " python -c pass)"

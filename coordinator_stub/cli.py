@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -109,8 +108,9 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
         logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
     options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
                            settings.ignore_dry_run, access_log=ctx.obj["verbose"])
-    logs_dir = None if settings.database_url else Path(settings.state_dir)  # PostgreSQL keeps its logs in tables
-    run_server(coord, options, logs_dir, os.environ, announce)
+    from coordinator_stub.web.events import BACKFILL_BYTES
+
+    run_server(coord, options, store.log_readers(BACKFILL_BYTES), os.environ, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job
         if isinstance(store, JsonStore):
             store.checkpoint()

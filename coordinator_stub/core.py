@@ -286,6 +286,10 @@ class Coordinator:
 
         return self._run("token_live", lambda c: enrolment.live(c, token_id), log=False)
 
+    def check_store(self) -> None:
+        """healthz: ``StoreUnavailable`` (503) while the store cannot serve; changes nothing, logs nothing."""
+        self._store.check()
+
     def tidy(self) -> None:
         """Let the store finish what the last operation left for after its answer (``serve``, once it is sent)."""
         self._store.tidy()

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from agent_queue.errors import ConfigError
 from agent_queue.fleet.http_transport import is_loopback_host
 from coordinator_stub.core import Coordinator
 from coordinator_stub.web.options import ServeOptions
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from coordinator_stub.stores.base import LogReader
 
 STACK = ("uvicorn", "starlette", "h11", "prometheus_client")
 INSTALL_HINT = "pip install 'agent-queue[serve]'"
@@ -39,11 +43,12 @@ def require_stack() -> None:
             raise ConfigError(f"serve needs the HTTP stack ({name} is not installed): {INSTALL_HINT}") from None
 
 
-def serve(coord: Coordinator, options: ServeOptions, state_dir: Path | None, env: Mapping[str, str] | None = None,
-          announce: Callable[[str], None] | None = None) -> int:
+def serve(coord: Coordinator, options: ServeOptions, logs: Path | Sequence[LogReader] | None,
+          env: Mapping[str, str] | None = None, announce: Callable[[str], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; ``announce(url)`` once the socket listens. Returns 0 after a graceful stop.
 
-    ``state_dir``: where the store keeps its audit logs (the dashboard and the metrics read them).
+    ``logs``: the store's audit logs (``Store.log_readers``, or a state directory): the dashboard and the
+    metrics read them.
     """
     env = os.environ if env is None else env
     enrolled = coord.enrolled()
@@ -55,7 +60,7 @@ def serve(coord: Coordinator, options: ServeOptions, state_dir: Path | None, env
 
     runner = StoreRunner(workers=coord.concurrency)
     try:
-        run(build_app(coord, options, env, runner, state_dir, enrolled), options, announce)
+        run(build_app(coord, options, env, runner, logs, enrolled), options, announce)
     finally:
         runner.close()  # the operation under way finishes before the caller checkpoints
     return 0

@@ -158,6 +158,14 @@ class Cluster:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-m", "immediate", "-o",
                   f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "restart")
 
+    def halt(self) -> None:
+        """The server down (``pg_ctl stop -m immediate``), its data kept: ``resume`` starts it again."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "immediate", "stop")
+
+    def resume(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start")
+
     def stop(self) -> None:
         import shutil
 

@@ -79,6 +79,14 @@ if TYPE_CHECKING:
 
     SortKey = Callable[[dict[str, Any]], Any]
 
+    from typing import Protocol
+
+    class LogReader(Protocol):
+        """One audit log read as it grows (``Store.log_readers``)."""
+
+        def read(self) -> Iterator[tuple[dict[str, Any], bool]]:
+            """(record, live) for each record added since the last call; live False: history at start-up."""
+
 STATE_VERSION = 2  # of the hot document's shape. 2: hot specs are summaries (SCHED_KEYS); 1: full specs inline
 # The spec keys a hot record keeps: everything the scheduler reads (claim order, capabilities,
 # dependencies, composite families). Anything else (prompt, command, env, ...) is in the full spec.
@@ -273,6 +281,14 @@ class Store(ABC):
 
     def tidy(self) -> None:  # noqa: B027 - an optional hook: most stores leave nothing for later
         """Do what the last operation left for after its answer (a store built to defer it; else nothing)."""
+
+    def check(self) -> None:  # noqa: B027 - an optional hook: a directory has no server to be down
+        """Raise ``StoreUnavailable`` when the store cannot serve now (healthz: a database that does not answer)."""
+
+    def log_readers(self, backfill_bytes: int) -> tuple[LogReader, LogReader] | None:
+        """The event log and the shadow-report log, each read as it grows (``serve``'s dashboard and metrics):
+        about the last ``backfill_bytes`` of each as history first. None: a store that keeps no logs."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - an optional hook: a store holding connections releases them
         """Release what the store holds open (a database's connections); the store is not used after."""

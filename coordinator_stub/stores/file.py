@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
-    from coordinator_stub.stores.base import Tx
+    from coordinator_stub.stores.base import LogReader, Tx
     from coordinator_stub.stores.group_commit import GroupCommit
     from coordinator_stub.stores.locking import LockFactory
 
@@ -180,6 +180,14 @@ class JsonStore(Store):
             with self._thread_lock:
                 self._tidy_now(file_locked=False)
                 self._read_ahead()
+
+    def log_readers(self, backfill_bytes: int) -> tuple[LogReader, LogReader]:
+        """``events.jsonl`` and ``shadow-reports.jsonl``, tailed (``serve`` only: the seam never loads pathlib)."""
+        from pathlib import Path
+
+        from coordinator_stub.stores.log_tail import LogTail
+
+        return LogTail(Path(self.events_path), backfill_bytes), LogTail(Path(self.shadow_path), backfill_bytes)
 
     def read_hot(self) -> dict[str, Any]:
         """The hot document as the next operation would see it (snapshot plus journal), as plain JSON."""

@@ -45,7 +45,7 @@ import psycopg
 
 from agent_queue.errors import StateError, StoreUnavailable
 from coordinator_stub.settings import redact_url
-from coordinator_stub.stores.base import QUEUED, SpecSummary, Store, Tx, seq_of
+from coordinator_stub.stores.base import QUEUED, SpecSummary, Store, Tx, seq_of, warn
 from coordinator_stub.stores.pg_migrations import ADVISORY_KEY, check_version
 from coordinator_stub.stores.tracking import HotRecord
 
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from typing import Any
 
-    from coordinator_stub.stores.base import SortKey
+    from coordinator_stub.stores.base import LogReader, SortKey
 
     Cursor = psycopg.Cursor[tuple[Any, ...]]
     Connection = psycopg.Connection[tuple[Any, ...]]
@@ -66,6 +66,10 @@ CLAIM_BATCH, CLAIM_BATCH_GROWTH, CLAIM_BATCH_MAX = 4, 4, 256
 # the other is ready when a restart broke the first.
 POOL_SIZE = 2
 POOL_WAIT_S = 5.0  # a request waits this long for a connection, then answers 503 (the client retries)
+CHECK_WAIT_S = 2.0  # healthz waits at most this long for a connection (the database down: 503 soon)
+# A log row's usual size: a backfill of N bytes (the file store's measure) reads about N / this many rows.
+LOG_ROW_BYTES = 200
+LOG_BATCH = 5000  # log rows per round trip of a tail's read
 # An operation begins: the advisory lock every operation takes, and the database clock's reading for it.
 BEGIN_OP = "SELECT pg_advisory_xact_lock(%s), extract(epoch from clock_timestamp())::float8"
 # Then (a separate statement: its snapshot is taken once the lock is held) the meta row and the leased rows.
@@ -193,6 +197,7 @@ class PgTx(Tx):
         self._cur = cur
         self._leased = leased  # read with the meta row: every operation's reaper asks first
         self._specs: dict[str, dict[str, Any]] = {}
+        self._absent: set[str] = set()  # ids not in aq_archive (it cannot change under the advisory lock)
 
     def queued_by(self, key: SortKey) -> Iterator[dict[str, Any]]:
         """Rows of ``aq_jobs_queued`` in claim order, merged with the records this transaction changed."""
@@ -229,11 +234,17 @@ class PgTx(Tx):
     def _load_archived(self, job_id: str) -> dict[str, Any] | None:
         """The archived row; the hot row of the same id comes along (every lookup of the core asks for both)."""
         jobs = self.jobs
+        if job_id in self._absent:
+            return None
         if job_id in jobs.cache:
             row = self._cur.execute("SELECT rec FROM aq_archive WHERE id = %s", (job_id,)).fetchone()
+            if row is None:
+                self._absent.add(job_id)
             return None if row is None else row[0]
         row = self._cur.execute(ARCHIVED_AND_HOT, (job_id, job_id)).fetchone()
         archived: dict[str, Any] | None = row[0] if row else None
+        if archived is None:
+            self._absent.add(job_id)
         hot = row[1] if row else None
         if hot is None:
             jobs.cache[job_id] = None
@@ -282,6 +293,7 @@ class PgStore(Store):
             # No check per checkout (a round trip per operation): a connection a restart broke fails its
             # operation (503, retried by the client) and the pool replaces it.
             self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=False, configure=_configure,
+                                        kwargs={"autocommit": True},
                                         name="coordinator-stub", timeout=POOL_WAIT_S)
             with self._guard():
                 self._pool.open(wait=True, timeout=10.0)
@@ -307,6 +319,23 @@ class PgStore(Store):
             conn.rollback()
         return float(row[0]) if row else 0.0
 
+    def check(self) -> None:
+        """One round trip (``SELECT 1``) on a connection of its own: a database that does not answer is 503.
+
+        Not behind ``_serial``: a health check waits for no operation, and the
+        pool's second connection is there for it; a connection the database
+        dropped fails here and the pool replaces it, so the next check is 200.
+        """
+        with self._connection(CHECK_WAIT_S) as conn, self._guard():
+            conn.execute("SELECT 1")
+            conn.rollback()
+
+    def log_readers(self, backfill_bytes: int) -> tuple[LogReader, LogReader]:
+        """``aq_events`` and ``aq_shadow_reports``, tailed by row number (each on its own connection)."""
+        rows = max(0, backfill_bytes // LOG_ROW_BYTES)
+        return (PgLogTail(self.url, self.where, "aq_events", "ev", rows),
+                PgLogTail(self.url, self.where, "aq_shadow_reports", "report", rows))
+
     # ------------------------------------------------------------ transactions
 
     @contextlib.contextmanager
@@ -315,6 +344,7 @@ class PgStore(Store):
             try:
                 with conn.cursor() as cur, conn.cursor() as locking:
                     with conn.pipeline():  # one round trip: the lock, then (its own snapshot, after it) the reads
+                        locking.execute("BEGIN")  # explicit (autocommit connections): no round trip of its own
                         locking.execute(BEGIN_OP, (ADVISORY_KEY,))
                         cur.execute(READ_META)
                         row = locking.fetchone()
@@ -329,7 +359,7 @@ class PgStore(Store):
                         if tx.dirty:
                             _commit_state(cur, tx, before)
                         _append_logs(cur, tx)
-                        conn.commit()
+                        cur.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
@@ -338,20 +368,76 @@ class PgStore(Store):
                 self._local.now = None
 
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[Connection]:
+    def _connection(self, wait_s: float = POOL_WAIT_S) -> Iterator[Connection]:
         if self._pool is not None:
-            with self._guard(), self._pool.connection() as conn:
+            with self._guard(), self._pool.connection(timeout=wait_s) as conn:
                 yield conn
             return
         with self._lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 with self._guard():
-                    self._conn = psycopg.connect(self.url, connect_timeout=10)
+                    self._conn = psycopg.connect(self.url, connect_timeout=10, autocommit=True)
                     _configure(self._conn)
             yield self._conn
 
     def _guard(self) -> contextlib.AbstractContextManager[None]:
         return db_errors(self.where)
+
+
+class PgLogTail:
+    """New rows of one append-only log table, from the last row number read (``Store.log_readers``).
+
+    Row numbers (``bigserial``) follow commit order: every insert happens while
+    its transaction holds the advisory lock every operation takes, so no row
+    with a smaller number can commit after a larger one was read. A database
+    that does not answer yields nothing (the next read retries), never an error:
+    the dashboard stays up and shows what it has.
+    """
+
+    def __init__(self, url: str, where: str, table: str, column: str, backfill_rows: int) -> None:
+        self._url = url
+        self._where = where
+        self._last_sql = f"SELECT coalesce(max(n), 0) FROM {table}"  # noqa: S608 - our own table names
+        self._read_sql = f"SELECT n, {column} FROM {table} WHERE n > %s ORDER BY n LIMIT {LOG_BATCH}"  # noqa: S608
+        self._backfill_rows = backfill_rows
+        self._conn: Connection | None = None
+        self._after: int | None = None  # the last row number read (None: not started)
+        self._live_from = 0  # rows up to this one were there at start-up: history
+
+    def read(self) -> Iterator[tuple[dict[str, Any], bool]]:
+        try:
+            rows = self._fetch()
+        except StateError as exc:  # StoreUnavailable included: the next poll tries again
+            warn("reading %s: %s", self._where, exc)
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            return
+        for n, doc in rows:
+            if isinstance(doc, dict):
+                yield doc, n > self._live_from
+
+    def _fetch(self) -> list[tuple[int, Any]]:
+        with db_errors(self._where):
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = psycopg.connect(self._url, connect_timeout=10, autocommit=True)
+            conn = self._conn
+            if self._after is None:
+                row = conn.execute(self._last_sql).fetchone()
+                self._live_from = int(row[0]) if row else 0
+                self._after = max(0, self._live_from - self._backfill_rows)
+            out: list[tuple[int, Any]] = []
+            while True:
+                rows = conn.execute(self._read_sql, (self._after,)).fetchall()
+                out += rows
+                if rows:
+                    self._after = int(rows[-1][0])
+                if len(rows) < LOG_BATCH:
+                    return out
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 @contextlib.contextmanager

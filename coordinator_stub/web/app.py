@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +31,23 @@ from coordinator_stub.web.refusals import Refusals
 from coordinator_stub.web.responses import on_http_exception, on_internal_error
 from coordinator_stub.web.runner import StoreRunner
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from coordinator_stub.stores.base import LogReader
+
 
 class Served:
     """What every part of the app shares: the coordinator, its store thread, tokens, sessions, logs, metrics."""
 
     def __init__(self, coord: Coordinator, options: ServeOptions, env: Mapping[str, str], runner: StoreRunner,
-                 state_dir: Path | None, enrolled: bool = False) -> None:
+                 logs: Path | Sequence[LogReader] | None, enrolled: bool = False) -> None:
         self.coord = coord
         self.options = options
         self.runner = runner
         self.tokens = Tokens.from_env(env, enrolled)
         self.sessions = Sessions()
         self.metrics = Metrics()
-        self.feed = EventFeed(state_dir)
+        self.feed = EventFeed(logs)
         self.feed.listeners.append(self.metrics.on_event)
         runner.observe = self.metrics.observe_store
         self.refusals = Refusals(coord, runner)  # one rate limit for every door (refusals.py)
@@ -146,9 +150,9 @@ class ServeApp:
 
 
 def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str], runner: StoreRunner,
-              state_dir: Path | None, enrolled: bool = False) -> ServeApp:
+              logs: Path | Sequence[LogReader] | None, enrolled: bool = False) -> ServeApp:
     """The app ``serve`` runs; ``env`` gives the shared tokens (read once, here), the store the enrolled ones."""
-    served = Served(coord, options, env, runner, state_dir, enrolled)
+    served = Served(coord, options, env, runner, logs, enrolled)
     capabilities = Capabilities()
     fleet = FleetApi(coord, runner, served.tokens, options.body_timeout_s, options.ignore_dry_run,
                      answered=capabilities.heard, timed=served.metrics.observe_request, refusals=served.refusals)
