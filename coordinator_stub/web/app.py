@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from coordinator_stub.core import Coordinator
 from coordinator_stub.web.auth import METRICS, SESSION_COOKIE, Sessions, Tokens, authorize
+from coordinator_stub.web.claimwait import ClaimHolder
 from coordinator_stub.web.dashboard import Capabilities, Dashboard
 from coordinator_stub.web.events import EventFeed
 from coordinator_stub.web.fleet import FleetApi, Receive, Scope, Send
@@ -153,14 +154,21 @@ class ServeApp:
         else:
             await self.site(scope, receive, send)
 
+    def stopping(self) -> None:
+        """The graceful stop begins: held claims answer 204 now rather than at the end of the grace."""
+        if self.fleet.holder is not None:
+            self.fleet.holder.stop()
+
 
 def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str], runner: StoreRunner,
               state_dir: Path | None, enrolled: bool = False) -> ServeApp:
     """The app ``serve`` runs; ``env`` gives the shared tokens (read once, here), the store the enrolled ones."""
     served = Served(coord, options, env, runner, state_dir, enrolled)
     capabilities = Capabilities()
+    holder = ClaimHolder(options.max_claim_wait_s, options.claim_recheck_s, max_held=options.max_connections)
+    served.metrics.held_claims.set_function(lambda: holder.held)
     fleet = FleetApi(coord, runner, served.tokens, options.body_timeout_s, options.ignore_dry_run,
-                     answered=capabilities.heard, timed=served.metrics.observe_request)
+                     answered=capabilities.heard, timed=served.metrics.observe_request, holder=holder)
     routes = [Route("/metrics", metrics_endpoint(served), methods=["GET"]), *Dashboard(served, capabilities).routes()]
 
     @contextlib.asynccontextmanager

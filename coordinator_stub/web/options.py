@@ -33,6 +33,8 @@ class ServeOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     ignore_dry_run: bool = False
     access_log: bool = False
+    max_claim_wait_s: float = 60.0  # the longest a claim is held for waitS (0: never held)
+    claim_recheck_s: float = 2.0  # a held claim claims again this often, woken or not
 
 
 def connection_bound(wanted: int, fd_limit: int) -> int:
