@@ -206,7 +206,9 @@ class FleetSource(Source):
         if self._hold_s is None:
             self._hold_s = min(self.max_hold_s, self.client.claim_wait_s()) if self.max_hold_s > 0 else 0.0
         try:
-            got = self.client.claim_job(exclude=self._cannot_run, wait_s=self._hold_s)
+            hold = self._hold_s
+            got = (self.client.claim_job(exclude=self._cannot_run, wait_s=hold) if hold
+                   else self.client.claim_job(exclude=self._cannot_run))
         except AQError:
             self._hold_s = None  # a coordinator replaced by an older one (or a newer) is asked again
             raise
