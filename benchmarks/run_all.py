@@ -1,4 +1,4 @@
-"""Run every benchmark script (B1..B9) in order, then print the report table.
+"""Run every benchmark script (B1..B10) in order, then print the report table.
 
 The scripts run as users run the product: in a venv of their own (a temporary
 directory) with a regular, non-editable install of this tree's wheel and its
