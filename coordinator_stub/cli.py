@@ -114,7 +114,8 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
         logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
     options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
                            settings.ignore_dry_run, access_log=ctx.obj["verbose"],
-                           max_claim_wait_s=max_claim_wait_s, claim_recheck_s=claim_recheck_s)
+                           max_claim_wait_s=max_claim_wait_s, claim_recheck_s=claim_recheck_s,
+                           wake_url=settings.database_url or None)
     logs_dir = None if settings.database_url else Path(settings.state_dir)  # PostgreSQL keeps its logs in tables
     run_server(coord, options, logs_dir, os.environ, announce)
     try:  # a stopped coordinator leaves its state folded: archive/<id>.json for every finished job

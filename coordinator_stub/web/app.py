@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from coordinator_stub.core import Coordinator
 from coordinator_stub.web.auth import METRICS, SESSION_COOKIE, Sessions, Tokens, authorize
-from coordinator_stub.web.claimwait import ClaimHolder
+from coordinator_stub.web.claimwait import ClaimHolder, wake_peers
 from coordinator_stub.web.dashboard import Capabilities, Dashboard
 from coordinator_stub.web.events import EventFeed
 from coordinator_stub.web.fleet import FleetApi, Receive, Scope, Send
@@ -174,8 +174,12 @@ def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str],
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         backfill = asyncio.ensure_future(served.poll_feed())  # history read while the first requests come in
+        holder.wakeup.current()  # bound to this loop: the PostgreSQL listener's hints find it
+        peers = wake_peers(options.wake_url, holder, runner)
         yield
         backfill.cancel()
+        if peers is not None:
+            await asyncio.to_thread(peers.stop)
 
     site = Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: on_http_exception, Exception: on_internal_error})

@@ -20,6 +20,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from coordinator_stub.web.responses import error_document
+from coordinator_stub.web.runner import StoreRunner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from coordinator_stub.stores.pg_wake import PgWake
 
 MAX_WAIT_S = 60.0
 DEFAULT_RECHECK_S = 2.0
@@ -72,6 +77,17 @@ def wait_of(body: bytes) -> float | Answer:
     return float(wait)
 
 
+def wake_peers(url: str | None, holder: ClaimHolder, runner: StoreRunner) -> PgWake | None:
+    """On PostgreSQL: hints to and from the other replicas (started here, stopped by the caller)."""
+    if not url:
+        return None
+    from coordinator_stub.stores.pg_wake import PgWake
+
+    wake = PgWake(url, holder.wakeup.notify_threadsafe).start()
+    holder.tell_peers = lambda: runner.later("wake_peers", wake.notify)  # after the answer, off the loop
+    return wake
+
+
 class ClaimHolder:
     """Holds empty claims up to ``max_wait_s`` (0: never), at most ``max_held`` at once (more answer at once)."""
 
@@ -82,6 +98,7 @@ class ClaimHolder:
         self.max_held = max_held
         self.held = 0
         self.wakeup = Wakeup()
+        self.tell_peers: Callable[[], None] | None = None  # other replicas (PostgreSQL NOTIFY), when there are
         self._stopping: asyncio.Event | None = None
 
     def features(self) -> dict[str, Any]:
@@ -92,6 +109,8 @@ class ClaimHolder:
         """An answered operation: wake the held claims when it may have made a job claimable."""
         if op in WAKING and 200 <= status < 300:
             self.wakeup.notify()
+            if self.tell_peers is not None:
+                self.tell_peers()
 
     def stop(self) -> None:
         """The server begins to stop: every held claim answers 204 now, and no new one is held."""

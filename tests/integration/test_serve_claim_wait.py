@@ -128,3 +128,14 @@ def test_max_claim_wait_zero_never_holds(tmp_path: Path) -> None:
     with running_stub(tmp_path / "coord", token=TOKEN, extra_args=["--max-claim-wait", "0"]) as stub:
         assert check(requests.get(stub.url + "/v1/fleet/healthz", timeout=30), 200)["features"] == {"claimWaitS": 0}
         check(post(stub, "/claim", {"factoryId": "f1", "waitS": 60}, timeout=20), 204)
+
+
+@pytest.mark.postgres
+def test_a_claim_held_on_one_replica_is_woken_by_an_enqueue_on_another(
+        pg_url: str, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    with running_stub(pg_url, token=TOKEN, extra_args=["--claim-recheck", NEVER]) as a, \
+            running_stub(pg_url, token=TOKEN, extra_args=["--claim-recheck", NEVER]) as b:
+        answer = hold(a, pool)
+        check(post(b, "/jobs", {"id": "x1", "command": ["true"]}), 201)
+        got = check(answer.result(timeout=25), 200)  # only B's NOTIFY reaches A in time (its re-check is 600 s)
+        assert got["job"]["id"] == "x1"
