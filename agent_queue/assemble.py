@@ -31,13 +31,15 @@ def build_source(settings: Settings, queue: LocalQueue) -> Source:
 
 
 def _fleet_source(settings: Settings, queue: LocalQueue) -> Source:
-    from agent_queue.fleet.connect import DAEMON_RETRY, fleet_flags, make_client
+    from agent_queue.fleet.connect import DAEMON_HOLD_S, DAEMON_RETRY, fleet_flags, make_client
     from agent_queue.fleet.shadow import ShadowProbe, shadow_log_path
     from agent_queue.fleet.source import FleetSource, ShadowSource
 
     flags = fleet_flags(settings)
     if flags.coordinator_sources_work:
-        return FleetSource(queue, make_client(settings, DAEMON_RETRY))
+        # A held claim ends within half the grace, so a stop while it waits still ends in time.
+        hold = min(DAEMON_HOLD_S, settings.grace_s / 2)
+        return FleetSource(queue, make_client(settings, DAEMON_RETRY), max_hold_s=hold)
     if flags.shadow:
         client = make_client(settings, DAEMON_RETRY)
         probe = ShadowProbe(client, settings.factory_id, shadow_log_path(settings.root),

@@ -85,8 +85,11 @@ class Runner:
             if claim is None:
                 if opts.once or opts.drain:
                     break
-                self.control.idle(self.settings.poll_s)
+                self.control.idle(0.0 if self.source.just_waited else self.settings.poll_s)
                 continue
+            if self.control.stopping:  # stopped while a held claim waited: the job goes back, unstarted
+                claim.give_back("daemon stopping before the job started")
+                break
             try:
                 self.process(claim)
                 self.disk.job_ended_well()

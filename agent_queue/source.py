@@ -127,6 +127,9 @@ class Source(ABC):
     @abstractmethod
     def next_claim(self) -> Claim | None: ...
 
+    # True when the last empty ``next_claim`` already waited for work (a held claim): no idle on top.
+    just_waited: bool = False
+
     def close(self) -> None:
         """Nothing to release by default."""
         return None

@@ -132,10 +132,11 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0
         time.sleep(step)
 
 
-def serve_stub(state: Path | str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def serve_stub(state: Path | str, env: dict[str, str] | None = None,
+               args: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``coordinator-stub serve`` (a state dir or a database URL) on a free loopback port; (process, URL)."""
     port = free_port()
-    proc = spawn([STUB, "--state", str(state), "serve", "--host", "127.0.0.1", "--port", str(port)], env,
+    proc = spawn([STUB, "--state", str(state), "serve", "--host", "127.0.0.1", "--port", str(port), *args], env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
 

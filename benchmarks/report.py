@@ -17,6 +17,7 @@ ROWS = [  # name, figure, how to show it
     ("b7_fairness", "B7 8 factories on one seam stub"),
     ("b8_pg_http", "B8 PostgreSQL claim+report pairs/s over HTTP (1 / 4 / 16 clients)"),
     ("b9_claim_depth", "B9 claim latency by queue depth"),
+    ("b10_pickup", "B10 enqueue to tool start, idle HTTP fleet (p50 / p99)"),
 ]
 
 
@@ -104,6 +105,12 @@ def cells(name: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
             seam += " (" + " / ".join(f"{v}x" for v in h["file_seam_vs_floor"].values()) + " python -c pass)"
         return (f"PG serve {pg}", f"file serve {depths(h['file_serve_ms'])}; {seam}",
                 f"{h.get('pg_ratio_last_first', '-')}x", h["target"])
+    if name == "b10_pickup":
+        return (f"held claims {h['held_p50_ms']} / {h['held_p99_ms']} ms; idle CPU daemon "
+                f"{h['held_daemon_cpu_s_per_min']} + server {h['held_server_cpu_s_per_min']} CPU-s/min",
+                f"polling (2 s) {h['polled_p50_ms']} / {h['polled_p99_ms']} ms; idle CPU daemon "
+                f"{h['polled_daemon_cpu_s_per_min']} + server {h['polled_server_cpu_s_per_min']} CPU-s/min",
+                f"{h['p50_ratio_held_to_polled']}x", h["target"])
     raise ValueError(name)
 
 

@@ -1,4 +1,4 @@
-"""Run every benchmark script (B1..B9) in order, then print the report table.
+"""Run every benchmark script (B1..B10) in order, then print the report table.
 
 The scripts run as users run the product: in a venv of their own (a temporary
 directory) with a regular, non-editable install of this tree's wheel and its
@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCRIPTS = ["b1_seam.py", "b2_http.py", "b3_history.py", "b4_e2e.py", "b5_idle.py", "b6_failover.py",
-           "b7_fairness.py", "b8_pg_http.py", "b9_claim_depth.py"]
+           "b7_fairness.py", "b8_pg_http.py", "b9_claim_depth.py", "b10_pickup.py"]
 SOURCES = ["pyproject.toml", "README.md", "agent_queue", "coordinator_stub"]
 NOT_RUNTIME = {"test", "dev"}  # extras for developers; every other extra is a runtime feature a figure may need
 

@@ -82,9 +82,14 @@ def call(ctx: click.Context, ignore_dry_run: bool, method: str, path: str) -> No
               type=click.FloatRange(min=0.01), metavar="S", help="Close a connection idle for S seconds.")
 @click.option("--max-connections", default=DEFAULT_MAX_CONNECTIONS, show_default=True, type=click.IntRange(min=1),
               help="Open connections at most (kept below the descriptor limit).")
+@click.option("--max-claim-wait", "max_claim_wait_s", default=60.0, show_default=True, type=click.FloatRange(0, 60),
+              metavar="S", help="Hold a claim with waitS for S seconds at most (0: never hold).")
+@click.option("--claim-recheck", "claim_recheck_s", default=2.0, show_default=True, type=click.FloatRange(min=0.01),
+              metavar="S", help="A held claim claims again every S seconds, woken or not.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_s: float, header_timeout_s: float,
-          body_timeout_s: float, keep_alive_s: float, max_connections: int) -> None:
+          body_timeout_s: float, keep_alive_s: float, max_connections: int, max_claim_wait_s: float,
+          claim_recheck_s: float) -> None:
     """Serve the fleet API, the dashboard (/) and /metrics over HTTP (bearer token from AQ_FLEET_TOKEN)."""
     from coordinator_stub.http import check_bind, require_stack
     from coordinator_stub.http import serve as run_server
@@ -107,7 +112,9 @@ def serve(ctx: click.Context, host: str, port: int, ignore_dry_run: bool, grace_
     if not settings.token and not enrolled:
         logging.getLogger(__name__).warning("AQ_FLEET_TOKEN is not set: serving WITHOUT authentication on %s", host)
     options = ServeOptions(host, port, grace_s, header_timeout_s, body_timeout_s, keep_alive_s, max_connections,
-                           settings.ignore_dry_run, access_log=ctx.obj["verbose"])
+                           settings.ignore_dry_run, access_log=ctx.obj["verbose"],
+                           max_claim_wait_s=max_claim_wait_s, claim_recheck_s=claim_recheck_s,
+                           wake_url=settings.database_url or None)
     from coordinator_stub.web.events import BACKFILL_BYTES
 
     run_server(coord, options, store.log_readers(BACKFILL_BYTES), os.environ, announce)

@@ -193,7 +193,7 @@ class FleetClient:
         return None if got is None else (got.job, got.lease)
 
     def claim_job(self, dry_run: bool = False, factory_id: str | None = None,
-                  exclude: Iterable[str] = ()) -> Claimed | None:
+                  exclude: Iterable[str] = (), wait_s: float = 0.0) -> Claimed | None:
         """Ask for the next job this factory can run; ``None`` when there is none (204).
 
         One ``requestId`` per call, reused by every retry, so an answer lost
@@ -203,7 +203,8 @@ class FleetClient:
         (``countAttempt: false``). A leased job whose spec fails local
         validation is released with ``retry: false`` (quarantined at the
         coordinator) and ``InvalidJob`` is raised, so it cannot bounce
-        between factories forever.
+        between factories forever. ``wait_s`` > 0 asks the coordinator to
+        hold the claim until a job is claimable (see ``claim_wait_s``).
         """
         fid = factory_id or self.factory_id
         body = {
@@ -215,7 +216,11 @@ class FleetClient:
         skip = sorted(exclude)
         if skip:  # ids this factory found it cannot run; a coordinator that ignores the hint still works
             body["exclude"] = skip
-        raw = self._call("POST", "/v1/fleet/claim", body, lambda r: _parse_claim(r, fid, dry_run))
+        policy = None
+        if wait_s > 0:
+            body["waitS"] = wait_s
+            policy = replace(self.retry, deadline_s=self.retry.deadline_s + wait_s)
+        raw = self._call("POST", "/v1/fleet/claim", body, lambda r: _parse_claim(r, fid, dry_run), policy=policy)
         if raw is None:
             return None
         job_data, lease, attempts, rounds = raw
@@ -315,6 +320,23 @@ class FleetClient:
             log.info("coordinator health check failed: %s", exc.message)
             return False
         return bool(body and body.get("ok") is True)
+
+    def claim_wait_s(self) -> float:
+        """The longest claim hold the coordinator grants (healthz ``features.claimWaitS``); 0: poll.
+
+        Only a transport that can wait for a held answer asks (HTTP); the
+        command seam and a coordinator that does not advertise the feature
+        get plain claims.
+        """
+        if not getattr(self.transport, "holds_claims", False):
+            return 0.0
+        try:
+            body = self._call("GET", "/v1/fleet/healthz", None, lambda r: r.body, policy=SINGLE_SHOT)
+        except AQError:
+            return 0.0
+        features = body.get("features") if body else None
+        wait = features.get("claimWaitS") if isinstance(features, dict) else None
+        return float(wait) if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0 else 0.0
 
     # -- the one retry loop ----------------------------------------------
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
+HOLD_MARGIN_S = 10.0  # a held claim (waitS) is answered after up to waitS: its read timeout is that much longer
 
 
 class HttpTransport:
@@ -37,6 +38,8 @@ class HttpTransport:
     retried once when the token's file holds a new token (``TokenSource.reread``:
     rotation without a restart).
     """
+
+    holds_claims = True  # may send waitS (when the coordinator's healthz advertises claimWaitS)
 
     def __init__(
         self, base_url: str, token: str | TokenSource | None, connect_timeout_s: float, read_timeout_s: float
@@ -84,7 +87,11 @@ class HttpTransport:
         self, method: str, path: str, body: Mapping[str, Any] | None, timeout_s: float | None
     ) -> Response:
         where = f"{method} {path}"
-        read = effective_timeout(self.read_timeout_s, timeout_s)
+        held = body.get("waitS") if body is not None else None
+        if isinstance(held, (int, float)) and held > 0:  # the answer comes after up to waitS, by design
+            read = held + HOLD_MARGIN_S
+        else:
+            read = effective_timeout(self.read_timeout_s, timeout_s)
         connect = min(self.connect_timeout_s, read)
         headers = {"Content-Type": "application/json"} if body is not None else {}
         try:

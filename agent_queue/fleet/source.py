@@ -55,9 +55,11 @@ class FleetSource(Source):
     """Claims from the coordinator (route on); see the module docstring for recovery."""
 
     def __init__(self, queue: LocalQueue, client: FleetClient,
-                 heartbeat_interval_s: float | None = None) -> None:
+                 heartbeat_interval_s: float | None = None, max_hold_s: float = 0.0) -> None:
         self.queue = queue
         self.client = client
+        self.max_hold_s = max_hold_s  # a claim may be held this long (waitS), when the coordinator offers it
+        self._hold_s: float | None = None  # what the coordinator offers; None: not asked yet (asked again after errors)
         self.heartbeat_interval_s = heartbeat_interval_s
         self._pending: list[Entry] = []  # running/ jobs to settle with the coordinator before new work
         self._resume: list[Entry] = []  # report(shipped) accepted, ship not done yet
@@ -201,7 +203,16 @@ class FleetSource(Source):
         self._cannot_run = {jid: until for jid, until in self._cannot_run.items() if until > sent}
         # Its meta carries the attempt count (no get_job round trip); ``exclude`` keeps jobs this
         # factory cannot run from coming straight back to it while other factories may take them.
-        got = self.client.claim_job(exclude=self._cannot_run)
+        if self._hold_s is None:
+            self._hold_s = min(self.max_hold_s, self.client.claim_wait_s()) if self.max_hold_s > 0 else 0.0
+        try:
+            hold = self._hold_s
+            got = (self.client.claim_job(exclude=self._cannot_run, wait_s=hold) if hold
+                   else self.client.claim_job(exclude=self._cannot_run))
+        except AQError:
+            self._hold_s = None  # a coordinator replaced by an older one (or a newer) is asked again
+            raise
+        self.just_waited = got is None and self._hold_s > 0  # the coordinator waited: no poll interval on top
         if got is None:
             return None
         job, lease = got.job, got.lease

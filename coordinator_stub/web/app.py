@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from coordinator_stub.core import Coordinator
 from coordinator_stub.web.auth import METRICS, Sessions, Tokens
+from coordinator_stub.web.claimwait import ClaimHolder, wake_peers
 from coordinator_stub.web.dashboard import Capabilities, Dashboard
 from coordinator_stub.web.events import EventFeed
 from coordinator_stub.web.fleet import FleetApi, Receive, Scope, Send
@@ -148,21 +149,33 @@ class ServeApp:
         else:
             await self.site(scope, receive, send)
 
+    def stopping(self) -> None:
+        """The graceful stop begins: held claims answer 204 now rather than at the end of the grace."""
+        if self.fleet.holder is not None:
+            self.fleet.holder.stop()
+
 
 def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str], runner: StoreRunner,
               logs: Path | Sequence[LogReader] | None, enrolled: bool = False) -> ServeApp:
     """The app ``serve`` runs; ``env`` gives the shared tokens (read once, here), the store the enrolled ones."""
     served = Served(coord, options, env, runner, logs, enrolled)
     capabilities = Capabilities()
+    holder = ClaimHolder(options.max_claim_wait_s, options.claim_recheck_s, max_held=options.max_connections)
+    served.metrics.held_claims.set_function(lambda: holder.held)
     fleet = FleetApi(coord, runner, served.tokens, options.body_timeout_s, options.ignore_dry_run,
-                     answered=capabilities.heard, timed=served.metrics.observe_request, refusals=served.refusals)
+                     answered=capabilities.heard, timed=served.metrics.observe_request, refusals=served.refusals,
+                     holder=holder)
     routes = [Route("/metrics", metrics_endpoint(served), methods=["GET"]), *Dashboard(served, capabilities).routes()]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         backfill = asyncio.ensure_future(served.poll_feed())  # history read while the first requests come in
+        holder.wakeup.current()  # bound to this loop: the PostgreSQL listener's hints find it
+        peers = wake_peers(options.wake_url, holder, runner)
         yield
         backfill.cancel()
+        if peers is not None:
+            await asyncio.to_thread(peers.stop)
 
     site = Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: on_http_exception, Exception: on_internal_error})

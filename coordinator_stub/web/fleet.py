@@ -24,6 +24,7 @@ from coordinator_stub.api import MAX_BODY, handle
 from coordinator_stub.core import Coordinator
 from coordinator_stub.enrolment import token_id_of
 from coordinator_stub.web.auth import Principal, Tokens, authorize, bearer, bind_to_factory, scope_for
+from coordinator_stub.web.claimwait import ClaimHolder
 from coordinator_stub.web.gate import lookup, refusal_id
 from coordinator_stub.web.protocol import AUTHORISED
 from coordinator_stub.web.refusals import Refusals
@@ -90,8 +91,9 @@ class FleetApi:
 
     def __init__(self, coord: Coordinator, runner: StoreRunner, tokens: Tokens, body_timeout_s: float,
                  ignore_dry_run: bool = False, answered: Answered | None = None, timed: Timed | None = None,
-                 refusals: Refusals | None = None) -> None:
+                 refusals: Refusals | None = None, holder: ClaimHolder | None = None) -> None:
         self.coord = coord
+        self.holder = holder  # held claims (waitS); None: every claim answers at once
         self.runner = runner
         self.tokens = tokens
         self.body_timeout_s = body_timeout_s
@@ -144,7 +146,15 @@ class FleetApi:
             body, mismatch = bind_to_factory(principal, op, body)
             if mismatch is not None:
                 return await self._refused(send, 403, "forbidden", mismatch, presented, principal)
-        status, answer = await self.runner.run(op, self._handle, method, target, body)
+        if op == "claim" and self.holder is not None:
+            status, answer = await self.holder.claim(
+                body, lambda: self.runner.run(op, self._handle, method, target, body))
+        else:
+            status, answer = await self.runner.run(op, self._handle, method, target, body)
+        if self.holder is not None:
+            self.holder.heard(op, status)
+            if op == "healthz" and status == 200 and answer is not None:
+                answer = {**answer, "features": self.holder.features()}
         try:
             await send_json(send, status, answer)
         finally:

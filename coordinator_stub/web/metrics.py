@@ -56,6 +56,8 @@ class Metrics:
                                   ["op", "outcome"], registry=r)
         self.conflicts = Counter("aq_conflicts", "409 answers: fenced, not_leased, conflict", ["op", "code"],
                                  registry=r)
+        self.held_claims = Gauge("aq_held_claims", "Claims held open (waitS) waiting for a claimable job",
+                                 registry=r)
         self.lease_age = Histogram("aq_lease_age_seconds", "Age of a lease when it ended", ["end"],
                                    buckets=LEASE_AGE_BUCKETS, registry=r)
         self.reclaim_delay = Histogram("aq_reclaim_delay_seconds", "From a lease's expiry to its reclaim",

@@ -33,6 +33,9 @@ class ServeOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     ignore_dry_run: bool = False
     access_log: bool = False
+    max_claim_wait_s: float = 60.0  # the longest a claim is held for waitS (0: never held)
+    claim_recheck_s: float = 2.0  # a held claim claims again this often, woken or not
+    wake_url: str | None = None  # PostgreSQL: replicas wake each other's held claims (LISTEN/NOTIFY)
 
 
 def connection_bound(wanted: int, fd_limit: int) -> int:

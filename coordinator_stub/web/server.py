@@ -45,6 +45,9 @@ class _Server(uvicorn.Server):
             sock.listen(LISTEN_QUEUE)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        stopping = getattr(self.config.app, "stopping", None)  # held claims (ServeApp) answer before the wait
+        if stopping is not None:
+            stopping()
         await super().shutdown(sockets)
         for conn in list(self.server_state.connections):  # cut after the grace: nothing is left half-open
             conn.transport.abort()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["b1_seam", "b2_http", "b3_history", "b4_e2e", "b5_idle", "b6_failover", "b7_fairness", "b8_pg_http",
-         "b9_claim_depth"]
+         "b9_claim_depth", "b10_pickup"]
 
 
 def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:

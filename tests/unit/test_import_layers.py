@@ -211,10 +211,12 @@ def test_the_core_the_coordinator_loads_stays_small(graph: Graph) -> None:
 
 
 def test_only_the_postgresql_store_imports_psycopg(graph: Graph) -> None:
-    """The seam and the file store never load psycopg: only the PostgreSQL store and its administration do,
-    and only the store choice (a URL) and that administration import them."""
+    """The seam and the file store never load psycopg: only the PostgreSQL store, its administration and
+    the replicas' wake-up hints do, and only the store choice (a URL), that administration and serve's
+    held claims (given a URL) import them."""
     assert {m for m in graph if {"psycopg", "psycopg_pool"} & {d.split(".")[0] for d in graph[m]}} == {
-        "coordinator_stub.stores.postgres", "coordinator_stub.stores.pg_admin"}
+        "coordinator_stub.stores.postgres", "coordinator_stub.stores.pg_admin", "coordinator_stub.stores.pg_wake"}
+    assert importers(graph, "coordinator_stub.stores.pg_wake") == {"coordinator_stub.web.claimwait"}
     assert importers(graph, "coordinator_stub.stores.postgres") == {
         "coordinator_stub.stores.choose", "coordinator_stub.stores.pg_admin"}
     assert importers(graph, "coordinator_stub.stores.pg_admin") == {"coordinator_stub.cli"}
