@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 TRANSPORT_TIMEOUT_S = 30.0
 # A daemon call gives up sooner than a one-shot CLI call: the runner's own backoff takes over.
-DAEMON_HOLD_S = 20.0  # waitS of the daemon's claims, when the coordinator holds claims
+DAEMON_HOLD_S = 5.0  # waitS of the daemon's claims when the coordinator holds them: also the most a stop waits for one
 DAEMON_RETRY = RetryPolicy(max_attempts=5, deadline_s=15.0, base_delay_s=0.2, max_delay_s=3.0)
 
 
