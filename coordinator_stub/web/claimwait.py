@@ -66,8 +66,8 @@ def wait_of(body: bytes) -> float | Answer:
     """``waitS`` of a claim body (0 when absent), or the 400 to answer; other fields are the dispatcher's."""
     try:
         doc = json.loads(body or b"{}")
-    except ValueError:
-        return 0.0  # the dispatcher answers the malformed body
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
+        return 0.0  # the dispatcher answers the malformed (or too deeply nested) body
     if not isinstance(doc, dict) or "waitS" not in doc:
         return 0.0
     wait = doc["waitS"]

@@ -84,6 +84,15 @@ def test_a_bad_wait_is_refused(stub: RunningStub, wait: Any) -> None:
     assert body["error"]["code"] == "bad_input" and "waitS" in body["error"]["message"]
 
 
+def test_a_claim_nested_too_deep_for_the_parser_is_a_400_not_a_500(stub: RunningStub) -> None:
+    """The hold reads waitS before the dispatcher sees the body: a RecursionError there must not become a 500."""
+    deep = b'{"factoryId": "f1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = requests.post(stub.url + "/v1/fleet/claim", data=deep, timeout=30,
+                           headers={**stub.headers(), "Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text  # 200 kB: under the body bound, so the parser meets it
+    assert answer.json()["error"]["code"] == "bad_input"
+
+
 def test_a_release_wakes_a_held_claim(stub: RunningStub, pool: concurrent.futures.ThreadPoolExecutor) -> None:
     check(post(stub, "/jobs", {"id": "r1", "command": ["true"]}), 201)
     lease = check(post(stub, "/claim", {"factoryId": "f1"}), 200)["lease"]
