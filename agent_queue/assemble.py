@@ -23,14 +23,18 @@ from agent_queue.settings import Settings
 from agent_queue.source import Source
 
 
-def build_source(settings: Settings, queue: LocalQueue) -> Source:
-    """The Source of a daemon on ``queue`` with these settings (see the module docstring)."""
+def build_source(settings: Settings, queue: LocalQueue, hold_claims: bool = True) -> Source:
+    """The Source of a daemon on ``queue`` with these settings (see the module docstring).
+
+    ``hold_claims=False`` (``--once``, ``--drain``): an empty claim ends the run, so it must answer at
+    once rather than wait for work that the run would not take anyway.
+    """
     if not settings.fleet:
         return LocalSource(queue)
-    return _fleet_source(settings, queue)
+    return _fleet_source(settings, queue, hold_claims)
 
 
-def _fleet_source(settings: Settings, queue: LocalQueue) -> Source:
+def _fleet_source(settings: Settings, queue: LocalQueue, hold_claims: bool) -> Source:
     from agent_queue.fleet.connect import DAEMON_HOLD_S, DAEMON_RETRY, fleet_flags, make_client
     from agent_queue.fleet.shadow import ShadowProbe, shadow_log_path
     from agent_queue.fleet.source import FleetSource, ShadowSource
@@ -38,7 +42,7 @@ def _fleet_source(settings: Settings, queue: LocalQueue) -> Source:
     flags = fleet_flags(settings)
     if flags.coordinator_sources_work:
         # A held claim ends within half the grace, so a stop while it waits still ends in time.
-        hold = min(DAEMON_HOLD_S, settings.grace_s / 2)
+        hold = min(DAEMON_HOLD_S, settings.grace_s / 2) if hold_claims else 0.0
         return FleetSource(queue, make_client(settings, DAEMON_RETRY), max_hold_s=hold)
     if flags.shadow:
         client = make_client(settings, DAEMON_RETRY)

@@ -118,7 +118,7 @@ def run_daemon(settings: Settings, opts: RunOptions) -> int:
     # Resolved once; each precedence warning (ROUTE wins over SHADOW...) is given once per process.
     flags = resolve_flags(settings.fleet, settings.fleet_route, settings.fleet_shadow, log.warning)
     queue = queue_for(settings)
-    source = build_source(settings, queue)
+    source = build_source(settings, queue, hold_claims=not (opts.once or opts.drain))
     lock = queue.daemon_lock()
     try:
         lock.acquire(timeout=1.0)  # not 0: `status` takes this lock for an instant to see if a daemon runs

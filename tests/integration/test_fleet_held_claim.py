@@ -53,3 +53,18 @@ def test_a_daemon_starts_a_job_on_the_wake_and_stops_within_its_grace(tmp_path: 
         proc.wait(timeout=15)  # held for half the grace (2 s), where an unbounded hold would take 20 s
         assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
         assert aq(tmp_path / "root", "status", env=env).returncode == 0
+
+
+def test_a_draining_daemon_never_holds_its_claim(tmp_path: Path) -> None:
+    """``--drain`` ends at the first empty claim: holding it would only delay the exit by the hold (5 s)."""
+    done = tmp_path / "done"
+    with running_stub(tmp_path / "coord", token=TOKEN, extra_args=["--claim-recheck", "600"]) as stub, \
+            daemons() as ds:
+        job = {"id": "d1", "command": ["touch", str(done)]}
+        requests.post(stub.url + "/v1/fleet/jobs", json=job, headers=stub.headers(), timeout=30).raise_for_status()
+        proc = ds.start(tmp_path / "root", fleet_env(api=stub.url, token=TOKEN), "--drain", "--grace", "60")
+        seen_held = 0
+        while proc.poll() is None:  # a held claim would show for its whole 5 s: sampled far more often
+            seen_held = max(seen_held, held(stub.url))
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        assert done.exists() and seen_held == 0
