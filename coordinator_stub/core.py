@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
     from agent_queue.jobs import Job
     from coordinator_stub.stores.base import Store, Tx
+    from coordinator_stub.stores.group_commit import GroupCommit
 
     T = TypeVar("T")
 
@@ -271,10 +272,9 @@ class Coordinator:
         """A request ``serve`` refused, into the event log: the token's id, never the token."""
         self._run("refused", lambda c: c.ev.update(status=status, reason=why[:200]), tokenId=token_id or "-")
 
-    @property
-    def concurrency(self) -> int:
-        """Operations the store takes at once (``serve`` sizes its store threads by it)."""
-        return self._store.concurrency
+    def defer_durability(self) -> GroupCommit | None:
+        """``serve``: the watermark its answers wait on, if the store lets operations return before it (else None)."""
+        return self._store.defer_durability()
 
     def refusals_suppressed(self, count: int, window_s: float) -> None:
         """Refusals ``serve`` did not write in the last window (its rate limit, ``web/refusals.py``): how many."""

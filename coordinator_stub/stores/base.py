@@ -77,6 +77,8 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager as ContextManager
     from typing import Any
 
+    from coordinator_stub.stores.group_commit import GroupCommit
+
     SortKey = Callable[[dict[str, Any]], Any]
 
     from typing import Protocol
@@ -271,13 +273,15 @@ class Tx(ABC):
 class Store(ABC):
     """A place for the coordinator's state that keeps the guarantees in this module's docstring."""
 
-    # How many operations a server may hand it at once (its worker threads): 1 unless the store gains from
-    # more (the file store with group commit shares one sync among them; see stores/group_commit.py).
-    concurrency = 1
-
     @abstractmethod
     def transaction(self) -> ContextManager[Tx]:
         """Exclusive access for one operation; commits on normal exit, discards on exception."""
+
+    def defer_durability(self) -> GroupCommit | None:
+        """``serve``: let operations return before their commit is durable, and answer each once the returned
+        watermark covers what it wrote or read (``stores/group_commit.py``). None (the default): every
+        operation is durable when it returns, and the caller answers at once."""
+        return None
 
     def tidy(self) -> None:  # noqa: B027 - an optional hook: most stores leave nothing for later
         """Do what the last operation left for after its answer (a store built to defer it; else nothing)."""

@@ -68,9 +68,6 @@ _SYNC_IS_A_BARRIER = sys.platform.startswith("linux")
 CHECKPOINT_MIN_BYTES = 64 * 1024  # below this the journal is cheap to replay whatever the snapshot's size
 MATERIALIZE_BATCH = 128  # finished jobs whose files are written together between checkpoints
 TIDY_FILES = 4  # archive files (and as many spec removals) ``serve`` writes after each answer
-# Operations ``serve`` runs at once with group commit: each waits for a sync outside the lock, so up to this
-# many can share one (the lock still takes them one at a time).
-GROUP_WORKERS = 32
 
 
 class JsonStore(Store):
@@ -120,7 +117,7 @@ class JsonStore(Store):
             from coordinator_stub.stores.group_commit import GroupCommit  # (threading: never on the seam's path)
 
             self._group = GroupCommit(self._sync_journal, self.journal_path)
-            self.concurrency = GROUP_WORKERS
+        self._deferred = False  # ``defer_durability``: the caller waits for the sync, not the transaction
         if must_exist and self._is_new():
             raise ConfigError(f"state dir {self.root}: no such directory (a coordinator's state is created by "
                               "its first enqueue, call or serve)")
@@ -167,8 +164,14 @@ class JsonStore(Store):
                 self._append_logs(tx)
                 if isinstance(hold, LockHold):
                     hold.reported = True  # the core has credited its stall (a failed transaction: the next one)
-        if ticket:  # group commit: durable before the caller hears back, waited for outside the locks
+        if ticket and not self._deferred:  # group commit: durable before the caller hears back, outside the locks
             self._group.wait(ticket)  # type: ignore[union-attr]
+
+    def defer_durability(self) -> GroupCommit | None:
+        """With group commit, operations stop waiting for their sync; the caller waits on the returned watermark."""
+        if self._group is not None:
+            self._deferred = True
+        return self._group
 
     def tidy(self) -> None:
         """Finish the last commit's bookkeeping now (``serve``: after the answer is sent; cheap if none is left).

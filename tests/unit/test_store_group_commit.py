@@ -169,8 +169,7 @@ def run_threads(n: int, work: Callable[[int], object]) -> list[object]:
 
 def test_the_file_store_answers_concurrent_operations_durable_and_shares_syncs(tmp_path: Path) -> None:
     root = tmp_path / "coord"
-    store = JsonStore(root, tidy_later=True, group_commit=True)
-    assert store.concurrency > 1 and JsonStore(tmp_path / "other").concurrency == 1
+    store = JsonStore(root, tidy_later=True, group_commit=True)  # not deferred: each operation waits in its thread
     coord = Coordinator(store, lambda: 100.0, 60.0)
     coord.enqueue({"id": "first", "command": ["true"]})  # the directory exists before the race
     group = store._group
@@ -220,3 +219,120 @@ def test_the_file_store_refuses_every_operation_after_a_failed_sync(tmp_path: Pa
         store.checkpoint()
     restarted = Coordinator(JsonStore(root, tidy_later=True, group_commit=True), lambda: 100.0, 60.0)
     assert restarted.get_job("a")["meta"]["state"] == "queued"  # the answered operation is there
+
+
+# ------------------------------------------------------------ when_durable: waiting without a thread (serve)
+
+
+def callback_into(log: Log, ticket: int, errors: list[BaseException]) -> Callable[[BaseException | None], None]:
+    def called(failed: BaseException | None) -> None:
+        if failed is None:
+            log.add("released", ticket)
+        else:
+            errors.append(failed)
+            log.add("failed", ticket)
+
+    return called
+
+
+def settled(log: Log) -> list[int]:
+    return sorted(n for what, n in log.lines if what in ("released", "failed"))
+
+
+def wait_until(cond: Callable[[], bool]) -> None:
+    done = threading.Event()
+    for _ in range(int(GUARD_S / 0.01)):
+        if cond():
+            return
+        done.wait(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_when_durable_never_blocks_and_calls_back_only_after_a_covering_sync() -> None:
+    log = Log()
+    sync = FakeSync(log)
+    gc = GroupCommit(sync)
+    errors: list[BaseException] = []
+    first = wrote(gc, log)
+    gc.when_durable(first, callback_into(log, first, errors))  # returns at once; the syncer thread leads
+    assert sync.entered.wait(GUARD_S)
+    later = [wrote(gc, log) for _ in range(3)]  # written while that sync is under way
+    for ticket in later:
+        gc.when_durable(ticket, callback_into(log, ticket, errors))  # (the sync is blocked: returning proves it)
+    assert settled(log) == []
+    sync.go.set()
+    wait_until(lambda: settled(log) == [1, 2, 3, 4])
+    assert not errors
+    covering_sync_before_release(log.lines)
+    assert sync.calls == 2 and gc.durable == 4
+    gc.when_durable(first, callback_into(log, 99, errors))  # already durable: called back here, no sync
+    assert ("released", 99) in log.lines and sync.calls == 2
+
+
+def test_when_durable_reports_a_failed_sync_to_every_waiter_and_later_ones() -> None:
+    log = Log()
+    sync = FakeSync(log, fail_first=True)
+    gc = GroupCommit(sync, "journal.jsonl")
+    errors: list[BaseException] = []
+    tickets = [wrote(gc, log) for _ in range(3)]
+    for ticket in tickets:
+        gc.when_durable(ticket, callback_into(log, ticket, errors))
+    assert sync.entered.wait(GUARD_S)
+    sync.go.set()
+    wait_until(lambda: settled(log) == [1, 2, 3])
+    assert [n for what, n in log.lines if what == "failed"] == [1, 2, 3]
+    gc.when_durable(gc.wrote(), callback_into(log, 4, errors))  # after the failure: refused, no new sync
+    assert ("failed", 4) in log.lines and sync.calls == 1
+    assert len(errors) == 4 and all(isinstance(e, NotDurable) and "a sync failed" in str(e) for e in errors)
+
+
+def test_serves_runner_goes_on_with_the_next_operation_while_the_last_one_waits_for_its_sync(tmp_path: Path) -> None:
+    """The store thread is never parked on a sync while operations queue; no answer comes before its sync."""
+    import asyncio
+
+    from coordinator_stub.web.runner import StoreRunner
+
+    root = tmp_path / "coord"
+    store = JsonStore(root, tidy_later=True, group_commit=True)
+    coord = Coordinator(store, lambda: 100.0, 60.0)
+    coord.enqueue({"id": "first", "command": ["true"]})  # the directory exists (and is durable) first
+    group = coord.defer_durability()
+    assert group is store._group and group is not None
+    log = Log()
+    gate = threading.Event()
+    real_sync = group._sync
+
+    def gated_sync() -> None:
+        log.add("sync-start", group.written)
+        assert gate.wait(GUARD_S)
+        real_sync()
+        log.add("sync-end", group.written)
+
+    group._sync = gated_sync  # type: ignore[method-assign]
+    n = 8
+
+    def enqueue(i: int) -> str:
+        coord.enqueue({"id": f"j{i}", "command": ["true"]})
+        log.add("applied", i)
+        return f"j{i}"
+
+    async def main() -> list[str]:
+        runner = StoreRunner(durability=group)
+        plug = threading.Event()  # holds the store thread until all eight are queued behind it
+        plugged = runner.run("plug", plug.wait, GUARD_S)
+        answers = [runner.run("enqueue", enqueue, i) for i in range(n)]
+        plug.set()
+        assert await plugged
+        loop = asyncio.get_running_loop()
+        # Every operation is applied while the first sync is still blocked: the thread did not wait on it.
+        await loop.run_in_executor(None, wait_until, lambda: sum(w == "applied" for w, _ in log.lines) == n)
+        assert not any(a.done() for a in answers)  # ...and none of them is answered before a sync covers it
+        gate.set()
+        done = await asyncio.gather(*answers)
+        runner.close()
+        return list(done)
+
+    assert asyncio.run(main()) == [f"j{i}" for i in range(n)]
+    assert group.syncs <= 3  # the first operation's sync, then one (or two) for the seven queued behind it
+    fresh = Coordinator(JsonStore(root), lambda: 100.0, 60.0)  # what the files hold (a restart)
+    assert {j["job"]["id"] for j in fresh.list_jobs()} == {"first", *(f"j{i}" for i in range(n))}
