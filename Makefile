@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-test
 DEV_STAMP := $(VENV)/.installed-dev
-LINT_PATHS := agent_queue coordinator_stub tests demo benchmarks
+LINT_PATHS := agent_queue coordinator_stub tests demo benchmarks scripts
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench bench-smoke chaos clean venv

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCRIPTS = ["b1_seam.py", "b2_http.py", "b3_history.py", "b4_e2e.py", "b5_idle.py", "b6_failover.py",
            "b7_fairness.py", "b8_pg_http.py", "b9_claim_depth.py", "b10_pickup.py"]
-SOURCES = ["pyproject.toml", "README.md", "agent_queue", "coordinator_stub"]
+SOURCES = ["pyproject.toml", "README.md", "agent_queue", "coordinator_stub", "scripts"]
 NOT_RUNTIME = {"test", "dev"}  # extras for developers; every other extra is a runtime feature a figure may need
 
 
