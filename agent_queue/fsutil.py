@@ -8,8 +8,9 @@ then fsync the directory so the rename itself survives a power cut.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+
+from agent_queue import cjson
 
 # typing, tempfile and pathlib stay unimported here: the coordinator's command seam
 # pays every import on every call (a fresh process per operation; pathlib and the
@@ -108,6 +109,8 @@ def write_bytes_atomic(
 
 def dumps(obj: Any) -> str:
     """The one JSON encoding of state: stable key order, readable, UTF-8."""
+    import json  # here: indent needs json's own encoder, and json imports re (cjson's docstring says why not)
+
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
 
 
@@ -117,7 +120,7 @@ def write_json_atomic(path: StrPath, obj: Any, mode: int = FILE_MODE, sync_dir: 
 
 def read_json(path: StrPath) -> Any:
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        return cjson.loads(fh.read())
 
 
 def append_line(path: StrPath, line: str | bytes, mode: int = FILE_MODE, durable: bool = True) -> os.stat_result:

@@ -9,9 +9,9 @@ the core only ever sees typed values.
 
 from __future__ import annotations
 
-import json
 import re
 
+from agent_queue import cjson
 from agent_queue.errors import AQError, BadInput, TooLarge
 from agent_queue.timeutil import parse_rfc3339
 from coordinator_stub.core import Coordinator
@@ -101,7 +101,7 @@ def _parse_body(raw: bytes) -> Any:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
+        data = cjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"request body: malformed JSON ({exc})") from exc
     except RecursionError:

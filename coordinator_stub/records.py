@@ -113,10 +113,11 @@ def create(c: Ctx, spec: dict[str, Any], not_before: float | None, digest: str) 
 def digest_of(job: Job, raw: Mapping[str, Any]) -> str:
     """Identity of a spec for idempotent enqueue: the normalized spec (children included) plus notBefore."""
     import hashlib
-    import json
+
+    from agent_queue import cjson
 
     body = {"spec": job.to_dict(), "notBefore": raw.get("notBefore")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+    return hashlib.sha256(cjson.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def not_before_of(raw: Any, where: str) -> float | None:

@@ -15,9 +15,9 @@ when ``AQ_FLEET_API_CMD`` names this installation's stub.
 
 from __future__ import annotations
 
-import json
 import sys
 
+from agent_queue import cjson
 from agent_queue.errors import AQError
 
 TYPE_CHECKING = False  # no typing import at run time: this module's whole point is start-up cost
@@ -56,7 +56,7 @@ def run_request(
 
 def encode_answer(status: int, body: dict[str, Any] | None) -> str:
     """The one answer line the seam prints (without its newline)."""
-    return json.dumps({"status": status, "body": body})
+    return cjson.dumps({"status": status, "body": body})
 
 
 def call(settings: StubSettings, method: str, path: str, stdin: BinaryIO, stdout: TextIO) -> int:

@@ -9,8 +9,7 @@ after the answer, not before it.
 
 from __future__ import annotations
 
-import json
-
+from agent_queue import cjson
 from agent_queue.errors import StateError
 from coordinator_stub.stores.base import QUEUED, Tx, seq_of
 from coordinator_stub.stores.journal import key_after
@@ -135,7 +134,7 @@ class FileTx(Tx):
         if job_id in self._journal_archived:
             rec = self._journal_archived[job_id]
             # A private copy: the core may change what it is given, and this one is shared state.
-            return None if rec is None else json.loads(json.dumps(rec))
+            return None if rec is None else cjson.loads(cjson.dumps(rec))
         absent = self._loaded.absent
         if job_id in absent:  # looked up since the files last changed: still not there
             return None
@@ -151,7 +150,7 @@ class FileTx(Tx):
             if raw is None:
                 raw = self._read_spec_file(job_id, path)
             try:
-                spec = json.loads(raw)
+                spec = cjson.loads(raw)
             except ValueError as exc:
                 raise StateError(f"{path}: unreadable or corrupt ({exc}); fix or move it away") from exc
             if not isinstance(spec, dict) or spec.get("id") != job_id:
