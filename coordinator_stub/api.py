@@ -9,10 +9,9 @@ the core only ever sees typed values.
 
 from __future__ import annotations
 
-import re
-
 from agent_queue import cjson
 from agent_queue.errors import AQError, BadInput, TooLarge
+from agent_queue.fsutil import is_safe_name
 from agent_queue.timeutil import parse_rfc3339
 from coordinator_stub.core import Coordinator
 
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 PREFIX = "/v1/fleet"
 MAX_BODY = 1024 * 1024
 MAX_LIMIT = 100_000  # GET /jobs?limit=N
-_FACTORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class MethodNotAllowed(AQError):
@@ -116,7 +114,7 @@ def _parse_body(raw: bytes) -> Any:
 
 def _factory(body: Mapping[str, Any]) -> str:
     value = body.get("factoryId")
-    if not isinstance(value, str) or not _FACTORY_RE.fullmatch(value):
+    if not isinstance(value, str) or not is_safe_name(value):
         raise BadInput(f"factoryId: {str(value)[:40]!r} is not a valid factory id ([A-Za-z0-9._-], 1-128 chars)")
     return value
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 
 from agent_queue.errors import StateError
-from agent_queue.fsutil import ensure_dir, fsync_dir, write_bytes_atomic, write_json_atomic
+from agent_queue.fsutil import ensure_dir, fsync_dir, is_safe_name, write_bytes_atomic, write_json_atomic
 from coordinator_stub.stores.journal import encode, read_json_file
 
 TYPE_CHECKING = False
@@ -25,16 +24,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
-# Only names like this can be stored (job ids are validated at enqueue); anything else cannot exist.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
 def archive_name(job_id: str) -> str | None:
     """File name of a job id (None: no such id can exist).
 
-    Upper-case letters are escaped so case-insensitive disks (macOS) never collide.
+    Upper-case letters are escaped so case-insensitive disks (macOS) never collide. Only safe
+    names can be stored (job ids are validated at enqueue); anything else cannot exist.
     """
-    if ".." in job_id or not _SAFE_NAME.fullmatch(job_id):
+    if ".." in job_id or not is_safe_name(job_id):
         return None
     if job_id.lower() == job_id:  # the common case: nothing to escape
         return job_id + ".json"
