@@ -67,7 +67,7 @@ def create_composite(c: Ctx, job: Job, raw: Mapping[str, Any], digest: str) -> N
     spec = job.to_dict()
     spec.pop("children", None)
     parent = new_record(c, spec, None, digest)
-    parent.update(state=JobState.COMPOSITE.value, childIds=[ch.id for ch in job.children], order=order)
+    parent.update(state=JobState.COMPOSITE, childIds=[ch.id for ch in job.children], order=order)
     c.tx.archive(job.id, parent)  # immutable from here on: the write-once archive is its home
     for child, nb in zip(job.children, child_nb, strict=True):
         create(c, child.to_dict(), nb, digest_of(child, {}))
@@ -85,13 +85,13 @@ def create_planned(c: Ctx, job: Job, digest: str) -> None:
     if find_opt(c.tx, child.id) is not None:
         raise Conflict(f"job {job.id}: child id {child.id!r} already exists")
     parent = new_record(c, spec, None, digest)
-    parent.update(state=JobState.COMPOSITE.value, childIds=[child.id], order=[child.id], plan=record)
+    parent.update(state=JobState.COMPOSITE, childIds=[child.id], order=[child.id], plan=record)
     c.tx.archive(job.id, parent)
     create(c, child.to_dict(), None, digest_of(child, {}))
     c.ev["children"] = 1
 
 
-def after_planning(c: Ctx, rec: dict[str, Any], state: JobState) -> None:
+def after_planning(c: Ctx, rec: dict[str, Any], state: str) -> None:
     """A child ended: when it is its parent's current planning child, judge its answer (shipped) and
     queue the next try, or expand the plan. (A hot record's spec is a summary: the id decides.)"""
     from agent_queue.jobs import Job
@@ -100,7 +100,7 @@ def after_planning(c: Ctx, rec: dict[str, Any], state: JobState) -> None:
     record = (parent or {}).get("plan")
     if parent is None or not record or record.get("job") != rec["spec"]["id"] or record["state"] != plan_job.PLANNING:
         return
-    if state is not JobState.SHIPPED:
+    if state != JobState.SHIPPED:
         c.tx.supersede(parent["spec"]["id"], {**parent, "plan": plan_job.failed_try(record, str(rec.get("reason")))})
         return
     record, nxt = plan_job.after_try(parent["spec"], record, plan_job.answer_of(rec.get("detail")))
@@ -163,7 +163,7 @@ def family_allows(tx: Tx, spec: Mapping[str, Any], parents: dict[str, dict[str, 
     if parent_id not in parents:
         parents[parent_id] = tx.archived(parent_id)
     parent = parents[parent_id]
-    if parent is None or parent.get("state") != JobState.COMPOSITE.value:
+    if parent is None or parent.get("state") != JobState.COMPOSITE:
         return True
     family = _family(tx, parent)
     if composite.budget_stop(parent["spec"].get("budget"), family, prior(parent)) is not None:
@@ -176,7 +176,7 @@ def family_allows(tx: Tx, spec: Mapping[str, Any], parents: dict[str, dict[str, 
 def maybe_verify(c: Ctx, parent_id: str, force: bool = False) -> None:
     """Queue the parent's verify gate once every child shipped (``force``: again after it failed)."""
     parent = c.tx.archived(parent_id)
-    if parent is None or parent.get("state") != JobState.COMPOSITE.value or not parent["spec"].get("verify"):
+    if parent is None or parent.get("state") != JobState.COMPOSITE or not parent["spec"].get("verify"):
         return
     live = c.tx.hot["jobs"].get(parent_id)
     if live is not None and not stale(c.tx, live):
@@ -187,7 +187,7 @@ def maybe_verify(c: Ctx, parent_id: str, force: bool = False) -> None:
     if outcome.get("state") == "passed" or (outcome.get("state") == "failed" and not force):
         return
     family = _family(c.tx, parent)
-    if any(m["state"] != JobState.SHIPPED.value for m in family.values()):
+    if any(m["state"] != JobState.SHIPPED for m in family.values()):
         return
     if composite.budget_stop(parent["spec"].get("budget"), family, prior(parent)) is not None:
         return
@@ -200,7 +200,7 @@ def maybe_verify(c: Ctx, parent_id: str, force: bool = False) -> None:
     c.ev["verifyQueued"] = parent_id
 
 
-def finish_verify(c: Ctx, rec: dict[str, Any], state: JobState, reason: str, last_end: dict[str, Any]) -> None:
+def finish_verify(c: Ctx, rec: dict[str, Any], state: str, reason: str, last_end: dict[str, Any]) -> None:
     """The verify gate ended: a new version of the parent records it (and answers exact replays)."""
     parent_id = rec["verifyOf"]
     parent = c.tx.archived(parent_id)
@@ -209,7 +209,7 @@ def finish_verify(c: Ctx, rec: dict[str, Any], state: JobState, reason: str, las
     word = {JobState.SHIPPED: "passed", JobState.CANCELLED: "cancelled"}.get(state, "failed")
     verify = {"state": word, "round": rec["verifyRound"],
               "leaseEpoch": rec["leaseEpoch"], "attempts": rec["attempts"],
-              "reason": None if state is JobState.SHIPPED else reason, "finishedAt": c.now,
+              "reason": None if state == JobState.SHIPPED else reason, "finishedAt": c.now,
               "detail": rec.get("detail")}
     c.tx.supersede(parent_id, {**parent, "verify": verify, "lastEnd": last_end})
     del c.tx.hot["jobs"][parent_id]
@@ -221,7 +221,7 @@ def rerun(c: Ctx, parent: dict[str, Any]) -> list[str]:
     requeued = []
     for cid in parent["childIds"]:
         rec = c.tx.archived(cid)
-        if rec is not None and rec["state"] == JobState.QUARANTINED.value:
+        if rec is not None and rec["state"] == JobState.QUARANTINED:
             revive(c, rec)
             requeued.append(cid)
     if (parent.get("verify") or {}).get("state") == "failed":
@@ -240,13 +240,13 @@ def revive(c: Ctx, rec: dict[str, Any]) -> None:
     job_id = rec["spec"]["id"]
     c.tx.supersede(job_id)
     detail = rec.get("detail") or {}
-    rec.update(state=JobState.QUEUED.value, attempts=0, lease=None, notBefore=None, reason="requeued",
+    rec.update(state=JobState.QUEUED, attempts=0, lease=None, notBefore=None, reason="requeued",
                outcome=None, detail=None, finishedAt=None, round=int(rec.get("round") or 1) + 1,
                priorS=num(rec.get("priorS")) + num(detail.get("durationS")),
                priorUsd=num(rec.get("priorUsd")) + num(detail.get("costUsd")))
     c.tx.hot["jobs"][job_id] = rec
     counts = c.tx.hot["terminalCounts"]
-    counts[JobState.QUARANTINED.value] = max(0, counts.get(JobState.QUARANTINED.value, 0) - 1)
+    counts[JobState.QUARANTINED] = max(0, counts.get(JobState.QUARANTINED, 0) - 1)
     c.tx.touch()
 
 
@@ -260,8 +260,8 @@ def cancel_family(c: Ctx, parent: dict[str, Any], cancel_one: Callable[[Ctx, dic
     done = []
     for cid in parent["childIds"]:
         rec = c.tx.hot["jobs"].get(cid)
-        if rec is not None and not stale(c.tx, rec) and rec["state"] in (JobState.QUEUED.value,
-                                                                          JobState.LEASED.value):
+        if rec is not None and not stale(c.tx, rec) and rec["state"] in (JobState.QUEUED,
+                                                                          JobState.LEASED):
             cancel_one(c, rec)
             done.append(cid)
     outcome = (parent.get("verify") or {}).get("state")
@@ -276,7 +276,7 @@ def cancel_family(c: Ctx, parent: dict[str, Any], cancel_one: Callable[[Ctx, dic
             "finishedAt": c.now}})
         done.append(parent_id)
     if not done and outcome != "cancelled" and not any(
-            state_of(c.tx, cid) == JobState.CANCELLED.value for cid in parent["childIds"]):
+            state_of(c.tx, cid) == JobState.CANCELLED for cid in parent["childIds"]):
         raise Conflict(f"composite {parent_id}: nothing left to cancel (its children ended and no verify gate waits)")
     return done
 
@@ -288,7 +288,7 @@ def rollup(tx: Tx, parent: dict[str, Any]) -> dict[str, Any]:
     if parent["spec"].get("verify"):
         live = tx.hot["jobs"].get(parent["spec"]["id"])
         if live is not None and live.get("verifyOf") and not stale(tx, live):
-            verify = "running" if live["state"] == JobState.LEASED.value else "pending"
+            verify = "running" if live["state"] == JobState.LEASED else "pending"
         else:
             verify = outcome.get("state") or "pending"
     family = _family(tx, parent)
@@ -340,13 +340,13 @@ def replan(c: Ctx, job_id: str, raw: Mapping[str, Any], plan_spent: composite.Sp
     parent = find_opt(c.tx, job_id)
     if parent is None:
         raise NotFound(f"job {job_id}: no such job")
-    if parent.get("state") != JobState.COMPOSITE.value:
+    if parent.get("state") != JobState.COMPOSITE:
         raise Conflict(f"job {job_id}: is {parent['state']}; only a composite job is re-planned")
     states = {cid: state_of(c.tx, cid) for cid in parent["childIds"]}
-    if JobState.QUARANTINED.value not in states.values():
+    if JobState.QUARANTINED not in states.values():
         raise Conflict(f"job {job_id}: no child is quarantined; only a composite with quarantined children "
                        "is re-planned")
-    running = [cid for cid, st in states.items() if st == JobState.LEASED.value]
+    running = [cid for cid, st in states.items() if st == JobState.LEASED]
     if running:
         raise Conflict(f"job {job_id}: child {running[0]} is running; re-plan once it has finished")
     fields = {k: v for k, v in parent["spec"].items() if k not in ("plan", "children")}
@@ -354,7 +354,7 @@ def replan(c: Ctx, job_id: str, raw: Mapping[str, Any], plan_spent: composite.Sp
     order = composite.validate_graph(job.children, where=f"job {job_id}")
     composite.validate_budget(job, where=f"job {job_id}")
     new = {ch.id: ch for ch in job.children}
-    kept = [cid for cid, st in states.items() if st == JobState.SHIPPED.value]
+    kept = [cid for cid, st in states.items() if st == JobState.SHIPPED]
     for cid in kept:
         if cid not in new or _same(new[cid].to_dict()) != _same(find(c.tx, cid)["spec"]):
             raise Conflict(f"job {job_id}: shipped child {cid} must be kept unchanged by a re-plan")

@@ -101,7 +101,7 @@ def full_view(tx: Tx, rec: dict[str, Any], now: float) -> dict[str, Any]:
     out = view(tx, rec, now)
     if rec.get("leases"):
         out["meta"]["leases"] = lease_history(rec)
-    if rec["state"] == JobState.COMPOSITE.value:
+    if rec["state"] == JobState.COMPOSITE:
         from coordinator_stub.composite_rules import rollup  # only for a composite
 
         out["rollup"] = rollup(tx, rec)
@@ -348,12 +348,12 @@ class Coordinator:
             return rec, result
         state = lease_state(rec, now)
         where = f"job {job_id}: {op} by {factory_id} epoch {epoch}"
-        if state is LeaseState.NONE:
+        if state == LeaseState.NONE:
             raise NotLeased(f"{where}: the job is {rec['state']}, it has no lease")
         lease = rec["lease"]
         if lease["factoryId"] != factory_id or lease["leaseEpoch"] != epoch:
             raise Fenced(f"{where}: the current lease is epoch {lease['leaseEpoch']} held by another holder")
-        if state is LeaseState.EXPIRED:  # unreachable after the reaper; kept so no path honours an old lease
+        if state == LeaseState.EXPIRED:  # unreachable after the reaper; kept so no path honours an old lease
             raise Fenced(f"{where}: the lease expired")
         return rec, None
 
@@ -367,7 +367,7 @@ class Coordinator:
         if existing is not None:
             if existing.get("digest") != digest:
                 raise Conflict(f"job {job.id}: already exists with a different spec")
-            if existing["state"] == JobState.COMPOSITE.value:  # idempotent re-run: what did not ship runs again
+            if existing["state"] == JobState.COMPOSITE:  # idempotent re-run: what did not ship runs again
                 composite_rules.create_missing_children(c, job, raw)
                 c.ev["requeued"] = composite_rules.rerun(c, existing)
             c.ev["status"] = 200
@@ -403,7 +403,7 @@ class Coordinator:
             c.ev["jobId"] = rec["spec"]["id"]
             return {**view(c.tx, rec, c.now), "lease": None, "dryRun": True}
         epoch = rec["leaseEpoch"] + 1
-        rec.update(state=JobState.LEASED.value, leaseEpoch=epoch, lease={
+        rec.update(state=JobState.LEASED, leaseEpoch=epoch, lease={
             "factoryId": factory_id, "leaseEpoch": epoch, "expiresAt": c.now + self.lease_ttl_s,
             "ttlS": self.lease_ttl_s, "requestId": request_id, "claimedAt": c.now,
         }, leases=[*(rec.get("leases") or [])[-(LEASE_HISTORY - 1):],
@@ -455,12 +455,12 @@ class Coordinator:
         rec["detail"] = detail
         self._seen(c, factory_id)
         reason = str(detail.get("reason", "")) or f"reported {outcome} by {factory_id}"
-        return self._finish(c, rec, JobState(outcome), reason, end)
+        return self._finish(c, rec, outcome, reason, end)
 
     def _reap(self, tx: Tx, now: float) -> list[dict[str, Any]]:
         """Expired leases end here: one attempt counted, back to queued or quarantined; one event each."""
         reclaimed = []
-        expired = [rec for rec in tx.leased_records() if lease_state(rec, now) is LeaseState.EXPIRED]
+        expired = [rec for rec in tx.leased_records() if lease_state(rec, now) == LeaseState.EXPIRED]
         for rec in expired:
             if drop_if_stale(tx, rec):  # crash leftover: the job already finished
                 continue
@@ -506,12 +506,12 @@ class Coordinator:
         tx.event(event(now, {"op": "stall", "status": 200, "seconds": round(end - start, 3), "extended": extended}))
 
     def _status(self, c: Ctx) -> dict[str, Any]:
-        counts = {s.value: 0 for s in JobState if s is not JobState.COMPOSITE}
+        counts = {s: 0 for s in JobState.ALL if s != JobState.COMPOSITE}
         counts.update(c.tx.hot["terminalCounts"])
         leases = []
         for rec in c.tx.hot["jobs"].values():
             counts[rec["state"]] += 1
-            if lease_state(rec, c.now) is LeaseState.ACTIVE:
+            if lease_state(rec, c.now) == LeaseState.ACTIVE:
                 wire = lease_wire(rec)
                 wire["timeLeftS"] = round(rec["lease"]["expiresAt"] - c.now, 3)
                 leases.append(wire)
@@ -532,7 +532,7 @@ class Coordinator:
         live = [f for f in factories if f["liveness"] == "live"]
         out = []
         for rec in c.tx.hot["jobs"].values():
-            if rec["state"] != JobState.QUEUED.value:
+            if rec["state"] != JobState.QUEUED:
                 continue
             job_id, needs = rec["spec"]["id"], frozenset(rec["spec"].get("requires", ()))
             able = [f for f in live if "capabilities" not in f or needs <= frozenset(f["capabilities"])]
@@ -560,10 +560,10 @@ class Coordinator:
 
     def _list(self, c: Ctx, state: str | None, limit: int | None) -> dict[str, Any]:
         recs: list[dict[str, Any]] = []
-        if state is None or state in (JobState.QUEUED.value, JobState.LEASED.value):
+        if state is None or state in (JobState.QUEUED, JobState.LEASED):
             recs.extend(r for r in c.tx.hot["jobs"].values() if (state is None or r["state"] == state)
                         and not stale(c.tx, r))  # a crash leftover: the archive wins
-        if state is None or state in ENDED or state == JobState.COMPOSITE.value:
+        if state is None or state in ENDED or state == JobState.COMPOSITE:
             recs.extend(r for r in c.tx.iter_archived() if state is None or r["state"] == state)
         recs.sort(key=lambda r: r["seq"])
         page = recs if limit is None else recs[len(recs) - limit:] if limit else []
@@ -572,10 +572,10 @@ class Coordinator:
     # ------------------------------------------------------------ state changes shared by operations
 
     def _finish(
-        self, c: Ctx, rec: dict[str, Any], state: JobState, reason: str, end: dict[str, Any]
+        self, c: Ctx, rec: dict[str, Any], state: str, reason: str, end: dict[str, Any]
     ) -> dict[str, Any]:
-        rec.update(state=state.value, lease=None, reason=reason, finishedAt=c.now,
-                   outcome=end.get("outcome") or state.value)
+        rec.update(state=state, lease=None, reason=reason, finishedAt=c.now,
+                   outcome=end.get("outcome") or state)
         _close_lease(rec, end, reason, c.now)
         result = view(c.tx, rec, c.now)
         if rec.get("verifyOf"):
@@ -584,14 +584,14 @@ class Coordinator:
             composite_rules.finish_verify(c, rec, state, reason, {**end, "result": result})
             return result
         rec["lastEnd"] = {**end, "result": result}
-        c.tx.hot["terminalCounts"][state.value] = c.tx.hot["terminalCounts"].get(state.value, 0) + 1
+        c.tx.hot["terminalCounts"][state] = c.tx.hot["terminalCounts"].get(state, 0) + 1
         c.tx.archive(rec["spec"]["id"], rec)
         parent_id = rec["spec"].get("parentId")
         if parent_id:
             from coordinator_stub import composite_rules
 
             composite_rules.after_planning(c, rec, state)
-            if state is JobState.SHIPPED:
+            if state == JobState.SHIPPED:
                 composite_rules.maybe_verify(c, parent_id)
         return result
 
@@ -599,12 +599,12 @@ class Coordinator:
         from coordinator_stub import composite_rules
 
         rec = find(c.tx, job_id)
-        if rec["state"] == JobState.COMPOSITE.value:
+        if rec["state"] == JobState.COMPOSITE:
             cancelled = composite_rules.cancel_family(c, rec, self._cancel_one)
-        elif rec["state"] in (JobState.QUEUED.value, JobState.LEASED.value):
+        elif rec["state"] in (JobState.QUEUED, JobState.LEASED):
             self._cancel_one(c, find_opt(c.tx, job_id, lease=True) or rec)
             cancelled = [job_id]
-        elif rec["state"] == JobState.CANCELLED.value:
+        elif rec["state"] == JobState.CANCELLED:
             cancelled = []  # a repeat (its first answer lost): the same state, nothing new
         else:
             raise Conflict(f"job {job_id}: is {rec['state']}; only a queued or leased job (or a composite) "
@@ -615,7 +615,7 @@ class Coordinator:
     def _cancel_one(self, c: Ctx, rec: dict[str, Any]) -> None:
         """One queued or leased record ends cancelled. Its lease ends too: fencing (``_fence``) then finds no
         lease, so the holder's renew, release or report is 409 ``not_leased`` and nothing of it ships."""
-        active = lease_state(rec, c.now) is LeaseState.ACTIVE
+        active = lease_state(rec, c.now) == LeaseState.ACTIVE
         holder = rec["lease"]["factoryId"] if active else None
         end = {"op": "cancel", "factoryId": holder, "leaseEpoch": rec["leaseEpoch"], "outcome": None}
         reason = "cancelled by the operator" + (f" (lease epoch {rec['leaseEpoch']} of {holder} ended)"
@@ -669,9 +669,9 @@ class Coordinator:
         from coordinator_stub import composite_rules
 
         rec = find(c.tx, job_id)
-        if rec["state"] == JobState.COMPOSITE.value:
+        if rec["state"] == JobState.COMPOSITE:
             requeued = composite_rules.rerun(c, rec)
-        elif rec["state"] == JobState.QUARANTINED.value:
+        elif rec["state"] == JobState.QUARANTINED:
             composite_rules.revive(c, rec)
             requeued = [job_id]
         else:
@@ -682,7 +682,7 @@ class Coordinator:
     def _requeue(
         self, c: Ctx, rec: dict[str, Any], reason: str, not_before: float | None, end: dict[str, Any]
     ) -> dict[str, Any]:
-        rec.update(state=JobState.QUEUED.value, lease=None, reason=reason or None, notBefore=not_before)
+        rec.update(state=JobState.QUEUED, lease=None, reason=reason or None, notBefore=not_before)
         _close_lease(rec, end, reason, c.now)
         result = view(c.tx, rec, c.now)
         # Without the spec (it may hold a 1 MB prompt): the hot record and each journal line stay small;
@@ -722,7 +722,7 @@ class Coordinator:
     def _pick(self, tx: Tx, caps: frozenset[str], now: float,
               skip: frozenset[str] = frozenset()) -> dict[str, Any] | None:
         """Highest priority, then oldest enqueue, among queued jobs this caller may take now."""
-        queued = JobState.QUEUED.value
+        queued = JobState.QUEUED
         parents: dict[str, dict[str, Any] | None] = {}
         for rec in tx.queued_by(claim_key):
             if (rec["state"] != queued or (rec["notBefore"] is not None and rec["notBefore"] > now)
@@ -738,7 +738,7 @@ class Coordinator:
     def _ready(self, tx: Tx, rec: dict[str, Any], parents: dict[str, dict[str, Any] | None]) -> bool:
         """All ``dependsOn`` shipped; a composite child also passes its family's gates (phases, budget)."""
         spec = rec["spec"]
-        if any(state_of(tx, dep) != JobState.SHIPPED.value for dep in spec.get("dependsOn", ())):
+        if any(state_of(tx, dep) != JobState.SHIPPED for dep in spec.get("dependsOn", ())):
             return False
         if spec.get("parentId") is None:
             return True

@@ -31,7 +31,6 @@ version (archived, then the hot write was lost); it is dropped when found.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum, StrEnum
 
 from agent_queue.errors import InvalidJob, NotFound
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339
@@ -40,36 +39,46 @@ from agent_queue.timeutil import parse_rfc3339, to_rfc3339
 # hashlib and agent_queue.jobs are imported only where they are needed.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Final
 
     from agent_queue.jobs import Job
     from coordinator_stub.stores.base import Tx
 
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    LEASED = "leased"
-    SHIPPED = "shipped"
-    QUARANTINED = "quarantined"
-    CANCELLED = "cancelled"  # by the operator (``cancel``): terminal, and never reported by a factory
-    COMPOSITE = "composite"  # a composite parent: never claimable, its state is a rollup of its children
+class JobState:
+    """A record's ``state``: the strings it is stored and answered as.
+
+    Plain constants, not an ``Enum``: ``enum`` (with the ``functools`` and
+    ``collections`` it imports) is ~5 ms of start-up, and the command seam
+    imports this module in a fresh process per operation (benchmark B1).
+    """
+
+    QUEUED: Final = "queued"
+    LEASED: Final = "leased"
+    SHIPPED: Final = "shipped"
+    QUARANTINED: Final = "quarantined"
+    CANCELLED: Final = "cancelled"  # by the operator (``cancel``): terminal, and never reported by a factory
+    COMPOSITE: Final = "composite"  # a composite parent: never claimable, its state is a rollup of its children
+    ALL: Final = (QUEUED, LEASED, SHIPPED, QUARANTINED, CANCELLED, COMPOSITE)
 
 
-TERMINAL = frozenset({JobState.SHIPPED.value, JobState.QUARANTINED.value})  # what a factory may report
-ENDED = TERMINAL | {JobState.CANCELLED.value}  # archived: nothing runs any more
-LISTABLE = tuple(s.value for s in JobState)
+TERMINAL = frozenset({JobState.SHIPPED, JobState.QUARANTINED})  # what a factory may report
+ENDED = TERMINAL | {JobState.CANCELLED}  # archived: nothing runs any more
+LISTABLE = JobState.ALL
 LEASE_HISTORY = 20  # lease entries a record keeps (``show --fleet``); older ones are in events.jsonl
 
 
-class LeaseState(Enum):
-    NONE = "none"
-    ACTIVE = "active"
-    EXPIRED = "expired"
+class LeaseState:
+    """What ``lease_state`` says of a record's lease (plain strings, as ``JobState``)."""
+
+    NONE: Final = "none"
+    ACTIVE: Final = "active"
+    EXPIRED: Final = "expired"
 
 
-def lease_state(rec: Mapping[str, Any], now: float) -> LeaseState:
+def lease_state(rec: Mapping[str, Any], now: float) -> str:
     lease = rec.get("lease")
-    if rec["state"] != JobState.LEASED.value or not lease:
+    if rec["state"] != JobState.LEASED or not lease:
         return LeaseState.NONE
     return LeaseState.ACTIVE if now < lease["expiresAt"] else LeaseState.EXPIRED
 
@@ -98,7 +107,7 @@ def new_record(c: Ctx, spec: dict[str, Any], not_before: float | None, digest: s
 
     max_attempts = spec.get("budget", {}).get("maxAttempts") or DEFAULT_MAX_ATTEMPTS
     return {
-        "spec": spec, "state": JobState.QUEUED.value, "seq": c.tx.hot["seq"], "enqueuedAt": c.now,
+        "spec": spec, "state": JobState.QUEUED, "seq": c.tx.hot["seq"], "enqueuedAt": c.now,
         "maxAttempts": max_attempts,
         "attempts": 0, "leaseEpoch": 0, "lease": None, "notBefore": not_before, "digest": digest,
         "reason": None, "outcome": None, "detail": None, "finishedAt": None, "lastEnd": None,
@@ -215,8 +224,8 @@ def view(tx: Tx, rec: dict[str, Any], now: float) -> dict[str, Any]:
     if last is not None and last.get("factoryId"):
         meta["lastFactoryId"] = last["factoryId"]
     out: dict[str, Any] = {"job": tx.spec_of(rec), "meta": meta}  # hot records hold only a summary
-    out["lease"] = lease_wire(rec) if lease_state(rec, now) is LeaseState.ACTIVE else None
-    if rec["state"] == JobState.COMPOSITE.value:
+    out["lease"] = lease_wire(rec) if lease_state(rec, now) == LeaseState.ACTIVE else None
+    if rec["state"] == JobState.COMPOSITE:
         out["job"] = {**rec["spec"], "childIds": rec["childIds"]}
     return out
 
