@@ -7,10 +7,9 @@ then fsync the directory so the rename itself survives a power cut.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
-from agent_queue import cjson
+from agent_queue import cjson, ctxlib
 
 # typing, tempfile and pathlib stay unimported here: the coordinator's command seam
 # pays every import on every call (a fresh process per operation; pathlib and the
@@ -53,7 +52,7 @@ def ensure_dir(path: P, mode: int = DIR_MODE) -> P:
         missing.append(cur)
         cur = os.path.dirname(cur)
     for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
+        with ctxlib.suppress(FileExistsError):
             os.mkdir(d, mode)
     if not os.path.isdir(path):
         os.mkdir(path, mode)  # raises the right error (e.g. a file is in the way)
@@ -114,7 +113,7 @@ def write_bytes_atomic(
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with ctxlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     if sync_dir and durable:

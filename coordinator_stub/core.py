@@ -30,7 +30,8 @@ Where each rule of the contract lives (one place each):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+# collections.abc's own class: importing collections.abc imports collections too, ~1.5 ms of a seam call (B1).
+from _collections_abc import Mapping
 
 from agent_queue.errors import AQError, BadInput, Conflict, Fenced, InvalidJob, NotFound, NotLeased, StateError
 from agent_queue.timeutil import to_rfc3339
@@ -63,6 +64,7 @@ from coordinator_stub.stores.base import Retry
 # dataclasses, hashlib and agent_queue.jobs are imported only where they are needed.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from typing import Any, TypeVar
 
     from agent_queue.jobs import Job
@@ -70,8 +72,8 @@ if TYPE_CHECKING:
     from coordinator_stub.stores.group_commit import GroupCommit
 
     T = TypeVar("T")
+    Clock = Callable[[], float]
 
-Clock = Callable[[], float]
 DEFAULT_LEASE_TTL_S = 60.0
 SEEN_GRANULARITY_S = 10.0  # a factory's lastSeen (status) may lag by up to this much
 STRANDED_SHOWN = 50  # stranded jobs listed by status (``strandedTotal`` counts them all)

@@ -30,7 +30,8 @@ version (archived, then the hot write was lost); it is dropped when found.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+# collections.abc's own class: importing collections.abc imports collections too, ~1.5 ms of a seam call (B1).
+from _collections_abc import Mapping
 
 from agent_queue.errors import InvalidJob, NotFound
 from agent_queue.timeutil import parse_rfc3339, to_rfc3339

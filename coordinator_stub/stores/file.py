@@ -38,12 +38,11 @@ missing ``state.json`` in a directory with a journal or job files is damage
 from __future__ import annotations
 
 import _thread  # not threading: its import is ~1 ms of the seam's per-call start-up (B1)
-import contextlib
 import itertools
-import json
 import os
 import sys
 
+from agent_queue import cjson, ctxlib  # not json, contextlib: their imports are ~7 ms of a seam call (B1)
 from agent_queue.errors import ConfigError, StateError
 from agent_queue.fsutil import append_line, ensure_dir, fsync_dir, fsync_file
 from coordinator_stub.stores import journal
@@ -128,7 +127,7 @@ class JsonStore(Store):
         self._make_layout()
         self.read_hot()
 
-    @contextlib.contextmanager
+    @ctxlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
         ticket = 0
         with self._thread_lock:
@@ -195,11 +194,11 @@ class JsonStore(Store):
     def read_hot(self) -> dict[str, Any]:
         """The hot document as the next operation would see it (snapshot plus journal), as plain JSON."""
         if self._is_new():
-            return json.loads(journal.encode(empty_hot()))  # type: ignore[no-any-return]
+            return cjson.loads(journal.encode(empty_hot()))  # type: ignore[no-any-return]
         with self._thread_lock, self._lock_factory(self.lock_path):
             self._tidy_now(file_locked=True)
             loaded = self._load()
-            return json.loads(journal.encode(loaded.hot))  # type: ignore[no-any-return]
+            return cjson.loads(journal.encode(loaded.hot))  # type: ignore[no-any-return]
 
     def checkpoint(self) -> None:
         """Fold the journal into ``state.json`` now and write the archive files it holds (``serve`` on stop)."""
@@ -368,7 +367,7 @@ class JsonStore(Store):
         """
         for path, lines in ((self.events_path, tx.events), (self.shadow_path, tx.shadows)):
             if lines:
-                append_line(path, "\n".join(json.dumps(x, sort_keys=True) for x in lines), durable=False)
+                append_line(path, "\n".join(cjson.dumps(x, sort_keys=True) for x in lines), durable=False)
 
     # ------------------------------------------------------------ after the commit: memory, then files
 
@@ -409,7 +408,7 @@ class JsonStore(Store):
         if rec is None:
             return
         tx = FileTx(self.files, loaded, set())
-        with contextlib.suppress(StateError, OSError):  # the claim itself reports it
+        with ctxlib.suppress(StateError, OSError):  # the claim itself reports it
             tx.archived(job_id)
             tx.spec_of(rec)
 

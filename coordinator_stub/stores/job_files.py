@@ -12,9 +12,9 @@ so ids never collide on a case-insensitive disk (macOS).
 
 from __future__ import annotations
 
-import contextlib
 import os
 
+from agent_queue import ctxlib
 from agent_queue.errors import StateError
 from agent_queue.fsutil import ensure_dir, fsync_dir, is_safe_name, write_bytes_atomic, write_json_atomic
 from coordinator_stub.stores.journal import encode, read_json_file
@@ -79,7 +79,7 @@ class JobFiles:
 
     def remove_spec(self, job_id: str) -> None:
         """No fsync of its own: a leftover spec file is harmless (never read)."""
-        with contextlib.suppress(FileNotFoundError):
+        with ctxlib.suppress(FileNotFoundError):
             os.unlink(self.spec_file(job_id))
 
     # ------------------------------------------------------------ the archive
@@ -104,7 +104,7 @@ class JobFiles:
     def write_archived(self, job_id: str, rec: dict[str, Any] | None) -> None:
         """Write (None: remove) the current version's file, without a sync: the checkpoint makes it durable."""
         if rec is None:
-            with contextlib.suppress(FileNotFoundError):
+            with ctxlib.suppress(FileNotFoundError):
                 os.unlink(self.archive_file(job_id))
         else:
             write_bytes_atomic(self.archive_file(job_id), encode(rec), durable=False)

@@ -27,10 +27,10 @@ truncated it) is simply no information.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
+from agent_queue import ctxlib
 from coordinator_stub.stores.base import Stall
 
 TYPE_CHECKING = False  # typing stays unimported on the seam's per-call path
@@ -88,7 +88,7 @@ class LockHold:
         _write_record(self.fd, own if self.reported else _longer(self.pending, own), 0.0)
 
 
-@contextlib.contextmanager
+@ctxlib.contextmanager
 def flock(path: StrPath, deadline: float | None = None) -> Iterator[LockHold]:
     """Exclusive flock(2) on ``path`` for the block; yields the ``LockHold`` (stall bookkeeping).
 
@@ -147,7 +147,7 @@ def _read_record(fd: int) -> tuple[float, float, float]:
 
 
 def _write_record(fd: int, hold: tuple[float, float], current: float) -> None:
-    with contextlib.suppress(OSError):  # bookkeeping only: a full disk must not fail the operation
+    with ctxlib.suppress(OSError):  # bookkeeping only: a full disk must not fail the operation
         os.pwrite(fd, (_RECORD % (hold[0], hold[1], current)).encode(), 0)
 
 

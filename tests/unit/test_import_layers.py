@@ -17,8 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("agent_queue", "coordinator_stub")
 # What the coordinator (and its per-call seam) may load from agent_queue: small, I/O-light, fleet-free.
-CORE = {"agent_queue.errors", "agent_queue.timeutil", "agent_queue.fsutil", "agent_queue.cjson", "agent_queue.jobs",
-        "agent_queue.composite"}
+CORE = {"agent_queue.errors", "agent_queue.timeutil", "agent_queue.fsutil", "agent_queue.cjson", "agent_queue.ctxlib",
+        "agent_queue.jobs", "agent_queue.composite"}
 # The one door from the factory into the coordinator's code (see its docstring).
 SEAM = "agent_queue.fleet.embedded"
 
