@@ -16,12 +16,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
+# scripts/coordinator-stub too: the editable install copies it into the venv's bin.
+$(STAMP): pyproject.toml scripts/coordinator-stub | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 # The dev extra (linters, type stubs) includes the test extra: one install serves both.
-$(DEV_STAMP): pyproject.toml | $(PY)
+$(DEV_STAMP): pyproject.toml scripts/coordinator-stub | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP) $(DEV_STAMP)
 

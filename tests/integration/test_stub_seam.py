@@ -92,6 +92,22 @@ def imported_by_call(state: Path, method: str, path: str, body: str) -> set[str]
     return imported_by([INSTALLED_STUB, "--state", str(state), "call", method, path], body)
 
 
+def test_the_installed_command_answers_and_exits_with_the_seam_s_codes(tmp_path: Path) -> None:
+    """The script ``pip install`` puts in the venv's bin (not an entry point), which ends a seam call with os._exit."""
+    state = tmp_path / "coord"
+    made = subprocess.run([INSTALLED_STUB, "--state", str(state), "call", "POST", "/v1/fleet/jobs"],
+                          input=b'{"id":"a","command":["true"]}', capture_output=True, env=stub_env(), timeout=60)
+    assert answer(made)["status"] == 201
+    bad = subprocess.run([INSTALLED_STUB, "--state", str(state), "call", "POST", "/v1/fleet/claim"],
+                         input=b"{oops", capture_output=True, env=stub_env(), timeout=60)
+    assert answer(bad)["body"]["error"]["message"].startswith("request body: malformed JSON (")  # type: ignore[index]
+    usage = subprocess.run([INSTALLED_STUB, "call", "GET", "/v1/fleet/status"], capture_output=True,
+                           env=stub_env(), stdin=subprocess.DEVNULL, timeout=60)
+    assert (usage.returncode, usage.stdout) == (2, b"") and b"AQ_STUB_STATE" in usage.stderr
+    helped = subprocess.run([INSTALLED_STUB, "--help"], capture_output=True, env=stub_env(), timeout=60)
+    assert helped.returncode == 0 and b"Usage: coordinator-stub" in helped.stdout
+
+
 def test_a_seam_call_imports_only_what_answers_it(tmp_path: Path) -> None:
     state = tmp_path / "coord"
     seam_call(state, "POST", "/v1/fleet/jobs", '{"id":"a","command":["true"]}')
