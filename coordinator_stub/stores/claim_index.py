@@ -42,7 +42,8 @@ class ClaimIndex:
         return self.order
 
     def update(self, jobs: dict[str, dict[str, Any]], ids: Iterable[str]) -> None:
-        import bisect  # here, not at the top: a seam call that only reads never updates an index
+        if self.key is not None:  # an order to keep: a claim built it (or serve keeps it)
+            import bisect  # here: a seam call that only reads, renews or reports never sorts (B1)
 
         for job_id in ids:
             rec = jobs.get(job_id)

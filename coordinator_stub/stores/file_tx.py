@@ -18,7 +18,7 @@ from coordinator_stub.stores.tracking import HotJobs, HotRecord
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from typing import Any
 
     from coordinator_stub.stores.base import SortKey
@@ -102,15 +102,17 @@ class FileTx(Tx):
 
     def queued_by(self, key: SortKey) -> Iterator[dict[str, Any]]:
         """The index's order, merged with the records this transaction changed so far (re-read now)."""
-        import heapq  # here, not at the top: only a claim asks (B1)
-
         jobs = self.hot["jobs"]
         order = self._loaded.claim_index().ordered(jobs, key)
         changed = set(self._changed)
         fresh = sorted((key(rec), job_id) for job_id in changed
                        if (rec := jobs.get(job_id)) is not None and rec["state"] == QUEUED)
-        kept = (entry for entry in order if entry[1] not in changed)
-        for entry in heapq.merge(kept, fresh):
+        merged: Iterable[tuple[Any, str]] = (entry for entry in order if entry[1] not in changed)
+        if fresh:  # (usually none: a lease the reaper just ended)
+            import heapq  # here, not at the top: only a claim that needs it pays for it (B1)
+
+            merged = heapq.merge(merged, fresh)
+        for entry in merged:
             rec = jobs.get(entry[1])
             if rec is not None:
                 yield rec
