@@ -93,7 +93,7 @@ STATE_VERSION = 2  # of the hot document's shape. 2: hot specs are summaries (SC
 # The spec keys a hot record keeps: everything the scheduler reads (claim order, capabilities,
 # dependencies, composite families). Anything else (prompt, command, env, ...) is in the full spec.
 SCHED_KEYS = ("id", "kind", "requires", "priority", "budget", "parentId", "dependsOn", "phase")
-QUEUED = "queued"  # JobState.QUEUED.value (the core's enum; a store only needs the word to index)
+QUEUED = "queued"  # JobState.QUEUED (records.py; a store only needs the word to index)
 
 
 def empty_hot() -> dict[str, Any]:
