@@ -65,6 +65,7 @@ from coordinator_stub.stores.base import Retry
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from contextlib import AbstractContextManager as ContextManager
     from typing import Any, TypeVar
 
     from agent_queue.jobs import Job
@@ -277,6 +278,10 @@ class Coordinator:
     def defer_durability(self) -> GroupCommit | None:
         """``serve``: the watermark its answers wait on, if the store lets operations return before it (else None)."""
         return self._store.defer_durability()
+
+    def nowait(self) -> Callable[[], ContextManager[None]] | None:
+        """``serve``: the store's mode for operations on the event loop (``Store.nowait``), if it has one."""
+        return self._store.nowait()
 
     def refusals_suppressed(self, count: int, window_s: float) -> None:
         """Refusals ``serve`` did not write in the last window (its rate limit, ``web/refusals.py``): how many."""

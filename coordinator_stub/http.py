@@ -58,7 +58,7 @@ def serve(coord: Coordinator, options: ServeOptions, logs: Path | Sequence[LogRe
     from coordinator_stub.web.runner import StoreRunner
     from coordinator_stub.web.server import run
 
-    runner = StoreRunner(durability=coord.defer_durability())
+    runner = StoreRunner(durability=coord.defer_durability(), nowait=coord.nowait())
     try:
         run(build_app(coord, options, env, runner, logs, enrolled), options, announce)
     finally:

@@ -137,6 +137,11 @@ class Retry(Exception):
     """Raised by a transaction on exit: nothing of this attempt was kept; the core runs the operation again."""
 
 
+class WouldBlock(Exception):
+    """Raised in a store's ``nowait`` mode before anything is done: the operation would have to wait (a lock
+    held elsewhere, a read from disk, a checkpoint). ``serve`` then runs it on its store thread instead."""
+
+
 def warn(msg: str, *args: Any) -> None:
     """Log a warning of a store (an operation that still succeeded, or a file kept aside)."""
     import logging  # not at module level: the seam's per-call start-up would pay ~8 ms for it (B1)
@@ -281,6 +286,12 @@ class Store(ABC):
         """``serve``: let operations return before their commit is durable, and answer each once the returned
         watermark covers what it wrote or read (``stores/group_commit.py``). None (the default): every
         operation is durable when it returns, and the caller answers at once."""
+        return None
+
+    def nowait(self) -> Callable[[], ContextManager[None]] | None:
+        """``serve``: a mode for running an operation on the event loop itself. In it an operation either
+        finishes without waiting on anything (no lock held elsewhere, no disk read, no sync, no checkpoint) or
+        raises ``WouldBlock`` having done nothing. None (the default): the store cannot run on the loop."""
         return None
 
     def tidy(self) -> None:  # noqa: B027 - an optional hook: most stores leave nothing for later

@@ -46,7 +46,7 @@ from agent_queue import cjson, ctxlib  # not json, contextlib: their imports are
 from agent_queue.errors import ConfigError, StateError
 from agent_queue.fsutil import append_line, ensure_dir, fsync_dir, fsync_file
 from coordinator_stub.stores import journal
-from coordinator_stub.stores.base import STATE_VERSION, Retry, Store, empty_hot, warn
+from coordinator_stub.stores.base import STATE_VERSION, Retry, Store, WouldBlock, empty_hot, warn
 from coordinator_stub.stores.file_tx import FileTx, Loaded
 from coordinator_stub.stores.job_files import JobFiles
 from coordinator_stub.stores.locking import LockHold, flock
@@ -55,6 +55,7 @@ from coordinator_stub.stores.tracking import HotJobs, HotRecord
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from contextlib import AbstractContextManager
     from typing import Any
 
     from coordinator_stub.stores.base import LogReader, Tx
@@ -117,6 +118,7 @@ class JsonStore(Store):
 
             self._group = GroupCommit(self._sync_journal, self.journal_path)
         self._deferred = False  # ``defer_durability``: the caller waits for the sync, not the transaction
+        self._waitless = False  # in ``nowait`` mode: raise WouldBlock rather than wait (``serve``'s event loop)
         if must_exist and self._is_new():
             raise ConfigError(f"state dir {self.root}: no such directory (a coordinator's state is created by "
                               "its first enqueue, call or serve)")
@@ -130,8 +132,10 @@ class JsonStore(Store):
     @ctxlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
         ticket = 0
-        with self._thread_lock:
+        with self._store_thread_lock():
             if self._is_new():  # a new coordinator: nothing to lock or read yet
+                if self._waitless:
+                    raise WouldBlock(f"{self.root}: not created yet")
                 self._changed.clear()
                 tx = FileTx(self.files, self._read((None, None)), self._changed)
                 yield tx
@@ -140,11 +144,13 @@ class JsonStore(Store):
                     self._make_layout()
                     raise Retry(f"{self.root}: created")
                 return  # nothing written, not even the directory (its event line has nowhere to go)
-            with self._lock_factory(self.lock_path) as hold:
+            with self._file_lock() as hold:
                 if self._selfcheck_failed is not None:
                     raise self._selfcheck_failed
                 if self._group is not None:
                     self._group.check()  # a failed sync: nothing more until a restart reads the journal
+                if self._waitless and self._untidy is not None:
+                    raise WouldBlock(f"{self.root}: the last operation is not tidied yet")
                 self._tidy_now(file_locked=True)
                 loaded = self._load()
                 self._loaded = None  # until this transaction ends well, memory may differ from disk
@@ -172,6 +178,25 @@ class JsonStore(Store):
             self._deferred = True
         return self._group
 
+    def nowait(self) -> Callable[[], AbstractContextManager[None]] | None:
+        """``serve`` with group commit and the file lock: claims and reports may run on its event loop.
+
+        In that mode nothing waits: a lock held by another process, a state another
+        process changed (a disk read), a pending tidy or a due checkpoint raise
+        ``WouldBlock`` before anything is done, and the sync is the caller's.
+        """
+        if not self._deferred or self._lock_factory is not flock:
+            return None
+        return self._without_waiting
+
+    @ctxlib.contextmanager
+    def _without_waiting(self) -> Iterator[None]:
+        self._waitless = True
+        try:
+            yield
+        finally:
+            self._waitless = False
+
     def tidy(self) -> None:
         """Finish the last commit's bookkeeping now (``serve``: after the answer is sent; cheap if none is left).
 
@@ -179,7 +204,7 @@ class JsonStore(Store):
         checkpoint) take the file lock too, and only if no other process wrote since.
         """
         if self._untidy is not None:
-            with self._thread_lock:
+            with self._store_thread_lock():
                 self._tidy_now(file_locked=False)
                 self._read_ahead()
 
@@ -218,6 +243,19 @@ class JsonStore(Store):
             loaded.key = self._key()
             self._loaded = loaded
 
+    @ctxlib.contextmanager
+    def _store_thread_lock(self) -> Iterator[None]:
+        """This process's lock (threads of one server); in ``nowait`` mode only if free at once."""
+        if not self._thread_lock.acquire(not self._waitless):
+            raise WouldBlock(f"{self.root}: in use by another thread")
+        try:
+            yield
+        finally:
+            self._thread_lock.release()
+
+    def _file_lock(self) -> AbstractContextManager[Any]:
+        return flock(self.lock_path, nowait=True) if self._waitless else self._lock_factory(self.lock_path)
+
     # ------------------------------------------------------------ reading
 
     def _is_new(self) -> bool:
@@ -238,6 +276,8 @@ class JsonStore(Store):
             if self._selfcheck:
                 self._check_against_disk(cached.hot, "memory (before an operation)")
             return cached
+        if self._waitless:
+            raise WouldBlock(f"{self.root}: changed by another process; to be read from disk")
         return self._read(key)
 
     def _read(self, key: journal.Key) -> Loaded:
@@ -385,14 +425,22 @@ class JsonStore(Store):
             if file_locked:
                 self._tidy_files(after, fresh)
             else:
-                with self._lock_factory(self.lock_path):
-                    self._tidy_files(after, fresh)
+                self._tidy_files_locked(after, fresh)
+        except WouldBlock:  # memory is up to date; the files are left for the store thread
+            self._untidy = lambda: after
+            raise
         except OSError as exc:  # the operation is durable: the journal rebuilds the rest
             warn("%s: after the journal line: %s (the next operation re-reads the state)", self.root, exc)
             self._loaded = None
         except BaseException:  # (a failed self-check): memory is not trusted, the next operation re-reads
             self._loaded = None
             raise
+
+    def _tidy_files_locked(self, after: Loaded, fresh: bool) -> None:
+        if self._waitless and self._checkpoint_due(after):
+            raise WouldBlock(f"{self.root}: a checkpoint is due")
+        with self._file_lock():
+            self._tidy_files(after, fresh)
 
     def _read_ahead(self) -> None:
         """Read what the next claim looks up (the first queued job's spec file and archive miss) while no one waits.

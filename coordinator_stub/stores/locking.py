@@ -31,7 +31,7 @@ import os
 import time
 
 from agent_queue import ctxlib
-from coordinator_stub.stores.base import Stall
+from coordinator_stub.stores.base import Stall, WouldBlock
 
 TYPE_CHECKING = False  # typing stays unimported on the seam's per-call path
 if TYPE_CHECKING:
@@ -89,12 +89,13 @@ class LockHold:
 
 
 @ctxlib.contextmanager
-def flock(path: StrPath, deadline: float | None = None) -> Iterator[LockHold]:
+def flock(path: StrPath, deadline: float | None = None, nowait: bool = False) -> Iterator[LockHold]:
     """Exclusive flock(2) on ``path`` for the block; yields the ``LockHold`` (stall bookkeeping).
 
     With ``deadline`` (``time.monotonic``), LOCK_NB is polled with short sleeps and
     ``LockTimeout`` raised at the deadline: an in-process caller (the daemon's
-    embedded seam) must never hang on a lock a stuck process holds.
+    embedded seam) must never hang on a lock a stuck process holds. With ``nowait``,
+    a lock held elsewhere raises ``WouldBlock`` at once (``serve``'s event loop).
     """
     import fcntl
 
@@ -105,6 +106,8 @@ def flock(path: StrPath, deadline: float | None = None) -> Iterator[LockHold]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             blocked = True
+            if nowait:
+                raise WouldBlock(f"{path}: held by another process") from None
             if deadline is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             else:

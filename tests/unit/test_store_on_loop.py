@@ -1,0 +1,227 @@
+"""Operations on ``serve``'s event loop (``Store.nowait``, ``web/runner.py``): done whole without waiting, or
+refused with ``WouldBlock`` having done nothing, and then run on the store thread in arrival order.
+
+Each refusal is provoked for real: the file lock held through another open file
+description (flock(2) treats it as another holder), the state changed by a second
+store on the same directory (a ``coordinator-stub enqueue`` beside ``serve``), a
+checkpoint falling due. What is checked is what the files hold afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator_stub.core import Coordinator
+from coordinator_stub.stores import file as file_store
+from coordinator_stub.stores.base import WouldBlock
+from coordinator_stub.stores.file import JsonStore
+from coordinator_stub.web.runner import StoreRunner
+
+GUARD_S = 30  # a guard against a hang, never a measured time
+
+
+def serving(root: Path, jobs: int = 3) -> tuple[Coordinator, JsonStore]:
+    """A store as ``serve`` builds it, with ``jobs`` queued and its state in memory."""
+    store = JsonStore(root, tidy_later=True, group_commit=True)
+    coord = Coordinator(store, lambda: 100.0, 60.0)
+    for i in range(jobs):
+        coord.enqueue({"id": f"j{i}", "command": ["true"]})
+    coord.defer_durability()
+    coord.tidy()
+    return coord, store
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {name: (root / name).read_bytes() for name in ("journal.jsonl", "events.jsonl", "state.json")}
+
+
+@pytest.fixture
+def held_lock(tmp_path: Path) -> Iterator[Path]:
+    """The state's file lock held by another holder until the test ends."""
+    root = tmp_path / "coord"
+    serving(root)
+    fd = os.open(root / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield root
+    os.close(fd)
+
+
+def test_only_a_deferring_file_store_with_its_own_lock_offers_the_mode(tmp_path: Path) -> None:
+    assert JsonStore(tmp_path / "a").nowait() is None  # the seam: every operation waits for its sync
+    grouped = JsonStore(tmp_path / "b", group_commit=True)
+    assert grouped.nowait() is None  # not deferred: its transactions wait for the sync themselves
+    grouped.defer_durability()
+    assert grouped.nowait() is not None
+    other_lock = JsonStore(tmp_path / "c", group_commit=True, lock=lambda path: contextlib.nullcontext())
+    other_lock.defer_durability()
+    assert other_lock.nowait() is None  # a lock it cannot try without waiting
+
+
+def test_a_lock_held_elsewhere_refuses_the_operation_and_nothing_changes(held_lock: Path) -> None:
+    coord = Coordinator(JsonStore(held_lock, tidy_later=True, group_commit=True), lambda: 100.0, 60.0)
+    coord.defer_durability()
+    nowait = coord.nowait()
+    assert nowait is not None
+    before = files(held_lock)
+    with nowait(), pytest.raises(WouldBlock, match="held by another process"):
+        coord.claim("f1", [])
+    assert files(held_lock) == before
+
+
+def test_a_state_another_process_changed_is_read_on_the_thread_not_in_the_mode(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    coord, store = serving(root)
+    nowait = coord.nowait()
+    assert nowait is not None
+    beside = Coordinator(JsonStore(root), lambda: 100.0, 60.0)  # coordinator-stub enqueue, beside serve
+    beside.enqueue({"id": "urgent", "command": ["true"], "priority": 9})
+    before = files(root)
+    with nowait(), pytest.raises(WouldBlock, match="changed by another process"):
+        coord.claim("f1", [])
+    assert files(root) == before
+    view = coord.claim("f1", [])  # as on the store thread: reads the files, sees the new job
+    assert view is not None and view["job"]["id"] == "urgent"
+
+
+def test_claim_and_report_in_the_mode_are_durable_and_whole(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    coord, store = serving(root)
+    nowait = coord.nowait()
+    group = store._group
+    assert nowait is not None and group is not None
+    with nowait():
+        view = coord.claim("f1", [])
+        assert view is not None
+        coord.tidy()
+        coord.report(view["job"]["id"], "f1", view["lease"]["leaseEpoch"], "shipped")
+        coord.tidy()
+    group.wait(group.written)
+    fresh = Coordinator(JsonStore(root), lambda: 100.0, 60.0)  # what the files hold (a restart)
+    assert fresh.get_job(view["job"]["id"])["meta"]["state"] == "shipped"  # type: ignore[index]
+
+
+def test_a_due_checkpoint_is_left_to_the_store_thread_and_then_done(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(file_store, "CHECKPOINT_MIN_BYTES", 1)
+    root = tmp_path / "coord"
+    coord, store = serving(root, jobs=30)
+    nowait = coord.nowait()
+    assert nowait is not None
+    refused = 0
+    shipped = []
+    for _ in range(30):
+        with nowait():
+            view = coord.claim("f1", [])
+        assert view is not None
+        shipped.append(view["job"]["id"])
+        try:
+            with nowait():
+                coord.tidy()
+        except WouldBlock as exc:  # the journal outgrew the snapshot: the checkpoint is for the thread
+            assert "checkpoint is due" in str(exc)
+            refused += 1
+            with nowait(), pytest.raises(WouldBlock, match="not tidied yet"):  # and nothing runs ahead of it
+                coord.claim("f2", [])
+            coord.tidy()  # the thread's turn: the checkpoint
+            assert (root / "journal.jsonl").stat().st_size == 0
+        with nowait():
+            coord.report(view["job"]["id"], "f1", view["lease"]["leaseEpoch"], "shipped")
+        coord.tidy()
+    assert refused > 0
+    group = store._group
+    assert group is not None
+    group.wait(group.written)
+    fresh = Coordinator(JsonStore(root), lambda: 100.0, 60.0)
+    assert {j["job"]["id"] for j in fresh.list_jobs() if j["meta"]["state"] == "shipped"} == set(shipped)
+
+
+def test_the_runner_runs_hot_operations_on_the_loop_and_queues_behind_the_thread(tmp_path: Path) -> None:
+    """On the loop when the thread is idle; behind it, in order, when it is not; the rest always on it."""
+    root = tmp_path / "coord"
+    coord, store = serving(root, jobs=4)
+    order: list[tuple[str, int]] = []
+
+    def claim(who: str) -> str:
+        order.append((who, threading.get_ident()))
+        view = coord.claim(who, [])
+        assert view is not None
+        return str(view["job"]["id"])
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        runner = StoreRunner(durability=coord.defer_durability(), nowait=coord.nowait())
+
+        async def hot(answer: asyncio.Future[str]) -> str:
+            got = await answer
+            runner.later("tidy", coord.tidy)  # as serve does once the answer is sent
+            return got
+
+        assert await hot(runner.run("claim", claim, "a")) == "j0"
+        assert order[-1] == ("a", loop_thread)
+        await runner.run("status", lambda: order.append(("status", threading.get_ident())))
+        assert order[-1][1] != loop_thread  # not a hot operation: the thread
+        plug = threading.Event()
+        plugged = runner.run("plug", plug.wait, GUARD_S)
+        queued = runner.run("claim", claim, "b")  # the thread is busy: behind it, not ahead on the loop
+        assert not queued.done() and order[-1][0] == "status"
+        plug.set()
+        assert await plugged and await hot(queued) == "j1"
+        assert order[-1][0] == "b" and order[-1][1] != loop_thread
+        await runner.run("status", lambda: None)  # behind the tidy: the thread is idle once it is answered
+        assert await hot(runner.run("claim", claim, "c")) == "j2"  # idle again: the loop
+        assert order[-1] == ("c", loop_thread)
+        runner.close()
+
+    asyncio.run(main())
+
+
+def test_an_operation_refused_on_the_loop_runs_once_on_the_thread(tmp_path: Path) -> None:
+    root = tmp_path / "coord"
+    serving(root)
+    coord = Coordinator(JsonStore(root, tidy_later=True, group_commit=True), lambda: 100.0, 60.0)
+    observed: list[str] = []
+    calls: list[int] = []
+    holder = os.open(root / ".lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+
+    def claim() -> str:
+        calls.append(threading.get_ident())
+        view = coord.claim("f1", [])
+        assert view is not None
+        return str(view["job"]["id"])
+
+    async def main() -> str:
+        runner = StoreRunner(durability=coord.defer_durability(), nowait=coord.nowait())
+        runner.observe = lambda name, _s: observed.append(name)
+        answer = runner.run("claim", claim)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _wait_until, lambda: len(calls) == 2)  # the thread waits on the lock
+        assert not answer.done()
+        os.close(holder)
+        got = await answer
+        runner.close()
+        return got
+
+    try:
+        assert asyncio.run(main()) == "j0"
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(holder)
+    assert calls[0] != calls[1]  # tried on the loop, refused, then run on the thread
+    assert observed == ["claim"]  # one operation in the latency histogram, not two
+
+
+def _wait_until(cond: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + GUARD_S
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
