@@ -225,3 +225,39 @@ def _wait_until(cond: Callable[[], bool]) -> None:
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.001)
+
+
+def test_answers_settled_by_other_threads_reach_the_loop_in_one_wake_up() -> None:
+    """The answers one sync releases are delivered together: one wake-up of the loop, every answer settled."""
+    runner = StoreRunner()
+    wake_ups: list[object] = []
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counted(cb: Callable[..., object], *args: object) -> asyncio.Handle:
+            wake_ups.append(cb)
+            return real(cb, *args)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        answers: list[asyncio.Future[str]] = [loop.create_future() for _ in range(3)]
+        failed: asyncio.Future[str] = loop.create_future()
+
+        def syncer() -> None:  # as GroupCommit's syncer thread settles what one sync covered
+            for i, answer in enumerate(answers):
+                runner._post(loop, answer, f"a{i}", None)
+            runner._post(loop, failed, None, RuntimeError("not durable"))
+
+        thread = threading.Thread(target=syncer)
+        thread.start()
+        thread.join()  # all four posted before the loop runs again
+        got = list(await asyncio.gather(*answers))
+        with pytest.raises(RuntimeError, match="not durable"):
+            await failed
+        runner._post(loop, loop.create_future(), "later", None)  # a later batch wakes the loop again
+        return got
+
+    assert asyncio.run(main()) == ["a0", "a1", "a2"]
+    assert len(wake_ups) == 2
+    runner.close()
