@@ -132,7 +132,7 @@ class StoreRunner:
         """Run and answer ``fn(*args)`` here if it can run without waiting; False: it is for the thread."""
         try:
             result = self._try_on_loop(name, fn, *args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request, as from the thread
+        except Exception as exc:  # handed to the awaiting request, as from the thread (an interrupt stops serve)
             self._settle_on_loop(answer, settle, None, exc)
             return True
         if result is _WOULD_BLOCK:
