@@ -98,10 +98,10 @@ class StoreRunner:
                 result = self._timed(name, fn, *args)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
                 self._finished()  # (before its answer: the next operation may run on the loop)
-                self._when_durable(settle, None, exc)
+                self._when_durable(self._nothing_queued(), settle, settle, None, exc)
             else:
                 self._finished()
-                self._when_durable(settle, result, None)
+                self._when_durable(self._nothing_queued(), settle, settle, result, None)
 
         self._submit(work)
         return answer
@@ -130,14 +130,15 @@ class StoreRunner:
     def _on_loop(self, name: str, answer: asyncio.Future[Any], settle: Settle, fn: Callable[..., Any],
                  *args: Any) -> bool:
         """Run and answer ``fn(*args)`` here if it can run without waiting; False: it is for the thread."""
+        exc: Exception | None = None
         try:
             result = self._try_on_loop(name, fn, *args)
-        except Exception as exc:  # handed to the awaiting request, as from the thread (an interrupt stops serve)
-            self._settle_on_loop(answer, settle, None, exc)
-            return True
+        except Exception as failed:  # handed to the awaiting request, as from the thread (an interrupt stops serve)
+            result, exc = None, failed
         if result is _WOULD_BLOCK:
             return False
-        self._settle_on_loop(answer, settle, result, None)
+        # With no other answer pending (a lone client) the loop leads the sync; else the syncer thread answers.
+        self._when_durable(self._pending <= 1, lambda r, e: _settle(answer, r, e), settle, result, exc)
         return True
 
     def _try_on_loop(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -155,27 +156,6 @@ class StoreRunner:
             raise
         self._observe(name, start)
         return result
-
-    def _settle_on_loop(self, answer: asyncio.Future[Any], settle: Settle, result: Any,
-                        exc: BaseException | None) -> None:
-        """Answer an operation run on the loop once durable: the loop leads the sync when no other answer is
-        pending (a lone client), else the syncer thread answers it and the loop goes on."""
-        durability = self._durability
-        if durability is None:
-            _settle(answer, result, exc)
-            return
-        ticket = durability.written
-        if self._pending > 1:
-            durability.when_durable(ticket, lambda failed: settle(None, failed) if failed else settle(result, exc))
-            return
-        try:
-            durability.wait(ticket)
-        except BaseException as failed:  # NotDurable, or an interrupt (answered, then raised on)
-            _settle(answer, None, failed)
-            if not isinstance(failed, Exception):
-                raise
-        else:
-            _settle(answer, result, exc)
 
     def _post(self, loop: asyncio.AbstractEventLoop, answer: asyncio.Future[Any], result: Any,
               exc: BaseException | None) -> None:
@@ -217,26 +197,34 @@ class StoreRunner:
         with self._queued_lock:
             self._busy -= 1
 
-    def _when_durable(self, settle: Settle, result: Any, exc: BaseException | None) -> None:
-        """Settle once every journal line written so far is synced (at once, for a store that does not defer)."""
+    def _when_durable(self, alone: bool, here: Settle, elsewhere: Settle, result: Any,
+                      exc: BaseException | None) -> None:
+        """Settle once every journal line written so far is synced (at once, for a store that does not defer).
+
+        ``alone`` (no other operation waits behind this one): lead the sync on this thread and settle ``here``;
+        else the syncer thread settles ``elsewhere`` and this thread goes on with the next operation.
+        """
         durability = self._durability
         if durability is None:
-            settle(result, exc)
+            here(result, exc)
             return
         ticket = durability.written
-        with self._queued_lock:
-            alone = self._queued == 0
-        if not alone:  # the next operation goes ahead; the syncer thread answers this one
-            durability.when_durable(ticket, lambda failed: settle(None, failed) if failed else settle(result, exc))
+        if not alone:
+            durability.when_durable(ticket,
+                                    lambda failed: elsewhere(None, failed) if failed else elsewhere(result, exc))
             return
         try:
             durability.wait(ticket)
         except BaseException as failed:  # NotDurable, or an interrupt (answered, then raised on)
-            settle(None, failed)
+            here(None, failed)
             if not isinstance(failed, Exception):
                 raise
         else:
-            settle(result, exc)
+            here(result, exc)
+
+    def _nothing_queued(self) -> bool:
+        with self._queued_lock:
+            return self._queued == 0
 
     def _timed(self, name: str, fn: Callable[..., T], *args: Any) -> T:
         start = time.perf_counter()
