@@ -261,3 +261,52 @@ def test_answers_settled_by_other_threads_reach_the_loop_in_one_wake_up() -> Non
     assert asyncio.run(main()) == ["a0", "a1", "a2"]
     assert len(wake_ups) == 2
     runner.close()
+
+
+def test_an_operation_on_the_loop_is_answered_only_once_a_sync_covers_it(tmp_path: Path) -> None:
+    """With another answer pending, the loop goes on and the syncer thread answers, after a covering sync."""
+    root = tmp_path / "coord"
+    coord, store = serving(root)
+    group = coord.defer_durability()
+    assert group is not None
+    gate = threading.Event()
+    entered = threading.Event()
+    real_sync = group._sync
+
+    def gated_sync() -> None:
+        entered.set()
+        assert gate.wait(GUARD_S)
+        real_sync()
+
+    group._sync = gated_sync  # type: ignore[method-assign]
+    applied: list[int] = []
+
+    def claim() -> str:
+        applied.append(threading.get_ident())
+        view = coord.claim("f1", [])
+        assert view is not None
+        return str(view["job"]["id"])
+
+    nowait = coord.nowait()
+    assert nowait is not None
+    with nowait():  # a journal line not synced yet (as an answer on its way leaves it)
+        assert coord.claim("f0", []) is not None
+        coord.tidy()
+
+    async def main() -> str:
+        runner = StoreRunner(durability=group, nowait=nowait)
+        loop = asyncio.get_running_loop()
+        first = runner.run("status", coord.status)  # the thread: it read that line, so it waits for its sync
+        await loop.run_in_executor(None, entered.wait, GUARD_S)  # ...which is under way, gated
+        second = runner.run("claim", claim)  # the thread is free again, one answer pending: on the loop
+        assert applied == [threading.get_ident()]
+        await asyncio.sleep(0.05)
+        assert applied == [threading.get_ident()]  # run once, on the loop (not refused and run again)
+        assert not first.done() and not second.done()  # applied, not answered: no sync has covered it
+        gate.set()
+        await first
+        got = await second
+        runner.close()
+        return got
+
+    assert asyncio.run(main()) == "j1"
