@@ -87,7 +87,7 @@ def test_crashed_daemon_job_recovered_with_attempt_counted(tmp_path: Path,
         assert (root / "running" / "c").is_dir()
         # The crashed daemon's tool does not run on in the workspace: its shepherd ends it (issue 16).
         assert wait_for(lambda: not alive(pid), "the tool of the killed daemon to end")
-        again = aq(root, "run", "--drain")
+        again = aq(root, "run", "--drain", timeout=120)  # a hang guard: 30 s ran out once on a 5-10x slowed VM
         assert again.returncode == 0, again.stderr
         result = json.loads((root / "shipped" / "c" / "result.json").read_text())
         assert result["attempts"] == 2
