@@ -55,12 +55,15 @@ def serve(coord: Coordinator, options: ServeOptions, logs: Path | Sequence[LogRe
     check_bind(options.host, env.get("AQ_FLEET_TOKEN"), enrolled)
     require_stack()
     from coordinator_stub.web.app import build_app
+    from coordinator_stub.web.protocol import OpenConnections
     from coordinator_stub.web.runner import StoreRunner
     from coordinator_stub.web.server import run
 
-    runner = StoreRunner(durability=coord.defer_durability(), nowait=coord.nowait())
+    connections = OpenConnections()
+    runner = StoreRunner(durability=coord.defer_durability(), nowait=coord.nowait(),
+                         crowded=lambda: connections.count > 1)
     try:
-        run(build_app(coord, options, env, runner, logs, enrolled), options, announce)
+        run(build_app(coord, options, env, runner, logs, enrolled, connections), options, announce, connections)
     finally:
         runner.close()  # the operation under way finishes before the caller checkpoints
     return 0

@@ -149,9 +149,7 @@ class JsonStore(Store):
                     raise self._selfcheck_failed
                 if self._group is not None:
                     self._group.check()  # a failed sync: nothing more until a restart reads the journal
-                if self._waitless and self._untidy is not None:
-                    raise WouldBlock(f"{self.root}: the last operation is not tidied yet")
-                self._tidy_now(file_locked=True)
+                self._tidy_now(file_locked=True)  # (nowait: a due checkpoint raises WouldBlock here)
                 loaded = self._load()
                 self._loaded = None  # until this transaction ends well, memory may differ from disk
                 self._changed.clear()
@@ -182,8 +180,10 @@ class JsonStore(Store):
         """``serve`` with group commit and the file lock: claims and reports may run on its event loop.
 
         In that mode nothing waits: a lock held by another process, a state another
-        process changed (a disk read), a pending tidy or a due checkpoint raise
-        ``WouldBlock`` before anything is done, and the sync is the caller's.
+        process changed (a disk read) or a due checkpoint raise ``WouldBlock`` before
+        anything is done, and the sync is the caller's. The last commit's tidy, if
+        still pending, is done first, as off the loop: it is a few small files, and
+        refusing for it sent every operation after a concurrent one to the thread.
         """
         if not self._deferred or self._lock_factory is not flock:
             return None
@@ -437,8 +437,7 @@ class JsonStore(Store):
             raise
 
     def _tidy_files_locked(self, after: Loaded, fresh: bool) -> None:
-        if self._waitless and self._checkpoint_due(after):
-            raise WouldBlock(f"{self.root}: a checkpoint is due")
+        self._refuse_checkpoint_without_waiting(after)
         with self._file_lock():
             self._tidy_files(after, fresh)
 
@@ -460,6 +459,11 @@ class JsonStore(Store):
             tx.archived(job_id)
             tx.spec_of(rec)
 
+    def _refuse_checkpoint_without_waiting(self, after: Loaded) -> None:
+        """A checkpoint waits for every sync and writes the whole state: never on ``serve``'s event loop."""
+        if self._waitless and self._checkpoint_due(after):
+            raise WouldBlock(f"{self.root}: a checkpoint is due")
+
     def _checkpoint_due(self, after: Loaded) -> bool:
         snapshot = 0 if after.key[0] is None else after.key[0][1]
         return after.journal_len > max(CHECKPOINT_MIN_BYTES, snapshot)
@@ -473,6 +477,7 @@ class JsonStore(Store):
         """The files due after a commit, under the file lock: a checkpoint, or archive files and spec removals."""
         if not fresh and self._key() != after.key:
             return  # another process wrote since: the next operation reads the files afresh
+        self._refuse_checkpoint_without_waiting(after)
         if self._checkpoint_due(after):
             self._checkpoint(after)
             after.key = self._key()

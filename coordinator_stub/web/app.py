@@ -35,6 +35,7 @@ from coordinator_stub.web.runner import StoreRunner
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from coordinator_stub.stores.base import LogReader
+    from coordinator_stub.web.protocol import OpenConnections
 
 
 class Served:
@@ -156,12 +157,16 @@ class ServeApp:
 
 
 def build_app(coord: Coordinator, options: ServeOptions, env: Mapping[str, str], runner: StoreRunner,
-              logs: Path | Sequence[LogReader] | None, enrolled: bool = False) -> ServeApp:
-    """The app ``serve`` runs; ``env`` gives the shared tokens (read once, here), the store the enrolled ones."""
+              logs: Path | Sequence[LogReader] | None, enrolled: bool = False,
+              connections: OpenConnections | None = None) -> ServeApp:
+    """The app ``serve`` runs; ``env`` gives the shared tokens (read once, here), the store the enrolled ones;
+    ``connections``: the protocol's count of open connections, for /metrics."""
     served = Served(coord, options, env, runner, logs, enrolled)
     capabilities = Capabilities()
     holder = ClaimHolder(options.max_claim_wait_s, options.claim_recheck_s, max_held=options.max_connections)
     served.metrics.held_claims.set_function(lambda: holder.held)
+    if connections is not None:
+        served.metrics.connections.set_function(lambda: connections.count)
     fleet = FleetApi(coord, runner, served.tokens, options.body_timeout_s, options.ignore_dry_run,
                      answered=capabilities.heard, timed=served.metrics.observe_request, refusals=served.refusals,
                      holder=holder)

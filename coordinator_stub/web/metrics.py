@@ -58,6 +58,8 @@ class Metrics:
                                  registry=r)
         self.held_claims = Gauge("aq_held_claims", "Claims held open (waitS) waiting for a claimable job",
                                  registry=r)
+        self.connections = Gauge("aq_http_connections",
+                                 "Open HTTP connections of this serve (bound: --max-connections)", registry=r)
         self.lease_age = Histogram("aq_lease_age_seconds", "Age of a lease when it ended", ["end"],
                                    buckets=LEASE_AGE_BUCKETS, registry=r)
         self.reclaim_delay = Histogram("aq_reclaim_delay_seconds", "From a lease's expiry to its reclaim",

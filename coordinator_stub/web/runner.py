@@ -30,7 +30,10 @@ effects it may have read) and answers once a sync covers it, while the thread
 goes on with the next operation: operations queued behind each other share
 one sync (``stores/group_commit.py``). When nothing is queued, the store
 thread leads that sync itself, so a lone client pays no extra thread handoff;
-an operation run on the loop with no other answer pending leads it on the loop.
+an operation run on the loop for a lone client (no other answer pending, not
+``crowded``) leads it on the loop. With other clients connected the syncer
+thread syncs and the loop goes on reading their requests, which then share the
+next sync (pairs/s at 4 clients: +16% against leading on the loop, B2).
 """
 
 from __future__ import annotations
@@ -61,13 +64,15 @@ ON_LOOP = frozenset({"claim", "renew", "release", "report", "tidy"})  # the hot 
 
 class StoreRunner:
     def __init__(self, observe: Observer | None = None, durability: GroupCommit | None = None,
-                 nowait: NoWait | None = None) -> None:
+                 nowait: NoWait | None = None, crowded: Callable[[], bool] | None = None) -> None:
         """``durability``: the store's watermark if it defers durability (``Coordinator.defer_durability``);
-        ``nowait``: the store's mode for running on the loop (``Coordinator.nowait``), if it has one."""
+        ``nowait``: the store's mode for running on the loop (``Coordinator.nowait``), if it has one;
+        ``crowded``: True while other clients may send meanwhile (``serve``: more than one connection open)."""
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aq-store")
         self.observe = observe  # (operation name, seconds): the store-operation latency histogram
         self._durability = durability
         self._nowait = nowait
+        self._crowded = crowded or (lambda: False)
         self._queued = 0  # submitted, not yet started: an operation with none behind it syncs on its own
         self._busy = 0  # submitted, not yet finished: an operation on the loop would overtake it
         self._queued_lock = threading.Lock()
@@ -137,8 +142,10 @@ class StoreRunner:
             result, exc = None, failed
         if result is _WOULD_BLOCK:
             return False
-        # With no other answer pending (a lone client) the loop leads the sync; else the syncer thread answers.
-        self._when_durable(self._pending <= 1, lambda r, e: _settle(answer, r, e), settle, result, exc)
+        # A lone client: the loop leads the sync (no hand-off). Else the syncer thread answers, and the loop goes
+        # on reading the other clients' requests meanwhile: they share the next sync (B2 at 4 and 16 clients).
+        alone = self._pending <= 1 and not self._crowded()
+        self._when_durable(alone, lambda r, e: _settle(answer, r, e), settle, result, exc)
         return True
 
     def _try_on_loop(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:

@@ -22,7 +22,7 @@ import uvicorn
 
 from agent_queue.errors import AQError
 from coordinator_stub.web.options import ACCEPT_BURST, LISTEN_QUEUE, ServeOptions, connection_bound
-from coordinator_stub.web.protocol import protocol_class
+from coordinator_stub.web.protocol import OpenConnections, protocol_class
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,9 @@ def fd_limit() -> int:
     return int(soft) if soft != resource.RLIM_INFINITY else 1 << 16
 
 
-def run(app: Any, options: ServeOptions, announce: Callable[[str], None] | None = None) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT and the graceful stop are over."""
+def run(app: Any, options: ServeOptions, announce: Callable[[str], None] | None = None,
+        open_connections: OpenConnections | None = None) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT and the graceful stop are over; ``open_connections``: kept counted."""
     sock = bind(options.host, options.port)
     bound = connection_bound(options.max_connections, fd_limit())
     host, port = sock.getsockname()[:2]
@@ -99,7 +100,7 @@ def run(app: Any, options: ServeOptions, announce: Callable[[str], None] | None 
     if not options.access_log:  # uvicorn's start/stop chatter; its warnings and errors still show
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     config = uvicorn.Config(
-        app, http=protocol_class(options, bound), loop="asyncio", lifespan="on", log_config=None,
+        app, http=protocol_class(options, bound, open_connections), loop="asyncio", lifespan="on", log_config=None,
         access_log=options.access_log, proxy_headers=False, backlog=ACCEPT_BURST, server_header=False, date_header=True,
         headers=[("server", "coordinator-stub")], timeout_keep_alive=options.keep_alive_s,  # type: ignore[arg-type]  # floats work: call_later
         timeout_graceful_shutdown=options.grace_s,  # type: ignore[arg-type]  # and asyncio.timeout

@@ -124,3 +124,26 @@ def test_metrics_need_the_metrics_or_read_scope(stub: RunningStub) -> None:
     r = requests.post(stub.url + "/v1/fleet/jobs", json={"id": "r", "command": ["true"]}, headers=as_read, timeout=30)
     assert r.status_code == 403
     assert requests.get(stub.url + "/v1/fleet/jobs/r", headers=stub.headers(), timeout=30).status_code == 404
+
+
+def test_open_connections_are_counted(stub: RunningStub) -> None:
+    """``aq_http_connections``: each open keep-alive connection, until it closes (the scrape's own included)."""
+    import socket
+
+    def connections() -> float:
+        return value(scrape(stub), "aq_http_connections")
+
+    host, port = stub.url.removeprefix("http://").rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=30) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 30  # (accepted asynchronously: counted once the loop has taken them)
+        while connections() != 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert connections() == 4  # three idle ones and the scrape's
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 30
+    while connections() != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert connections() == 1

@@ -92,21 +92,83 @@ def test_a_state_another_process_changed_is_read_on_the_thread_not_in_the_mode(t
     assert view is not None and view["job"]["id"] == "urgent"
 
 
+def ship_in_the_mode(coord: Coordinator, nowait: Callable[[], contextlib.AbstractContextManager[None]],
+                     tidy_after: bool) -> str:
+    """Claim and ship one job in the ``nowait`` mode, tidying after the claim (and after the report); its id."""
+    with nowait():
+        view = coord.claim("f1", [])
+        assert view is not None
+        coord.tidy()
+        coord.report(view["job"]["id"], "f1", view["lease"]["leaseEpoch"], "shipped")
+        if tidy_after:
+            coord.tidy()
+    return str(view["job"]["id"])
+
+
 def test_claim_and_report_in_the_mode_are_durable_and_whole(tmp_path: Path) -> None:
     root = tmp_path / "coord"
     coord, store = serving(root)
     nowait = coord.nowait()
     group = store._group
     assert nowait is not None and group is not None
-    with nowait():
-        view = coord.claim("f1", [])
-        assert view is not None
-        coord.tidy()
-        coord.report(view["job"]["id"], "f1", view["lease"]["leaseEpoch"], "shipped")
-        coord.tidy()
+    job = ship_in_the_mode(coord, nowait, tidy_after=True)
     group.wait(group.written)
     fresh = Coordinator(JsonStore(root), lambda: 100.0, 60.0)  # what the files hold (a restart)
-    assert fresh.get_job(view["job"]["id"])["meta"]["state"] == "shipped"  # type: ignore[index]
+    assert fresh.get_job(job)["meta"]["state"] == "shipped"  # type: ignore[index]
+
+
+def test_an_operation_on_the_loop_tidies_the_last_commit_first(tmp_path: Path) -> None:
+    """A tidy still pending (the last answer is on its way) is done first, on the loop: not a refusal."""
+    root = tmp_path / "coord"
+    coord, store = serving(root)
+    nowait = coord.nowait()
+    group = store._group
+    assert nowait is not None and group is not None
+    job = ship_in_the_mode(coord, nowait, tidy_after=False)
+    group.wait(group.written)  # the report's answer is sent (its archive file may now be written)
+    assert (root / "jobs" / f"{job}.json").exists() and not (root / "archive" / f"{job}.json").exists()
+    with nowait():
+        after = coord.claim("f1", [])  # no WouldBlock: the report's tidy, then this claim
+    assert after is not None and after["job"]["id"] == "j1"
+    assert not (root / "jobs" / f"{job}.json").exists() and (root / "archive" / f"{job}.json").exists()
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_the_loop_leads_the_sync_only_for_a_lone_client(tmp_path: Path, crowded: bool) -> None:
+    """A lone client: the loop syncs (no hand-off). Others connected: the syncer thread, and the loop goes on."""
+    root = tmp_path / "coord"
+    coord, _ = serving(root)
+    group = coord.defer_durability()
+    assert group is not None
+    synced_on: list[int] = []
+    real_sync = group._sync
+
+    def recorded_sync() -> None:
+        synced_on.append(threading.get_ident())
+        real_sync()
+
+    group._sync = recorded_sync  # type: ignore[method-assign]
+    applied_on: list[int] = []
+
+    def claim() -> str:
+        applied_on.append(threading.get_ident())
+        view = coord.claim("f1", [])
+        assert view is not None
+        return str(view["job"]["id"])
+
+    async def main() -> tuple[str, int]:
+        runner = StoreRunner(durability=group, nowait=coord.nowait(), crowded=lambda: crowded)
+        got = await runner.run("claim", claim)
+        runner.close()
+        return got, threading.get_ident()
+
+    got, loop_thread = asyncio.run(main())
+    assert got == "j0" and applied_on == [loop_thread]  # applied on the loop either way
+    assert synced_on  # (the claim's answer waited for a sync)
+    if crowded:
+        assert loop_thread not in synced_on  # the loop never blocked on the disk
+    else:
+        assert synced_on[-1] == loop_thread
 
 
 def test_a_due_checkpoint_is_left_to_the_store_thread_and_then_done(tmp_path: Path,
@@ -129,7 +191,7 @@ def test_a_due_checkpoint_is_left_to_the_store_thread_and_then_done(tmp_path: Pa
         except WouldBlock as exc:  # the journal outgrew the snapshot: the checkpoint is for the thread
             assert "checkpoint is due" in str(exc)
             refused += 1
-            with nowait(), pytest.raises(WouldBlock, match="not tidied yet"):  # and nothing runs ahead of it
+            with nowait(), pytest.raises(WouldBlock, match="checkpoint is due"):  # and nothing runs ahead of it
                 coord.claim("f2", [])
             coord.tidy()  # the thread's turn: the checkpoint
             assert (root / "journal.jsonl").stat().st_size == 0
