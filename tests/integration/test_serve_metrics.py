@@ -130,20 +130,20 @@ def test_open_connections_are_counted(stub: RunningStub) -> None:
     """``aq_http_connections``: each open keep-alive connection, until it closes (the scrape's own included)."""
     import socket
 
-    def connections() -> float:
-        return value(scrape(stub), "aq_http_connections")
+    def settles_at(wanted: float) -> float:
+        """The count, scraped until it reads ``wanted`` (connections are taken and dropped asynchronously)."""
+        deadline = time.monotonic() + 30
+        seen = value(scrape(stub), "aq_http_connections")
+        while seen != wanted and time.monotonic() < deadline:
+            time.sleep(0.01)
+            seen = value(scrape(stub), "aq_http_connections")
+        return seen
 
     host, port = stub.url.removeprefix("http://").rsplit(":", 1)
     idle = [socket.create_connection((host, int(port)), timeout=30) for _ in range(3)]
     try:
-        deadline = time.monotonic() + 30  # (accepted asynchronously: counted once the loop has taken them)
-        while connections() != 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert connections() == 4  # three idle ones and the scrape's
+        assert settles_at(4) == 4  # three idle ones and the scrape's
     finally:
         for sock in idle:
             sock.close()
-    deadline = time.monotonic() + 30
-    while connections() != 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert connections() == 1
+    assert settles_at(1) == 1
