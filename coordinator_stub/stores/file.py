@@ -437,8 +437,7 @@ class JsonStore(Store):
             raise
 
     def _tidy_files_locked(self, after: Loaded, fresh: bool) -> None:
-        self._refuse_checkpoint_without_waiting(after)
-        with self._file_lock():
+        with self._file_lock():  # (nowait: a lock held elsewhere, or a due checkpoint in _tidy_files, refuses)
             self._tidy_files(after, fresh)
 
     def _read_ahead(self) -> None:
