@@ -55,9 +55,8 @@ def serve(coord: Coordinator, options: ServeOptions, logs: Path | Sequence[LogRe
     check_bind(options.host, env.get("AQ_FLEET_TOKEN"), enrolled)
     require_stack()
     from coordinator_stub.web.app import build_app
-    from coordinator_stub.web.protocol import OpenConnections
     from coordinator_stub.web.runner import StoreRunner
-    from coordinator_stub.web.server import run
+    from coordinator_stub.web.server import OpenConnections, run
 
     connections = OpenConnections()
     runner = StoreRunner(durability=coord.defer_durability(), nowait=coord.nowait(),

@@ -35,7 +35,7 @@ from coordinator_stub.web.runner import StoreRunner
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from coordinator_stub.stores.base import LogReader
-    from coordinator_stub.web.protocol import OpenConnections
+    from coordinator_stub.web.server import OpenConnections
 
 
 class Served:

@@ -95,19 +95,11 @@ class StrictConnection(h11.Connection):
                                           error_status_hint=431)
 
 
-class OpenConnections:
-    """How many connections are open (the loop's thread only): the store runner reads it (``web/runner.py``)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
 class StrictH11Protocol(H11Protocol):
-    """One connection. ``options`` (and ``open``, if counted) are set on the subclass ``protocol_class`` makes."""
+    """One connection. ``options`` is set on the subclass ``protocol_class`` makes."""
 
     options = ServeOptions()
     max_connections = options.max_connections
-    open: OpenConnections | None = None
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -123,8 +115,6 @@ class StrictH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if self.open is not None:
-            self.open.count += 1
         self.born = self.loop.time()
         if not self._admitted():
             return
@@ -182,8 +172,6 @@ class StrictH11Protocol(H11Protocol):
         super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.open is not None:
-            self.open.count -= 1
         self._disarm_head()
         super().connection_lost(exc)
 
@@ -206,8 +194,7 @@ class StrictH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def protocol_class(options: ServeOptions, max_connections: int,
-                   open_connections: OpenConnections | None = None) -> type[StrictH11Protocol]:
-    """The protocol uvicorn instantiates per connection, bound to this server's options (and counter)."""
+def protocol_class(options: ServeOptions, max_connections: int) -> type[StrictH11Protocol]:
+    """The protocol uvicorn instantiates per connection, bound to this server's options."""
     return type("BoundStrictH11Protocol", (StrictH11Protocol,),
-                {"options": options, "max_connections": max_connections, "open": open_connections})
+                {"options": options, "max_connections": max_connections})

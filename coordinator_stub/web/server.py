@@ -15,14 +15,14 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import uvicorn
 
 from agent_queue.errors import AQError
 from coordinator_stub.web.options import ACCEPT_BURST, LISTEN_QUEUE, ServeOptions, connection_bound
-from coordinator_stub.web.protocol import OpenConnections, protocol_class
+from coordinator_stub.web.protocol import protocol_class
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,21 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
         for conn in list(self.server_state.connections):  # cut after the grace: nothing is left half-open
             conn.transport.abort()
+
+
+class OpenConnections:
+    """How many connections the server has open (uvicorn's own set, once it runs): read by the store runner
+    and /metrics, on the loop's thread."""
+
+    def __init__(self) -> None:
+        self._open: Collection[object] = ()
+
+    def watch(self, connections: Collection[object]) -> None:
+        self._open = connections
+
+    @property
+    def count(self) -> int:
+        return len(self._open)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -100,12 +115,15 @@ def run(app: Any, options: ServeOptions, announce: Callable[[str], None] | None 
     if not options.access_log:  # uvicorn's start/stop chatter; its warnings and errors still show
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     config = uvicorn.Config(
-        app, http=protocol_class(options, bound, open_connections), loop="asyncio", lifespan="on", log_config=None,
+        app, http=protocol_class(options, bound), loop="asyncio", lifespan="on", log_config=None,
         access_log=options.access_log, proxy_headers=False, backlog=ACCEPT_BURST, server_header=False, date_header=True,
         headers=[("server", "coordinator-stub")], timeout_keep_alive=options.keep_alive_s,  # type: ignore[arg-type]  # floats work: call_later
         timeout_graceful_shutdown=options.grace_s,  # type: ignore[arg-type]  # and asyncio.timeout
     )
+    server = _Server(config)
+    if open_connections is not None:
+        open_connections.watch(server.server_state.connections)
     try:
-        _Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         sock.close()
