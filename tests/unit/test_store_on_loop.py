@@ -40,6 +40,17 @@ def serving(root: Path, jobs: int = 3) -> tuple[Coordinator, JsonStore]:
     return coord, store
 
 
+def claim_noting_thread(coord: Coordinator, threads: list[int]) -> Callable[[], str]:
+    """A claim for f1 that notes the thread it runs on (the loop's or the store thread's); the job's id."""
+
+    def claim() -> str:
+        threads.append(threading.get_ident())
+        view = coord.claim("f1", [])
+        assert view is not None
+        return str(view["job"]["id"])
+    return claim
+
+
 def files(root: Path) -> dict[str, bytes]:
     return {name: (root / name).read_bytes() for name in ("journal.jsonl", "events.jsonl", "state.json")}
 
@@ -150,11 +161,7 @@ def test_the_loop_leads_the_sync_only_for_a_lone_client(tmp_path: Path, crowded:
     group._sync = recorded_sync  # type: ignore[method-assign]
     applied_on: list[int] = []
 
-    def claim() -> str:
-        applied_on.append(threading.get_ident())
-        view = coord.claim("f1", [])
-        assert view is not None
-        return str(view["job"]["id"])
+    claim = claim_noting_thread(coord, applied_on)
 
     async def main() -> tuple[str, int]:
         runner = StoreRunner(durability=group, nowait=coord.nowait(), crowded=lambda: crowded)
@@ -255,11 +262,7 @@ def test_an_operation_refused_on_the_loop_runs_once_on_the_thread(tmp_path: Path
     holder = os.open(root / ".lock", os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX)
 
-    def claim() -> str:
-        calls.append(threading.get_ident())
-        view = coord.claim("f1", [])
-        assert view is not None
-        return str(view["job"]["id"])
+    claim = claim_noting_thread(coord, calls)
 
     async def main() -> str:
         runner = StoreRunner(durability=coord.defer_durability(), nowait=coord.nowait())
@@ -343,11 +346,7 @@ def test_an_operation_on_the_loop_is_answered_only_once_a_sync_covers_it(tmp_pat
     group._sync = gated_sync  # type: ignore[method-assign]
     applied: list[int] = []
 
-    def claim() -> str:
-        applied.append(threading.get_ident())
-        view = coord.claim("f1", [])
-        assert view is not None
-        return str(view["job"]["id"])
+    claim = claim_noting_thread(coord, applied)
 
     nowait = coord.nowait()
     assert nowait is not None
