@@ -62,7 +62,8 @@ def serve(coord: Coordinator, options: ServeOptions, logs: Path | Sequence[LogRe
     runner = StoreRunner(durability=coord.defer_durability(), nowait=coord.nowait(),
                          crowded=lambda: connections.count > 1)
     try:
-        run(build_app(coord, options, env, runner, logs, enrolled, connections), options, announce, connections)
+        run(build_app(coord, options, env, runner, logs, enrolled, connections), options, announce, connections,
+            runner.idle_hook())
     finally:
         runner.close()  # the operation under way finishes before the caller checkpoints
     return 0

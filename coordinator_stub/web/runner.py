@@ -31,9 +31,19 @@ goes on with the next operation: operations queued behind each other share
 one sync (``stores/group_commit.py``). When nothing is queued, the store
 thread leads that sync itself, so a lone client pays no extra thread handoff;
 an operation run on the loop for a lone client (no other answer pending, not
-``crowded``) leads it on the loop. With other clients connected the syncer
-thread syncs and the loop goes on reading their requests, which then share the
-next sync (pairs/s at 4 clients: +16% against leading on the loop, B2).
+``crowded``) leads it on the loop.
+
+**With other clients, the loop syncs when it runs out of work.** ``serve``
+takes the runner's ``idle_hook`` and its event loop calls it each time it is
+about to wait for I/O (``web/server.py``): by then it has read and applied
+every request that had arrived, and one sync on the loop answers all of them
+(as Redis syncs its append-only file before it sleeps). Until ``serve`` took
+that hook, the syncer thread answered them instead; on a 2-core VM waking it
+and handing the answers back cost ~0.15 ms of ``serve``'s CPU per operation at
+4 clients (GIL hand-offs and cross-CPU wake-ups): pairs/s +10-20% at 4 and 16
+clients (B2, docs/performance.md). A loop that never runs out of work still
+syncs once its oldest waiting answer is ``BATCH_WAIT_S`` old. Operations run on
+the store thread keep the syncer thread: that thread must not block the loop.
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ Settle = Callable[[Any, BaseException | None], None]
 NoWait = Callable[[], "AbstractContextManager[None]"]
 log = logging.getLogger(__name__)
 ON_LOOP = frozenset({"claim", "renew", "release", "report", "tidy"})  # the hot path (B2): tried on the loop first
+BATCH_WAIT_S = 0.005  # a busy loop syncs its batch of answers once the oldest has waited this long
 
 
 class StoreRunner:
@@ -82,6 +93,40 @@ class StoreRunner:
         self._mail: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         self._mail_posted = False
         self._mail_lock = threading.Lock()
+        # Answers of operations run on the loop, waiting for the sync the loop leads when idle (``idle_hook``):
+        # (ticket, answer, result, error); None until ``serve`` takes the hook.
+        self._batch: list[tuple[int, asyncio.Future[Any], Any, BaseException | None]] | None = None
+        self._batch_since = 0.0
+
+    def idle_hook(self) -> Callable[[bool], bool]:
+        """For the event loop to call before it waits for I/O (``idle``) and, busy, before each poll.
+
+        Once taken, an operation run on the loop with other answers pending waits for
+        the loop's sync rather than the syncer thread's: the loop must then call the
+        hook. It returns True when it settled answers (the loop has work again).
+        """
+        self._batch = []
+        return self._sync_batch
+
+    def _sync_batch(self, idle: bool) -> bool:
+        """One sync on this (the loop's) thread for every answer in the batch; settles them."""
+        batch = self._batch
+        if not batch or not (idle or time.monotonic() - self._batch_since >= BATCH_WAIT_S):
+            return False
+        self._batch = []
+        durability = self._durability
+        assert durability is not None  # (only operations of a deferring store join the batch)
+        try:
+            durability.wait(batch[-1][0])  # tickets only grow: the last covers the batch
+        except BaseException as failed:  # NotDurable, or an interrupt (answered, then raised on)
+            for _, answer, _, _ in batch:
+                _settle(answer, None, _not_durable(durability, failed))
+            if not isinstance(failed, Exception):
+                raise
+            return True
+        for _, answer, result, exc in batch:
+            _settle(answer, result, exc)
+        return True
 
     def run(self, name: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """``fn(*args)`` on the loop if it cannot wait, else on the store thread; ``name`` labels its latency.
@@ -142,9 +187,14 @@ class StoreRunner:
             result, exc = None, failed
         if result is _WOULD_BLOCK:
             return False
-        # A lone client: the loop leads the sync (no hand-off). Else the syncer thread answers, and the loop goes
-        # on reading the other clients' requests meanwhile: they share the next sync (B2 at 4 and 16 clients).
+        # A lone client: the loop leads the sync now. Else the loop goes on reading the other clients' requests,
+        # which share the next sync: its own when it runs out of work (idle_hook), or the syncer thread's.
         alone = self._pending <= 1 and not self._crowded()
+        if not alone and self._batch is not None and self._durability is not None:
+            if not self._batch:
+                self._batch_since = time.monotonic()
+            self._batch.append((self._durability.written, answer, result, exc))
+            return True
         self._when_durable(alone, lambda r, e: _settle(answer, r, e), settle, result, exc)
         return True
 
@@ -250,6 +300,15 @@ class StoreRunner:
 
 
 _WOULD_BLOCK = object()  # (a result no store operation returns)
+
+
+def _not_durable(durability: GroupCommit, failed: BaseException) -> BaseException:
+    """The store's own error for one waiter (a new one each: awaited one by one, they would share a traceback)."""
+    try:
+        durability.check()
+    except Exception as exc:  # noqa: BLE001 - NotDurable, returned for the waiter
+        return exc
+    return failed
 
 
 def _settle(answer: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

@@ -10,8 +10,10 @@ stops at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import selectors
 import signal
 import socket
 import sys
@@ -27,7 +29,40 @@ from coordinator_stub.web.protocol import protocol_class
 log = logging.getLogger(__name__)
 
 
+IdleHook = Callable[[bool], bool]  # (the loop is about to wait) -> it did work: the loop has callbacks to run
+
+
+class IdleHookSelector(selectors.DefaultSelector):  # (per platform: epoll, kqueue)
+    """The event loop's selector, calling ``hook`` before each poll: ``idle`` when the loop would wait for I/O.
+
+    asyncio polls with a zero timeout while callbacks are ready, so a poll that may
+    wait means every request read so far has been handled: the moment to sync them
+    all at once (``StoreRunner.idle_hook``). When the hook did work, the poll does not wait.
+    """
+
+    def __init__(self, hook: IdleHook) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if self.hook(timeout is None or timeout > 0):
+            timeout = 0
+        return super().select(timeout)
+
+
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, idle: IdleHook | None = None) -> None:
+        super().__init__(config)
+        self.idle = idle
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.idle is None:
+            super().run(sockets)
+            return
+        hook = self.idle
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(IdleHookSelector(hook))) as runner:
+            runner.run(self.serve(sockets=sockets))
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -102,8 +137,9 @@ def fd_limit() -> int:
 
 
 def run(app: Any, options: ServeOptions, announce: Callable[[str], None] | None = None,
-        open_connections: OpenConnections | None = None) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT and the graceful stop are over; ``open_connections``: kept counted."""
+        open_connections: OpenConnections | None = None, idle: IdleHook | None = None) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT and the graceful stop are over; ``open_connections``: kept counted;
+    ``idle``: called by the event loop before each poll (``IdleHookSelector``)."""
     sock = bind(options.host, options.port)
     bound = connection_bound(options.max_connections, fd_limit())
     host, port = sock.getsockname()[:2]
@@ -120,7 +156,7 @@ def run(app: Any, options: ServeOptions, announce: Callable[[str], None] | None 
         headers=[("server", "coordinator-stub")], timeout_keep_alive=options.keep_alive_s,  # type: ignore[arg-type]  # floats work: call_later
         timeout_graceful_shutdown=options.grace_s,  # type: ignore[arg-type]  # and asyncio.timeout
     )
-    server = _Server(config)
+    server = _Server(config, idle)
     if open_connections is not None:
         open_connections.watch(server.server_state.connections)
     try:

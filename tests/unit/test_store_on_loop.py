@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
+import selectors
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +27,10 @@ from coordinator_stub.core import Coordinator
 from coordinator_stub.stores import file as file_store
 from coordinator_stub.stores.base import WouldBlock
 from coordinator_stub.stores.file import JsonStore
+from coordinator_stub.stores.group_commit import GroupCommit, NotDurable
+from coordinator_stub.web import runner as runner_module
 from coordinator_stub.web.runner import StoreRunner
+from coordinator_stub.web.server import IdleHookSelector
 
 GUARD_S = 30  # a guard against a hang, never a measured time
 
@@ -371,3 +377,129 @@ def test_an_operation_on_the_loop_is_answered_only_once_a_sync_covers_it(tmp_pat
         return got
 
     assert asyncio.run(main()) == "j1"
+
+
+# ------------------------------------------------------------ the loop's own sync, when it runs out of work
+
+
+def recording_syncs(group: GroupCommit) -> list[int]:
+    """The threads the group's syncs run on, in order."""
+    synced_on: list[int] = []
+    real_sync = group._sync
+
+    def recorded_sync() -> None:
+        synced_on.append(threading.get_ident())
+        real_sync()
+
+    group._sync = recorded_sync  # type: ignore[method-assign]
+    return synced_on
+
+
+def test_with_others_connected_the_idle_loop_answers_all_with_one_sync_of_its_own(tmp_path: Path) -> None:
+    """serve's loop (IdleHookSelector): the claims wait, applied, until the loop runs out of work; then one
+    sync on the loop covers them all, and the syncer thread is never started."""
+    coord, _ = serving(tmp_path / "coord")
+    group = coord.defer_durability()
+    assert group is not None
+    synced_on = recording_syncs(group)
+    syncs_before = group.syncs
+    applied_on: list[int] = []
+    claim = claim_noting_thread(coord, applied_on)
+    runner = StoreRunner(durability=group, nowait=coord.nowait(), crowded=lambda: True)
+    hook = runner.idle_hook()
+
+    async def main() -> tuple[list[str], int]:
+        async with asyncio.timeout(GUARD_S):
+            answers = [runner.run("claim", claim) for _ in range(3)]
+            assert not any(answer.done() for answer in answers)  # applied, not yet durable
+            assert group.durable < group.written
+            return [await answer for answer in answers], threading.get_ident()
+
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(IdleHookSelector(hook))) as loop_runner:
+        got, loop_thread = loop_runner.run(main())
+    runner.close()
+    assert got == ["j0", "j1", "j2"] and applied_on == [loop_thread] * 3
+    assert synced_on == [loop_thread] and group.syncs == syncs_before + 1
+    assert group.durable == group.written
+    assert group._syncer is None  # no hand-off to the syncer thread
+
+
+def test_a_busy_loop_syncs_its_batch_once_the_oldest_answer_has_waited(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    coord, _ = serving(tmp_path / "coord")
+    group = coord.defer_durability()
+    assert group is not None
+    runner = StoreRunner(durability=group, nowait=coord.nowait(), crowded=lambda: True)
+    hook = runner.idle_hook()
+    claim = claim_noting_thread(coord, [])
+
+    async def main() -> str:
+        monkeypatch.setattr(runner_module, "BATCH_WAIT_S", GUARD_S)
+        answer = runner.run("claim", claim)
+        assert not hook(False)  # busy, and the batch is young: nothing done
+        assert not answer.done() and group.durable < group.written
+        monkeypatch.setattr(runner_module, "BATCH_WAIT_S", 0.0)
+        assert hook(False)  # busy, but the oldest answer has waited long enough
+        assert group.durable == group.written
+        got = await answer
+        assert not hook(True)  # nothing left to sync
+        return got
+
+    assert asyncio.run(main()) == "j0"
+    runner.close()
+
+
+def test_a_failed_loop_sync_fails_every_answer_of_its_batch(tmp_path: Path) -> None:
+    coord, _ = serving(tmp_path / "coord")
+    group = coord.defer_durability()
+    assert group is not None
+
+    def failing_sync() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    group._sync = failing_sync  # type: ignore[method-assign]
+    runner = StoreRunner(durability=group, nowait=coord.nowait(), crowded=lambda: True)
+    hook = runner.idle_hook()
+    claim = claim_noting_thread(coord, [])
+
+    async def main() -> list[BaseException | None]:
+        answers = [runner.run("claim", claim) for _ in range(2)]
+        assert hook(True)
+        await asyncio.wait(answers)
+        return [answer.exception() for answer in answers]
+
+    errors = asyncio.run(main())
+    runner.close()
+    assert all(isinstance(error, NotDurable) for error in errors)
+    assert errors[0] is not errors[1]  # one each: awaited one after another, they would share a traceback
+    with pytest.raises(NotDurable):
+        coord.claim("f2", [])  # and the store takes nothing more
+
+
+def test_the_selector_tells_the_hook_if_the_loop_would_wait_and_polls_without_waiting_after_work(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    timeouts: list[float | None] = []
+    real_select = selectors.DefaultSelector.select
+
+    def recording_select(self: selectors.BaseSelector, timeout: float | None = None) -> Any:
+        timeouts.append(timeout)
+        return real_select(self, timeout)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(selectors.DefaultSelector, "select", recording_select)
+    calls: list[bool] = []
+    did_work = [False]
+
+    def hook(idle: bool) -> bool:
+        calls.append(idle)
+        return did_work[0]
+
+    selector = IdleHookSelector(hook)
+    try:
+        selector.select(0)  # callbacks ready: asyncio polls without waiting
+        selector.select(0.001)  # the loop would wait
+        did_work[0] = True
+        selector.select(None)  # would wait for ever, but the hook settled answers: poll only
+    finally:
+        selector.close()
+    assert calls == [False, True, True]
+    assert timeouts == [0, 0.001, 0]
