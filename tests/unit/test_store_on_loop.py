@@ -157,14 +157,7 @@ def test_the_loop_leads_the_sync_only_for_a_lone_client(tmp_path: Path, crowded:
     coord, _ = serving(root)
     group = coord.defer_durability()
     assert group is not None
-    synced_on: list[int] = []
-    real_sync = group._sync
-
-    def recorded_sync() -> None:
-        synced_on.append(threading.get_ident())
-        real_sync()
-
-    group._sync = recorded_sync  # type: ignore[method-assign]
+    synced_on = recording_syncs(group)
     applied_on: list[int] = []
 
     claim = claim_noting_thread(coord, applied_on)
