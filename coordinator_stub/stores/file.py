@@ -447,9 +447,12 @@ class JsonStore(Store):
         another process wrote since, the next operation re-reads and drops this state.
         """
         loaded = self._loaded
-        if loaded is None or loaded.index is None or not loaded.index.order:
+        if loaded is None or loaded.index is None or loaded.index.key is None:
             return
-        job_id = loaded.index.order[0][1]
+        order = loaded.index.ordered(loaded.hot["jobs"], loaded.index.key)
+        if not order:
+            return
+        job_id = order[0][1]
         rec = loaded.hot["jobs"].get(job_id)
         if rec is None:
             return

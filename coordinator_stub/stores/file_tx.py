@@ -87,7 +87,7 @@ class Loaded:
         self.journal_len = self.journal_good = journal.st_size
         self.migrating = False  # this commit moved every full spec out of the hot document
         if self.index is not None:
-            self.index.update(self.hot["jobs"], changed)
+            self.index.update(changed)
         self.absent.difference_update(archived)
 
 
@@ -128,7 +128,7 @@ class FileTx(Tx):
             return super().leased_records()
         jobs = self.hot["jobs"]
         changed = self._changed
-        out = [jobs[job_id] for job_id in index.leased if job_id not in changed and job_id in jobs]
+        out = [jobs[job_id] for job_id in index.leased(jobs) if job_id not in changed and job_id in jobs]
         out += [rec for job_id in changed if (rec := jobs.get(job_id)) is not None and rec["lease"]]
         return sorted(out, key=seq_of)
 

@@ -12,6 +12,7 @@ from filelock import FileLock, Timeout
 
 from agent_queue.errors import StateError
 from coordinator_stub.core import Coordinator
+from coordinator_stub.stores.claim_index import ClaimIndex
 from coordinator_stub.stores.file import JsonStore
 from coordinator_stub.stores.job_files import archive_name
 from coordinator_stub.stores.locking import flock
@@ -19,6 +20,43 @@ from coordinator_stub.stores.locking import flock
 
 def coord_on(root: Path, now: list[float]) -> Coordinator:
     return Coordinator(JsonStore(root), lambda: now[0], 10.0)
+
+
+def test_a_kept_store_claims_and_reaps_from_its_index_after_each_commit(tmp_path: Path) -> None:
+    """One store across operations, as serve keeps it: the claim index sees every commit's changes."""
+    now = [100.0]
+    c = coord_on(tmp_path / "coord", now)
+    for job_id in ("a", "b", "c"):
+        c.enqueue({"id": job_id, "command": ["true"]})
+    first = c.claim("f1", ())
+    assert first is not None and first["job"]["id"] == "a"
+    now[0] += 11.0  # past the 10 s lease of "a", and the next operation is the reaper's
+    assert [rec["jobId"] for rec in c.reap()] == ["a"]
+    second = c.claim("f2", ())  # "a" again: queued once more, ahead of "b"
+    assert second is not None and second["job"]["id"] == "a"
+    third = c.claim("f3", ())  # not "a" a third time: the last claim's lease is in the index
+    assert third is not None and third["job"]["id"] == "b"
+
+
+def test_the_claim_index_applies_noted_changes_on_its_next_read() -> None:
+    def rec(state: str, seq: int, lease: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"state": state, "seq": seq, "lease": lease}
+
+    def key(r: dict[str, Any]) -> tuple[int]:
+        return (r["seq"],)
+
+    jobs = {"a": rec("queued", 1), "b": rec("queued", 2)}
+    index = ClaimIndex(jobs)
+    assert [job_id for _, job_id in index.ordered(jobs, key)] == ["a", "b"]
+    jobs["a"] = rec("leased", 1, {"factoryId": "f1"})
+    jobs["c"] = rec("queued", 0)
+    index.update(["a", "c"])
+    assert index.matches(jobs)  # (the self-check applies them to a copy)
+    assert [job_id for _, job_id in index.ordered(jobs, key)] == ["c", "b"]
+    jobs["a"] = rec("queued", 1)
+    index.update(["a"])
+    assert index.leased(jobs) == set()
+    assert [job_id for _, job_id in index.ordered(jobs, key)] == ["c", "a", "b"]
 
 
 def mode(path: Path) -> int:
