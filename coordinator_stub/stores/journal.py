@@ -43,6 +43,7 @@ from coordinator_stub.stores.base import STATE_VERSION, SpecSummary, warn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     Archived = dict[str, dict[str, Any] | None]
@@ -71,13 +72,14 @@ def encode_checked(obj: dict[str, Any]) -> bytes:
     return body + format(crc32(body), "032b").translate(_FROM_BITS).encode() + b"\n"
 
 
-def _checked(line: bytes) -> tuple[bytes, bool | None]:
-    """(the JSON object's bytes, whether its checksum matches; None: the line carries none)."""
+def _checked(line: bytes, crc32: Callable[[bytes], int]) -> tuple[bytes, bool | None]:
+    """(the JSON object's bytes, whether its checksum matches; None: the line carries none).
+
+    ``crc32``: binascii's, imported once by the caller, not once per journal line.
+    """
     tail = line[-32:]
     if len(line) < 34 or line[-33:-32] != b"}" or tail.translate(None, b" \t"):
         return line, None
-    from binascii import crc32  # (zlib's would cost twice the start-up)
-
     body = line[:-32]
     return body, int(tail.translate(_TO_BITS), 2) == crc32(body)
 
@@ -102,7 +104,9 @@ def read_snapshot(path: str) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise StateError(f"{path}: unreadable ({exc}); it was not reset") from exc
-    body, good = _checked(data.removesuffix(b"\n"))
+    from binascii import crc32  # (zlib's would cost twice the start-up)
+
+    body, good = _checked(data.removesuffix(b"\n"), crc32)
     if good is False:
         raise StateError(f"{path}: fails its checksum (damaged); restore it from a backup or move it away, "
                          "it was not reset")
@@ -131,8 +135,10 @@ def replay(path: str, data: bytes, hot: dict[str, Any]) -> tuple[Archived, dict[
     gone: dict[str, None] = {}
     good = data.rfind(b"\n") + 1  # beyond: a line whose write a crash cut short (never acknowledged)
     lines = data[:good].split(b"\n")[:-1]
+    from binascii import crc32
+
     for n, line in enumerate(lines, 1):
-        body, ok = _checked(line)
+        body, ok = _checked(line, crc32)
         if ok is False:
             raise StateError(f"{path}: line {n} of {len(lines)} fails its checksum: damaged after it was "
                              "acknowledged; the store stops rather than undo it (restore the file, or move it away "
