@@ -20,7 +20,7 @@ journal's archive versions first): a store built with ``tidy_later``
 (``serve``) keeps a commit's bookkeeping for ``tidy()``, called once the
 answer is sent, which writes ``TIDY_FILES`` of them each time; other stores
 write them in batches of ``MATERIALIZE_BATCH`` finished jobs. When the journal
-outgrows the snapshot (and at least ``CHECKPOINT_MIN_BYTES``), or on
+outgrows the snapshot (and at least ``CHECKPOINT_MIN_BYTES``, four times that under ``serve``), or on
 ``checkpoint()``, a checkpoint writes the rest of those files, makes them and
 the logs durable, writes a new snapshot and empties the journal (``journal``
 says why a crash anywhere in between replays to the same state). A crash
@@ -65,7 +65,12 @@ if TYPE_CHECKING:
 # Linux's sync(2) returns once everything is on disk; elsewhere (macOS) it may return before, so each
 # file is fsync'd instead.
 _SYNC_IS_A_BARRIER = sys.platform.startswith("linux")
-CHECKPOINT_MIN_BYTES = 64 * 1024  # below this the journal is cheap to replay whatever the snapshot's size
+# Below this the journal is cheap to replay whatever the snapshot's size. A store read afresh by each
+# operation (a seam call, a CLI command) replays it every time: ~16 us a line, so 64 KB (~80 lines) was
+# up to ~1.3 ms of each seam call (B1). ``serve`` replays it only when another process wrote: it keeps
+# KEPT_CHECKPOINT_FACTOR times as much, and checkpoints (which write the whole snapshot) that much less.
+CHECKPOINT_MIN_BYTES = 16 * 1024
+KEPT_CHECKPOINT_FACTOR = 4
 MATERIALIZE_BATCH = 128  # finished jobs whose files are written together between checkpoints
 TIDY_FILES = 4  # archive files (and as many spec removals) ``serve`` writes after each answer
 
@@ -468,7 +473,8 @@ class JsonStore(Store):
 
     def _checkpoint_due(self, after: Loaded) -> bool:
         snapshot = 0 if after.key[0] is None else after.key[0][1]
-        return after.journal_len > max(CHECKPOINT_MIN_BYTES, snapshot)
+        floor = CHECKPOINT_MIN_BYTES * KEPT_CHECKPOINT_FACTOR if self._tidy_later else CHECKPOINT_MIN_BYTES
+        return after.journal_len > max(floor, snapshot)
 
     def _files_due(self, after: Loaded) -> bool:
         if self._tidy_later:  # a few files after each answer: the caller is not waiting for them

@@ -303,6 +303,7 @@ def one_run(tmp_path: Path, seed: int, steps: int, crashes: bool) -> None:
 def small_limits(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     """Checkpoints, caches and batches small enough that every path of the store runs."""
     monkeypatch.setattr(file_store, "CHECKPOINT_MIN_BYTES", 3000)
+    monkeypatch.setattr(file_store, "KEPT_CHECKPOINT_FACTOR", 1)
     monkeypatch.setattr(file_tx, "SPEC_CACHE_MAX", 5)
     monkeypatch.setattr(file_store, "MATERIALIZE_BATCH", 1 + seed % 4)
     monkeypatch.setattr(file_store, "TIDY_FILES", 1 + seed % 3)

@@ -49,6 +49,28 @@ def test_an_operation_appends_one_line_whose_size_does_not_grow_with_the_queue(t
     assert abs(sizes[0] - sizes[1]) < 16  # only the digits of counters differ, not the queue's size
 
 
+@pytest.mark.parametrize(("serving", "floor"), [(False, 16 * 1024), (True, 64 * 1024)])
+def test_a_store_read_afresh_per_operation_checkpoints_at_a_quarter_of_serves_journal(
+        tmp_path: Path, serving: bool, floor: int) -> None:
+    """A seam call replays the whole journal; ``serve`` keeps it in memory, so it may grow four times as long."""
+    root = tmp_path / "coord"
+    store = JsonStore(root, tidy_later=serving)
+    c = Coordinator(store, lambda: 100.0, 10.0)
+    journal_path = root / "journal.jsonl"
+    largest = 0
+    for i in range(400):
+        c.enqueue({"id": f"j{i}", "command": ["true"], "prompt": "x" * 200})
+        store.tidy()
+        size = journal_path.stat().st_size
+        if size < largest:
+            break  # folded into the snapshot
+        largest = size
+    else:
+        pytest.fail("the journal was never folded into the snapshot")
+    line = largest // i  # (the operation whose line passed the floor checkpointed at once)
+    assert floor - line < largest <= floor
+
+
 def test_the_journal_is_folded_into_the_snapshot_once_it_outgrows_it(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(file_store, "CHECKPOINT_MIN_BYTES", 4096)
     root = tmp_path / "coord"
